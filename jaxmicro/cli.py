@@ -68,7 +68,7 @@ def _reconstruct(args) -> int:
     import jax
     import numpy as np
 
-    from jaxmicro import estimate, io, report, vgg
+    from jaxmicro import estimate, io, report
     from jaxmicro import reconstruct as R
     from jaxmicro.checkpoint import Checkpointer, run_fingerprint
     from jaxmicro.examples import default_exemplar
@@ -83,17 +83,17 @@ def _reconstruct(args) -> int:
     else:
         exemplar = _read(args.exemplar, args)
         _say(args, f"exemplar {args.exemplar}: {exemplar.describe()}")
-    image = exemplar.gray if exemplar.kind == "grayscale" else exemplar.labels
+    grayscale = exemplar.kind == "grayscale"
+    image = exemplar.gray if grayscale else exemplar.labels
     shape = io.parse_shape(args.shape) if args.shape else tuple(image.shape)
-    if image.ndim == 3 and len(shape) == 2:
-        raise InputError("a 3D exemplar needs a 3D --shape such as 64x64x64")
-    taps = vgg.resolve_taps(args.layers)
+    config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype)
+    taps = config.taps
     out = Path(args.resume or args.out)
     names = [f"reconstruction_{i:03d}.tif" for i in range(args.count)]
     plan = estimate.estimate(shape, args.count, args.steps, taps, args.dtype)
     estimate.check_fits(plan)
     _say(args, estimate.format_estimate(plan))
-    grayscale = exemplar.kind == "grayscale"
+    params = R.load_network_params(config, progress=not args.quiet)
 
     # 2. The output folder: refuse to overwrite a finished run, create it, record the options for --resume.
     io.prepare_output_dir(out, force=args.force or bool(args.resume),
@@ -127,7 +127,7 @@ def _reconstruct(args) -> int:
         result = R.reconstruct(
             image, shape=shape, count=args.count, steps=args.steps, seed=args.seed, layers=taps,
             optimizer=args.optimizer, learning_rate=args.learning_rate, grayscale=grayscale, dtype=args.dtype,
-            chunk=min(chunk, args.steps), callback=on_chunk, checkpoint=checkpointer,
+            params=params, chunk=min(chunk, args.steps), callback=on_chunk, checkpoint=checkpointer,
         )
     except KeyboardInterrupt:
         bar.close()
@@ -219,6 +219,8 @@ def _property(args) -> int:
     if not (args.conductivity or args.young or args.bulk):
         raise InputError("give phase properties: --conductivity K0,K1,... and/or --young E0,E1 --poisson nu0,nu1 "
                          "(or --bulk K0,K1 --shear G0,G1)")
+    for option in ("conductivity", "young", "poisson", "bulk", "shear"):
+        _check_property_count(getattr(args, option), "--" + option, image.n_phases)
     output = {"file": str(args.image), "n_phases": image.n_phases, "shape": list(image.labels.shape),
               "volume_fractions": np.bincount(image.labels.ravel(), minlength=image.n_phases).astype(float)
               .__truediv__(image.labels.size).tolist()}
@@ -250,10 +252,16 @@ def _property(args) -> int:
 def _solver_info(result) -> dict:
     import numpy as np
 
-    status = result.status
+    from jaxmicro.physics import SolverStatus
+
     return {"iterations": int(np.asarray(result.iterations)), "residual": float(np.asarray(result.residual)),
-            "status": getattr(status, "name", str(status)).lower() if not hasattr(status, "shape")
-            else int(np.asarray(status))}
+            "status": SolverStatus(int(np.asarray(result.status))).name.lower()}
+
+
+def _check_property_count(values, option, n_phases):
+    if values is not None and len(values) != n_phases:
+        raise InputError(f"the image has {n_phases} phases but {option} gives {len(values)} value(s); "
+                         f"give one per phase, e.g. {option} {','.join(['1'] * n_phases)}")
 
 
 def _weights(args) -> int:

@@ -22,6 +22,7 @@ and ``jax.lax.scan`` runs the steps inside one ``jax.jit``. Failure is data: eac
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -48,6 +49,7 @@ class ReconstructionConfig(NamedTuple):
     correlation_radius: int = 32
     volume_fraction_weight: float = 10.0
     decision_weight: float = 1.0
+    hardening_until: float = 0.5  # fraction of the run after which the loss sees fully decoded phases
     pooling: str = "average"
     padding: str = "periodic"
     dtype: Any = jnp.float32
@@ -112,11 +114,18 @@ def make_network(config: ReconstructionConfig) -> Callable:
     return features
 
 
-def fields_from_logits(config: ReconstructionConfig, logits: jax.Array) -> jax.Array:
-    """Logits -> phase probabilities ``(*shape, n)``, or grayscale intensity ``(*shape, 1)`` in 0..1."""
+def fields_from_logits(config: ReconstructionConfig, logits: jax.Array, hardness=0.0) -> jax.Array:
+    """Logits -> phase probabilities ``(*shape, n)``, or grayscale intensity ``(*shape, 1)`` in 0..1.
+
+    ``hardness`` in [0, 1] blends in the decoded phases with a straight-through gradient: the forward value
+    moves from the soft probabilities (0) to the one-hot decoded labels (1), while the gradient is always that
+    of the softmax. At 1 the statistics are those of the labels the user gets.
+    """
     if config.grayscale:
         return jax.nn.sigmoid(logits.astype(jnp.float32))
-    return encoding.probabilities_from_logits(logits)
+    probabilities = encoding.probabilities_from_logits(logits)
+    decided = jax.nn.one_hot(jnp.argmax(probabilities, axis=-1), config.n_phases, dtype=probabilities.dtype)
+    return probabilities + hardness * jax.lax.stop_gradient(decided - probabilities)
 
 
 def rgb_from_fields(config: ReconstructionConfig, fields: jax.Array) -> jax.Array:
@@ -222,13 +231,27 @@ def make_targets(config: ReconstructionConfig, params, exemplars: Sequence) -> R
     return ReconstructionTargets(tuple(grams), tuple(correlation), fractions)
 
 
+DECIDED_MARGIN = 2.2  # logit margin at which the top phase has probability 0.9 against one rival
+
+
+def decision_penalty(logits: jax.Array) -> jax.Array:
+    """Mean shortfall of each pixel's logit margin (top minus runner-up) below ``DECIDED_MARGIN``, in [0, 1].
+
+    Its gradient does not vanish at an undecided pixel (unlike the Gini impurity at p = 1/2), so as its weight
+    ramps up every pixel settles into the phase it is in.
+    """
+    top2 = jax.lax.top_k(logits.astype(jnp.float32), 2)[0]
+    return jnp.mean(jax.nn.relu(DECIDED_MARGIN - (top2[..., 0] - top2[..., 1]))) / DECIDED_MARGIN
+
+
 def make_loss(config: ReconstructionConfig) -> Callable:
     """``loss(params, logits, targets, progress) -> (scalar, LossTerms)`` for one sample; progress in [0, 1]."""
     features = make_network(config)
     weights = dict(zip(config.taps, config.weights))
 
     def loss(params, logits, targets: ReconstructionTargets, progress):
-        fields = fields_from_logits(config, logits)
+        hardness = jnp.clip(progress / config.hardening_until, 0.0, 1.0) if config.hardening_until > 0 else 1.0
+        fields = fields_from_logits(config, logits, hardness)
         gram = 0.0
         for direction, target_grams in zip(directions(config), targets.grams):
             taps = features(params, rgb_from_fields(config, _images(config, fields, direction)))
@@ -250,7 +273,7 @@ def make_loss(config: ReconstructionConfig) -> Callable:
             decision = jnp.zeros((), jnp.float32)
         else:
             volume_fraction = _relative_error(jnp.mean(flat, axis=0), targets.fractions)
-            decision = encoding.impurity(fields)
+            decision = decision_penalty(logits)
         total = (
             gram
             + config.correlation_weight * correlation
@@ -262,12 +285,17 @@ def make_loss(config: ReconstructionConfig) -> Callable:
     return loss
 
 
-def make_optimizer(name: str | optax.GradientTransformation = "adam", learning_rate: float | None = None):
-    """An optax optimiser by name ('adam', 'lbfgs') or as given; wrapped to accept the L-BFGS extra arguments."""
+def make_optimizer(name: str | optax.GradientTransformation = "adam", learning_rate: float | None = None,
+                   steps: int | None = None):
+    """An optax optimiser by name ('adam', 'lbfgs') or as given; wrapped to accept the L-BFGS extra arguments.
+
+    Adam's step size decays along a cosine from ``learning_rate`` (default 0.05) to a tenth of it over ``steps``.
+    """
     if isinstance(name, optax.GradientTransformation):
         optimizer = name
     elif name == "adam":
-        optimizer = optax.adam(0.05 if learning_rate is None else learning_rate)
+        rate = 0.05 if learning_rate is None else learning_rate
+        optimizer = optax.adam(optax.cosine_decay_schedule(rate, steps, alpha=0.1) if steps else rate)
     elif name == "lbfgs":
         optimizer = optax.lbfgs(learning_rate)
     else:
@@ -427,11 +455,51 @@ def as_exemplar(image, grayscale: bool = False) -> np.ndarray:
 
 
 def load_network_params(config: ReconstructionConfig, *, progress: bool = True) -> dict:
-    """The real normalised VGG19 weights of the convolutions the taps need (fetched on first use)."""
-    from jaxmicro.weights import load_vgg19_params
+    """The real normalised VGG19 weights of the convolutions the taps need.
 
-    params = load_vgg19_params(layers=vgg.convs_needed(config.taps), fetch=True, progress=progress)
+    Fetched on first use (unless the environment sets JAXMICRO_OFFLINE=1); a damaged or altered file is refused,
+    not silently replaced, with the command that fixes it.
+    """
+    from jaxmicro.errors import WeightsError
+    from jaxmicro.weights import fetch_weights, load_vgg19_params, weights_file
+
+    if not weights_file().is_file():
+        if os.environ.get("JAXMICRO_OFFLINE"):
+            raise WeightsError(f"the VGG19 weights are not in {weights_file().parent}; run: jaxmicro weights fetch")
+        fetch_weights(progress=progress)
+    params = load_vgg19_params(layers=vgg.convs_needed(config.taps))
     return jax.tree.map(jnp.asarray, params)
+
+
+def make_config(exemplar, *, shape: Sequence[int] | None = None, layers: str | Sequence[str] = "default",
+                layer_weights: Sequence[float] | None = None, grayscale: bool = False, dtype: str = "float32",
+                **options) -> tuple[ReconstructionConfig, list[np.ndarray]]:
+    """Validate the exemplar(s) and options (see ``reconstruct``): the configuration and the exemplar arrays.
+
+    Cheap and free of side effects, so the command line calls it before it writes anything.
+    """
+    images = list(exemplar) if isinstance(exemplar, (list, tuple)) else [exemplar]
+    images = [as_exemplar(e, grayscale) for e in images]
+    shape = tuple(int(s) for s in (shape or images[0].shape))
+    n_phases = None if grayscale else int(max(e.max() for e in images)) + 1
+    if not grayscale and any(int(e.max()) + 1 != n_phases for e in images):
+        raise InputError("all exemplars in one batch must have the same number of phases")
+    if not grayscale:
+        encoding.phase_palette(n_phases)  # raises for an unsupported number of phases
+    if len(shape) == 2 and any(e.ndim == 3 for e in images):
+        raise InputError("a 3D exemplar needs a 3D output shape (D, H, W), e.g. --shape 64x64x64")
+    taps = vgg.resolve_taps(layers)
+    radius = options.pop("correlation_radius", None)
+    sides = [min(shape)] + [min(e.shape) for e in images]
+    if radius is None:
+        radius = min(sides) // 2 - 1
+    config = ReconstructionConfig(shape=shape, n_phases=n_phases, taps=taps,
+                                  tap_weights=tuple(layer_weights) if layer_weights else None,
+                                  correlation_radius=radius, dtype=jnp.dtype(dtype), **options)
+    exemplar_shapes = [s for e in images for s in ([e.shape] if e.ndim == 2 else
+                                                   [np.delete(e.shape, d) for d in range(3)])]
+    check_config(config, exemplar_shapes)
+    return config, images
 
 
 def reconstruct(
@@ -471,27 +539,8 @@ def reconstruct(
     for name, value in (("count", count), ("steps", steps), ("chunk", chunk)):
         if int(value) != value or value <= 0:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
-    images = list(exemplar) if isinstance(exemplar, (list, tuple)) else [exemplar]
-    images = [as_exemplar(e, grayscale) for e in images]
-    shape = tuple(int(s) for s in (shape or images[0].shape))
-    n_phases = None if grayscale else int(max(e.max() for e in images)) + 1
-    if not grayscale and any(int(e.max()) + 1 != n_phases for e in images):
-        raise InputError("all exemplars in one batch must have the same number of phases")
-    if not grayscale:
-        encoding.phase_palette(n_phases)  # raises for an unsupported number of phases
-    if len(shape) == 2 and any(e.ndim == 3 for e in images):
-        raise InputError("a 3D exemplar needs a 3D output shape (D, H, W), e.g. --shape 64x64x64")
-    taps = vgg.resolve_taps(layers)
-    radius = options.pop("correlation_radius", None)
-    sides = [min(shape)] + [min(e.shape) for e in images]
-    if radius is None:
-        radius = min(32, min(sides) // 2 - 1)
-    config = ReconstructionConfig(shape=shape, n_phases=n_phases, taps=taps,
-                                  tap_weights=tuple(layer_weights) if layer_weights else None,
-                                  correlation_radius=radius, dtype=jnp.dtype(dtype), **options)
-    exemplar_shapes = [s for e in images for s in ([e.shape] if e.ndim == 2 else
-                                                   [np.delete(e.shape, d) for d in range(3)])]
-    check_config(config, exemplar_shapes)
+    config, images = make_config(exemplar, shape=shape, layers=layers, layer_weights=layer_weights,
+                                 grayscale=grayscale, dtype=dtype, **options)
     if params is None:
         params = load_network_params(config)
 
@@ -500,7 +549,7 @@ def reconstruct(
     exemplar_index = np.repeat(np.arange(len(groups)), count)
     targets = jax.tree.map(lambda *xs: jnp.stack(xs)[exemplar_index], *per_exemplar)
 
-    tx = make_optimizer(optimizer, learning_rate)
+    tx = make_optimizer(optimizer, learning_rate, steps)
     keys = jax.random.split(jax.random.PRNGKey(seed), exemplar_index.size)
     states = jax.vmap(functools.partial(init_state, config, tx))(keys)
     history: list[np.ndarray] = []

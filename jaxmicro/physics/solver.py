@@ -10,8 +10,9 @@ the unit reference medium is used. ``A`` is symmetric positive definite on compa
 gradients apply; iterations grow like the square root of the phase contrast, not linearly as in the basic
 Moulinec-Suquet fixed-point scheme.
 
-Gradients: the solve is wrapped in ``jax.lax.custom_linear_solve``, so reverse mode solves one adjoint system
-with the same conjugate gradients instead of differentiating through the iterations.
+Gradients are implicit, not unrolled: the effective tensor is the stationary value of the cell energy, so the
+adjoint problem is solved by the forward fields themselves and the derivative is ``<e_a . dL e_b>`` (see
+``homogenise``): reverse mode costs one solve plus a few voxel-wise products.
 """
 
 from __future__ import annotations
@@ -97,43 +98,60 @@ def homogenise(
 ) -> HomogenisationResult:
     """Effective tensor ``L_eff[a, b] = <(E_a + x_a) . L (E_b + x_b)>`` over the ``components`` unit loads.
 
-    apply_law(properties, field) -> flux, both ``(components, *spatial)``; project(field) -> compatible part.
-    The energy (symmetric) form makes the tensor symmetric and second-order accurate in the solver error.
+    apply_law(properties, field) -> flux, both ``(components, *spatial)``, linear in the field;
+    project(field) -> its compatible part. The energy (symmetric) form makes the tensor symmetric and
+    second-order accurate in the solver error.
+
+    Differentiation (forward and reverse) is implicit: the energy is stationary in the fluctuation at the
+    solution (``P L e_b = 0``), so the adjoint of the cell problem is its own solution and
+    ``dL_eff[a, b] = <e_a . dL e_b>`` with the fields held fixed (a ``custom_jvp``; JAX transposes it for
+    ``grad``). The backward pass runs no solve and no loop, and is exact for the discrete problem up to the
+    solver tolerance (error of the order of the residual).
     """
     dtype = jax.tree_util.tree_leaves(properties)[0].dtype
-    ones = jnp.ones(spatial_shape, dtype)
 
-    def cheap_operator(x):  # A x for compatible x, the conjugate-gradient operator
-        return project(apply_law(properties, x))
+    def solve_fields(props):  # arrays are made in here: a custom_jvp function may not close over tracers
+        ones = jnp.ones(spatial_shape, dtype)
+        loads = jnp.eye(components, dtype=dtype)
 
-    def matvec(x):  # A extended to all fields, symmetric: P L P x + (I - P) x
-        px = project(x)
-        return project(apply_law(properties, px)) + (x - px)
+        def operator(x):  # A x = P L x on compatible fields
+            return project(apply_law(props, x))
 
-    def solve(_, rhs):  # exact inverse of matvec: CG on the compatible part, identity on the rest
-        compatible = project(rhs)
-        x, aux = conjugate_gradient(cheap_operator, compatible, tol=tol, max_iterations=max_iterations)
-        return x + (rhs - compatible), aux
+        def one_load(load):
+            macroscopic = load.reshape((components,) + (1,) * len(spatial_shape)) * ones  # (components, *spatial)
+            b = -project(apply_law(props, macroscopic))
+            fluctuation, (iterations, residual) = conjugate_gradient(
+                operator, b, tol=tol, max_iterations=max_iterations
+            )
+            return macroscopic + fluctuation, iterations, residual
 
-    def one_load(load):
-        macroscopic = load.reshape((components,) + (1,) * len(spatial_shape)) * ones  # (components, *spatial)
-        b = -project(apply_law(properties, macroscopic))
-        fluctuation, (iterations, residual) = jax.lax.custom_linear_solve(
-            matvec, b, solve, symmetric=True, has_aux=True
+        return jax.vmap(one_load)(loads)  # fields: (loads, components, *spatial)
+
+    def energy(props, fields):
+        fluxes = jax.vmap(lambda field: apply_law(props, field))(fields)
+        # jnp.mean reduces accurately in float32 where a dot product accumulating 10^6 terms would lose ~1e-5
+        tensor = jnp.stack(
+            [jnp.mean(jnp.sum(fields[a][None] * fluxes, axis=1).reshape(components, -1), axis=-1)
+             for a in range(components)]
         )
-        return macroscopic + fluctuation, iterations, residual
+        return 0.5 * (tensor + tensor.T)
 
-    loads = jnp.eye(components, dtype=dtype)
-    fields, iterations, residual = jax.vmap(one_load)(loads)  # fields: (loads, components, *spatial)
-    fluxes = jax.vmap(lambda field: apply_law(properties, field))(fields)
-    n_voxels = int(np.prod(spatial_shape))
-    fields = fields.reshape(components, components, n_voxels)
-    fluxes = fluxes.reshape(components, components, n_voxels)
-    # jnp.mean reduces accurately in float32 where a dot product accumulating 10^6 terms would lose ~1e-5
-    tensor = jnp.stack([jnp.mean(jnp.sum(fields[a][None] * fluxes, axis=1), axis=-1) for a in range(components)])
-    tensor = 0.5 * (tensor + tensor.T)
-    iterations = jnp.max(iterations)
-    residual = jnp.max(residual)
+    @jax.custom_jvp
+    def tensor_and_diagnostics(props):
+        fields, iterations, residual = solve_fields(props)
+        return energy(props, fields), jnp.max(iterations), jnp.max(residual)
+
+    @tensor_and_diagnostics.defjvp
+    def tensor_and_diagnostics_jvp(primals, tangents):
+        (props,), (props_dot,) = primals, tangents
+        fields, iterations, residual = solve_fields(props)
+        fields = jax.lax.stop_gradient(fields)
+        tensor, tensor_dot = jax.jvp(lambda p: energy(p, fields), (props,), (props_dot,))
+        iterations, residual = jnp.max(iterations), jnp.max(residual)
+        no_tangent = np.zeros(iterations.shape, dtype=jax.dtypes.float0)
+        return (tensor, iterations, residual), (tensor_dot, no_tangent, jnp.zeros_like(residual))
+
+    tensor, iterations, residual = tensor_and_diagnostics(properties)
     finite = jnp.isfinite(residual) & jnp.all(jnp.isfinite(tensor))
     status = jnp.where(
         finite,
@@ -158,7 +176,7 @@ def concrete_or_none(value):
 def check_options(tol, max_iterations, scheme):
     from jaxmicro.physics.green import SCHEMES
 
-    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
+    if not (isinstance(tol, (int, float, np.floating)) and 0 < tol < 1):
         raise InputError(f"tol must be a number between 0 and 1 (a relative residual), got {tol!r}")
     if not (isinstance(max_iterations, (int, np.integer)) and max_iterations >= 1):
         raise InputError(f"max_iterations must be a positive integer, got {max_iterations!r}")

