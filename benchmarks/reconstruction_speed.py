@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmicro import reconstruct as R
+import jaxmicro.reconstruction as R
 from jaxmicro import vgg
 from jaxmicro.examples import default_exemplar
 

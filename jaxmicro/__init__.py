@@ -1,1 +1,41 @@
+"""jaxmicro: reconstruct and design material microstructures with one differentiable JAX graph.
+
+Common entry points (see docs/ for the guide):
+
+    jaxmicro.reconstruct(exemplar, shape=(128, 128), count=8, steps=500, seed=0)   # new microstructures
+    jaxmicro.compare(exemplar, reconstructions)                                    # statistics report
+    jaxmicro.effective_conductivity(labels, [1.0, 10.0])                           # FFT homogenisation
+    jaxmicro.read_microstructure("sample.tif")                                     # files -> phases
+"""
+
 from jaxmicro.errors import InputError, JaxmicroError, WeightsError
+from jaxmicro.io import Microstructure, read_microstructure, write_labels_tiff
+from jaxmicro.physics import HomogenisationResult, effective_conductivity, effective_stiffness
+from jaxmicro.reconstruction import (
+    ReconstructionConfig,
+    ReconstructionResult,
+    ReconstructionState,
+    ReconstructionTargets,
+    make_config,
+    make_loss,
+    make_optimizer,
+    make_run_chunk,
+    make_step,
+    make_targets,
+    reconstruct,
+)
+from jaxmicro.report import compare, describe
+from jaxmicro.statistics import (
+    chord_length_distribution,
+    copy_agreement,
+    copy_baseline,
+    lineal_path,
+    specific_surface,
+    two_point_correlation,
+    two_point_profiles,
+    volume_fractions,
+)
+from jaxmicro.vgg import TAP_SETS, VGG19Features, gram_matrix
+from jaxmicro.weights import fetch_weights, load_vgg19_params, verify_weights
+
+__version__ = "0.1.0"

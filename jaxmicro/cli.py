@@ -69,7 +69,7 @@ def _reconstruct(args) -> int:
     import numpy as np
 
     from jaxmicro import estimate, io, report
-    from jaxmicro import reconstruct as R
+    import jaxmicro.reconstruction as R
     from jaxmicro.checkpoint import Checkpointer, run_fingerprint
     from jaxmicro.examples import default_exemplar
 

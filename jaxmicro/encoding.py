@@ -57,10 +57,10 @@ def one_hot(labels, n_phases: int) -> jax.Array:
 
 
 def encode(probabilities: jax.Array) -> jax.Array:
-    """Phase probabilities ``(..., n)`` -> RGB image ``(..., 3)`` in 0..255 (float32); linear, differentiable."""
-    palette = jnp.asarray(phase_palette(probabilities.shape[-1]))
-    return jnp.einsum("...n,nc->...c", probabilities.astype(jnp.float32), palette,
-                      precision=jax.lax.Precision.HIGHEST)
+    """Phase probabilities ``(..., n)`` -> RGB image ``(..., 3)`` in 0..255 (float32 or wider); linear."""
+    dtype = jnp.promote_types(probabilities.dtype, jnp.float32)
+    palette = jnp.asarray(phase_palette(probabilities.shape[-1]), dtype)
+    return jnp.einsum("...n,nc->...c", probabilities.astype(dtype), palette, precision=jax.lax.Precision.HIGHEST)
 
 
 def encode_labels(labels, n_phases: int) -> jax.Array:

@@ -151,9 +151,9 @@ def random_params(key: jax.Array, taps: Sequence[str], widths: Sequence[int] = V
 
 
 def gram_matrix(features: jax.Array) -> jax.Array:
-    """Gram matrix of one feature map ``(H, W, C)`` -> ``(C, C)`` = F^T F / (H W), accumulated in float32."""
+    """Gram matrix of one feature map ``(H, W, C)`` -> ``(C, C)`` = F^T F / (H W), accumulated in at least float32."""
     flat = features.reshape(-1, features.shape[-1])
-    gram = jnp.einsum("pc,pd->cd", flat, flat, preferred_element_type=jnp.float32,
+    gram = jnp.einsum("pc,pd->cd", flat, flat, preferred_element_type=jnp.promote_types(flat.dtype, jnp.float32),
                       precision=jax.lax.Precision.HIGHEST)
     return gram / flat.shape[0]
 

