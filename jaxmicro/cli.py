@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -61,7 +62,7 @@ def _add_reading_options(p):
 
 
 RUN_OPTIONS = ("exemplar", "shape", "count", "steps", "seed", "optimizer", "learning_rate", "layers", "dtype",
-               "grayscale", "phases", "gray_from_rgb", "checkpoint_every")
+               "grayscale", "phases", "gray_from_rgb", "checkpoint_every", "levels", "coarse_steps")
 
 
 def _reconstruct(args) -> int:
@@ -87,6 +88,10 @@ def _reconstruct(args) -> int:
     image = exemplar.gray if grayscale else exemplar.labels
     shape = io.parse_shape(args.shape) if args.shape else tuple(image.shape)
     config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype)
+    coarse = image
+    for level in range(1, args.levels):  # every coarse level must still fit the network
+        coarse = R.subsample(coarse)
+        R.make_config(coarse, shape=tuple(s // 2**level for s in shape), layers=args.layers, grayscale=grayscale)
     taps = config.taps
     out = Path(args.resume or args.out)
     names = [f"reconstruction_{i:03d}.tif" for i in range(args.count)]
@@ -98,7 +103,15 @@ def _reconstruct(args) -> int:
     # 2. The output folder: refuse to overwrite a finished run, create it, record the options for --resume.
     io.prepare_output_dir(out, force=args.force or bool(args.resume),
                           expected=[] if args.resume else names + ["metrics.json", "comparison.png"])
+    old_checkpoints = out / "checkpoints"
+    if not args.resume and old_checkpoints.exists():
+        if not args.force:
+            raise InputError(f"{out} holds the checkpoints of an interrupted run: continue it with "
+                             f"'jaxmicro reconstruct --resume {out}', or start over with --force")
+        shutil.rmtree(old_checkpoints)
     saved = {k: getattr(args, k) for k in RUN_OPTIONS}
+    if args.exemplar is not None:
+        saved["exemplar"] = str(Path(args.exemplar).resolve())
     if not args.resume:
         io.write_json(out / "run.json", saved)
     fingerprint = run_fingerprint(image=np.asarray(image), **{k: v for k, v in saved.items() if k != "exemplar"},
@@ -128,6 +141,7 @@ def _reconstruct(args) -> int:
             image, shape=shape, count=args.count, steps=args.steps, seed=args.seed, layers=taps,
             optimizer=args.optimizer, learning_rate=args.learning_rate, grayscale=grayscale, dtype=args.dtype,
             params=params, chunk=min(chunk, args.steps), callback=on_chunk, checkpoint=checkpointer,
+            levels=args.levels, coarse_steps=args.coarse_steps,
         )
     except KeyboardInterrupt:
         bar.close()
@@ -321,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default="default",
                    help="tap set (default, mcrpy, gatys, shallow) or names like relu1_2,relu2_2 (default: default)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="network compute dtype")
+    p.add_argument("--levels", type=_positive_int, default=1,
+                   help="coarse-to-fine levels: 2 first reconstructs at half size (default 1)")
+    p.add_argument("--coarse-steps", type=_positive_int, metavar="K",
+                   help="steps at each coarser level (default: --steps)")
     p.add_argument("--out", default="jaxmicro-out", help="output folder (default jaxmicro-out)")
     p.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="save a checkpoint every N steps")

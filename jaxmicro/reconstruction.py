@@ -90,7 +90,6 @@ class ReconstructionState(NamedTuple):
     optimizer_state: Any
     step: jax.Array  # int32, steps taken
     finite: jax.Array  # bool, False once a step produced a non-finite loss or gradient
-    loss: jax.Array  # float32, loss of the latest step
     reference: jax.Array  # int8 decoded phases at 90 % of the run, to count the pixels still changing after it
 
 
@@ -297,15 +296,15 @@ def decoded_phases(logits: jax.Array) -> jax.Array:
     return jnp.argmax(logits, axis=-1).astype(jnp.int8)
 
 
-def init_state(config: ReconstructionConfig, optimizer, key: jax.Array) -> ReconstructionState:
-    """White-noise logits (one sample) and a fresh optimiser state."""
-    logits = 0.1 * jax.random.normal(key, (*config.shape, config.channels), jnp.float32)
+def init_state(config: ReconstructionConfig, optimizer, key: jax.Array, logits=None) -> ReconstructionState:
+    """White-noise logits (one sample), or the given ones (coarse-to-fine), and a fresh optimiser state."""
+    if logits is None:
+        logits = 0.1 * jax.random.normal(key, (*config.shape, config.channels), jnp.float32)
     return ReconstructionState(
         logits=logits,
         optimizer_state=optimizer.init(logits),
         step=jnp.zeros((), jnp.int32),
         finite=jnp.ones((), bool),
-        loss=jnp.full((), jnp.inf, jnp.float32),
         reference=jnp.zeros(config.shape, jnp.int8),
     )
 
@@ -331,7 +330,7 @@ def make_step(config: ReconstructionConfig, optimizer, total_steps: int) -> Call
         )
         logits = optax.apply_updates(state.logits, updates)
         ok = state.finite & jnp.isfinite(loss) & jnp.all(jnp.isfinite(grads)) & jnp.all(jnp.isfinite(logits))
-        new = ReconstructionState(logits, optimizer_state, state.step + 1, ok, loss.astype(jnp.float32), reference)
+        new = ReconstructionState(logits, optimizer_state, state.step + 1, ok, reference)
         kept = state._replace(step=state.step + 1, finite=ok)
         state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, kept)
         return state, jnp.where(ok, loss, jnp.nan).astype(jnp.float32)
@@ -371,6 +370,7 @@ class ReconstructionResult(NamedTuple):
     """What a batch of reconstructions returns (numpy arrays, batch first)."""
 
     labels: np.ndarray  # (B, *shape) uint8 phase labels; grayscale: uint8 intensities
+    logits: np.ndarray  # (B, *shape, channels) float32, the final iterate (to continue or refine)
     loss_history: np.ndarray  # (B, steps) float32
     status: np.ndarray  # (B,) int: CONVERGED, MAX_STEPS or NON_FINITE
     undecided_fraction: np.ndarray  # (B,) fraction of pixels that changed phase in the last tenth of the run
@@ -407,8 +407,8 @@ def finish(config: ReconstructionConfig, states: ReconstructionState, history: n
     finite = np.asarray(states.finite)
     status = np.where(~finite, NON_FINITE,
                       np.where((change < rtol) & (undecided <= 0.01), CONVERGED, MAX_STEPS)).astype(np.int32)
-    return ReconstructionResult(labels, history.astype(np.float32), status, undecided, exemplar_index, seed,
-                                config)
+    return ReconstructionResult(labels, np.asarray(states.logits), history.astype(np.float32), status, undecided,
+                                exemplar_index, seed, config)
 
 
 def as_exemplar(image, grayscale: bool = False) -> np.ndarray:
@@ -435,6 +435,11 @@ def as_exemplar(image, grayscale: bool = False) -> np.ndarray:
             "read the image with jaxmicro.io.read_microstructure, which maps values to phases"
         )
     return labels
+
+
+def subsample(image: np.ndarray) -> np.ndarray:
+    """Every second pixel along each axis: the same material at half the resolution (coarse-to-fine)."""
+    return image[tuple(slice(None, None, 2) for _ in range(image.ndim))]
 
 
 def load_network_params(config: ReconstructionConfig, *, progress: bool = True) -> dict:
@@ -503,6 +508,8 @@ def reconstruct(
     chunk: int = 50,
     callback: Callable | None = None,
     checkpoint=None,
+    levels: int = 1,
+    coarse_steps: int | None = None,
     **options,
 ) -> ReconstructionResult:
     """Reconstruct ``count`` new microstructures statistically equivalent to ``exemplar``.
@@ -516,16 +523,33 @@ def reconstruct(
     (``correlation_weight``, ``correlation_radius``, ``volume_fraction_weight``, ...).
     ``callback(steps_done, states, history)`` runs between chunks of ``chunk`` steps (progress, checkpoints);
     ``checkpoint``: a ``jaxmicro.checkpoint.Checkpointer`` to save to and resume from.
+    ``levels`` > 1 runs coarse to fine: level k reconstructs at 1/2^k of the size from the exemplar subsampled
+    by 2^k, for ``coarse_steps`` steps (default ``steps``), and its upsampled logits start the next level;
+    ``steps`` is the number of steps at full size. Checkpoints cover the full-size level.
 
     Returns a ReconstructionResult; per-sample failure is reported in ``status``, never raised.
     """
     for name, value in (("count", count), ("steps", steps), ("chunk", chunk)):
         if int(value) != value or value <= 0:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if int(levels) != levels or levels < 1:
+        raise InputError(f"levels must be a positive integer, got {levels!r}")
     config, images = make_config(exemplar, shape=shape, layers=layers, layer_weights=layer_weights,
                                  grayscale=grayscale, dtype=dtype, **options)
     if params is None:
         params = load_network_params(config)
+    initial_logits = None
+    resuming = checkpoint is not None and checkpoint.resume and checkpoint.latest_step() is not None
+    if levels > 1 and not resuming:
+        options.pop("correlation_radius", None)  # the coarse level picks its own
+        coarse = reconstruct(
+            [subsample(e) for e in images], shape=tuple(s // 2 for s in config.shape), count=count,
+            steps=coarse_steps or steps, seed=seed, layers=config.taps, layer_weights=layer_weights,
+            optimizer=optimizer, learning_rate=learning_rate, grayscale=grayscale, per_direction=per_direction,
+            dtype=dtype, params=params, chunk=chunk, levels=levels - 1, coarse_steps=coarse_steps, **options,
+        )
+        initial_logits = jax.image.resize(coarse.logits, (coarse.logits.shape[0], *config.shape,
+                                                          config.channels), "nearest")
 
     groups = [images] if per_direction else [[e] for e in images]
     per_exemplar = [make_targets(config, params, g) for g in groups]
@@ -534,7 +558,7 @@ def reconstruct(
 
     tx = make_optimizer(optimizer, learning_rate, steps)
     keys = jax.random.split(jax.random.PRNGKey(seed), exemplar_index.size)
-    states = jax.vmap(functools.partial(init_state, config, tx))(keys)
+    states = jax.vmap(functools.partial(init_state, config, tx))(keys, initial_logits)
     history: list[np.ndarray] = []
     if checkpoint is not None:
         restored = checkpoint.restore(states)

@@ -15,8 +15,6 @@ Comparison rules (see docs/statistics.md):
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -280,17 +278,11 @@ def format_comparison(d: dict) -> str:
 
 
 def _save_atomically(figure, path) -> Path:
+    from jaxmicro.io import save_figure
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png", dpi=110)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    save_figure(figure, path, dpi=110)
     return path
 
 

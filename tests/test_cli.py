@@ -233,3 +233,20 @@ def test_resume_of_a_different_run_is_refused(exemplar, tmp_path, capsys):
     assert code == 2 and "different run" in err
     code, _, err = run_in_process(capsys, "reconstruct", "--resume", tmp_path / "not_a_run")
     assert code == 2 and "not a jaxmicro run folder" in err
+
+
+def test_a_request_that_cannot_fit_is_refused_before_anything_is_written(exemplar, tmp_path, capsys):
+    out = tmp_path / "huge"
+    code, _, err = run_in_process(capsys, "reconstruct", exemplar, "--shape", "512x512x512", "--count", "64",
+                                  "--layers", "mcrpy", "--out", out)
+    assert code == 2 and "GiB" in err and "--count" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_estimate_grows_with_the_request():
+    from jaxmicro import estimate, vgg
+
+    small = estimate.estimate((64, 64), 1, 100, vgg.TAP_SETS["mcrpy"])
+    assert small.flops_per_step == pytest.approx(3 * vgg.flops_per_image((64, 64), vgg.TAP_SETS["mcrpy"]))
+    big = estimate.estimate((64, 64, 64), 4, 100, vgg.TAP_SETS["mcrpy"])
+    assert big.images_per_step == 4 * 3 * 64 and big.memory_bytes > 100 * small.memory_bytes

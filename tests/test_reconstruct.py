@@ -219,3 +219,33 @@ def test_2d_output_from_a_3d_exemplar_is_refused(params):
     with pytest.raises(InputError, match="3D output"):
         R.make_config(np.random.default_rng(0).integers(0, 2, (16, 16, 16)), shape=(16, 16), layers=TAPS,
                       widths=TINY_WIDTHS)
+
+
+@pytest.mark.real_weights
+@pytest.mark.slow
+def test_real_network_reconstructs_a_shared_microstructure(real_params):
+    """End to end with the real normalised VGG19 on a real image: statistics match, and it is not a copy."""
+    from conftest import shared_image
+    from jaxmicro import report
+
+    exemplar = shared_image("li2018_ceramics_2d_256.npy").astype(np.int32)
+    taps = vgg.resolve_taps("shallow")
+    params = jax.tree.map(jnp.asarray, {k: real_params[k] for k in vgg.convs_needed(taps)})
+    result = R.reconstruct(exemplar, shape=(64, 64), count=2, steps=150, seed=0, layers=taps, params=params)
+    comparison = report.compare(exemplar, list(result.labels))
+    for entry in comparison["reconstructions"]:
+        assert entry["volume_fraction_error"] < 0.02
+        assert entry["s2_max_abs_error"] < 0.06
+        assert entry["copy_agreement"] < comparison["reconstructions"][0]["copy_baseline"] + 0.2
+    assert np.all(result.undecided_fraction < 0.1)
+
+
+def test_coarse_to_fine_starts_the_full_size_from_the_coarse_result(params):
+    exemplar = blobs((32, 32), fraction=0.3)
+    kwargs = dict(shape=(16, 16), count=2, steps=20, seed=0, layers=TAPS, params=params, widths=TINY_WIDTHS)
+    cold = R.reconstruct(exemplar, **kwargs)
+    warm = R.reconstruct(exemplar, levels=2, coarse_steps=60, **kwargs)
+    assert warm.labels.shape == (2, 16, 16) and warm.logits.shape == (2, 16, 16, 2)
+    assert np.all(warm.loss_history[:, 0] < cold.loss_history[:, 0])
+    with pytest.raises(InputError, match="needs sides of at least"):
+        R.reconstruct(exemplar, levels=4, **kwargs)
