@@ -100,12 +100,16 @@ def mcrpy_case(args, params_for):
     walls = []
     for repeat in range(args.repeats_mcrpy):
         start = time.perf_counter()
-        result = R.reconstruct(exemplar, shape=(64, 64), count=1, steps=500, seed=repeat, layers=taps,
-                               params=params, dtype=args.dtype, chunk=50)
+        steps = 500 if args.levels == 1 else 500 - args.coarse_steps
+        result = R.reconstruct(exemplar, shape=(64, 64), count=1, steps=steps, seed=repeat, layers=taps,
+                               params=params, dtype=args.dtype, chunk=50, levels=args.levels,
+                               coarse_steps=args.coarse_steps)
         walls.append(time.perf_counter() - start)
         print(f"  run {repeat}: {walls[-1]:.1f} s (compile included), status {result.status_names[0]}", flush=True)
     median = statistics.median(walls)
-    print(f"mcrpy case: 64x64, layers mcrpy, 500 steps, 1 reconstruction: median {median:.1f} s over "
+    schedule = ("500 steps" if args.levels == 1 else
+                f"{args.coarse_steps} steps at 32x32 then {500 - args.coarse_steps} at 64x64")
+    print(f"mcrpy case: 64x64, layers mcrpy, {schedule}, 1 reconstruction: median {median:.1f} s over "
           f"{len(walls)} runs (spread {min(walls):.1f}-{max(walls):.1f} s), peak memory {peak_memory_gb():.2f} GB")
     print(f"  vs MCRpy 0.2.0 {MCRPY_SECONDS:.0f} s / {MCRPY_PEAK_GB} GB (REFERENCE.md section 3, same machine kind): "
           f"{MCRPY_SECONDS / median:.1f}x faster")
@@ -122,11 +126,15 @@ def main():
     parser.add_argument("--repeats-mcrpy", type=int, default=3)
     parser.add_argument("--mcrpy", action="store_true", help="run only MCRpy's comparison case")
     parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--levels", type=int, default=1, help="mcrpy case: 2 = coarse-to-fine")
+    parser.add_argument("--coarse-steps", type=int, default=400, help="mcrpy case with --levels 2: steps at 32x32")
     parser.add_argument("--peak-flops", type=float, default=None,
                         help="device peak FLOP/s for the %% floor column (default: 790e12 on GPU, 192e9 on CPU)")
     args = parser.parse_args()
     if args.peak_flops is None:
         args.peak_flops = 192e9 if jax.devices()[0].platform == "cpu" else 790e12
+    if args.mcrpy:
+        args.layers = "mcrpy"
     header(args)
 
     def params_for(taps):

@@ -249,4 +249,4 @@ def test_estimate_grows_with_the_request():
     small = estimate.estimate((64, 64), 1, 100, vgg.TAP_SETS["mcrpy"])
     assert small.flops_per_step == pytest.approx(3 * vgg.flops_per_image((64, 64), vgg.TAP_SETS["mcrpy"]))
     big = estimate.estimate((64, 64, 64), 4, 100, vgg.TAP_SETS["mcrpy"])
-    assert big.images_per_step == 4 * 3 * 64 and big.memory_bytes > 100 * small.memory_bytes
+    assert big.images_per_step == 4 * 3 * 64 and big.memory_bytes > 50 * small.memory_bytes
