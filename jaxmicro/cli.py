@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -132,9 +133,9 @@ def _reconstruct(args) -> int:
             checkpointer.save(done, states, history)
             raise KeyboardInterrupt
 
+    # steps per compiled chunk: checkpoints fall on chunk ends, so a chunk must divide --checkpoint-every
     every = args.checkpoint_every
-    chunk = every if every and every <= 50 else next((c for c in range(50, 9, -1) if every and every % c == 0),
-                                                     every or 50)
+    chunk = 50 if not every else math.gcd(every, 50) if math.gcd(every, 50) >= 10 else every
     started = time.perf_counter()
     try:
         result = R.reconstruct(
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("exemplar", nargs="?", help="image file (TIFF, PNG, NPY); omit for the built-in example")
     p.add_argument("--shape", help="output shape HxW or DxHxW, e.g. 128x128 (default: the exemplar's)")
     p.add_argument("--count", type=_positive_int, default=4, help="number of reconstructions (default 4)")
-    p.add_argument("--steps", type=_positive_int, default=500, help="optimiser steps (default 500)")
+    p.add_argument("--steps", type=_positive_int, default=1000, help="optimiser steps at full size (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); recorded in metrics.json")
     p.add_argument("--optimizer", choices=["adam", "lbfgs"], default="adam")
     p.add_argument("--learning-rate", type=float, help="step size (default: 0.05 for adam, line search for lbfgs)")

@@ -192,7 +192,7 @@ def check_config(config: ReconstructionConfig, exemplar_shapes: Sequence[Sequenc
     smallest = min([min(config.shape)] + [min(s) for s in exemplar_shapes])
     if not 0 <= config.correlation_radius < smallest // 2 + 1:
         raise InputError(
-            f"correlation radius {config.correlation_radius} must be below half the smallest side ({smallest})"
+            f"correlation radius {config.correlation_radius} must lie in 0..{smallest // 2} (half the smallest side)"
         )
 
 
@@ -495,7 +495,7 @@ def reconstruct(
     *,
     shape: Sequence[int] | None = None,
     count: int = 1,
-    steps: int = 500,
+    steps: int = 1000,
     seed: int = 0,
     layers: str | Sequence[str] = "default",
     layer_weights: Sequence[float] | None = None,
