@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmicro.errors import InputError
+from jaxmicro.statistics import phase_indicators
 
 MAX_ENCODED_PHASES = 8
 
@@ -51,11 +52,6 @@ def probabilities_from_logits(logits: jax.Array) -> jax.Array:
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
-def one_hot(labels, n_phases: int) -> jax.Array:
-    """Phase labels ``(...)`` -> pure phase probabilities ``(..., n)`` float32."""
-    return jax.nn.one_hot(jnp.asarray(labels), n_phases, dtype=jnp.float32)
-
-
 def encode(probabilities: jax.Array) -> jax.Array:
     """Phase probabilities ``(..., n)`` -> RGB image ``(..., 3)`` in 0..255 (float32 or wider); linear."""
     dtype = jnp.promote_types(probabilities.dtype, jnp.float32)
@@ -65,7 +61,7 @@ def encode(probabilities: jax.Array) -> jax.Array:
 
 def encode_labels(labels, n_phases: int) -> jax.Array:
     """Phase labels ``(...)`` -> RGB image ``(..., 3)``."""
-    return encode(one_hot(labels, n_phases))
+    return encode(phase_indicators(labels, n_phases))
 
 
 def encode_gray(gray: jax.Array) -> jax.Array:
@@ -83,13 +79,3 @@ def decode_rgb(rgb: jax.Array, n_phases: int) -> jax.Array:
     palette = jnp.asarray(phase_palette(n_phases))
     distance = jnp.sum((jnp.asarray(rgb, jnp.float32)[..., None, :] - palette) ** 2, axis=-1)
     return jnp.argmin(distance, axis=-1).astype(jnp.int32)
-
-
-def undecided_fraction(probabilities: jax.Array, threshold: float = 0.9) -> jax.Array:
-    """Fraction of pixels whose most probable phase has probability below ``threshold``: ``(..., n) -> ()``."""
-    return jnp.mean(jnp.max(probabilities, axis=-1) < threshold)
-
-
-def impurity(probabilities: jax.Array) -> jax.Array:
-    """Mean Gini impurity ``1 - sum_i p_i^2`` over pixels: 0 when every pixel is a pure phase."""
-    return jnp.mean(1.0 - jnp.sum(probabilities**2, axis=-1))

@@ -28,7 +28,7 @@ class Estimate(NamedTuple):
 def _activation_bytes(shape2d, taps, bytes_per_value: int) -> float:
     """Activations kept for the backward pass of one 2D image (every conv, ReLU and pool output)."""
     h, w = shape2d
-    widths = dict(zip(vgg.CONV_NAMES, [c for b, d in zip(vgg.VGG19_WIDTHS, vgg.BLOCK_DEPTHS) for c in [b] * d]))
+    widths = vgg.widths_by_conv(vgg.VGG19_WIDTHS)
     total, channels = 3.0 * h * w, 3
     for name, kind in vgg.layers_needed(taps):
         if kind == "conv":

@@ -36,7 +36,7 @@ import optax
 
 from jaxmicro import encoding, vgg
 from jaxmicro.errors import InputError
-from jaxmicro.statistics import two_point_correlation
+from jaxmicro.statistics import phase_indicators, two_point_correlation
 
 CONVERGED, MAX_STEPS, NON_FINITE = 0, 1, 2
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "non_finite"}
@@ -135,7 +135,7 @@ def fields_from_exemplar(config: ReconstructionConfig, exemplar) -> jax.Array:
     """Exemplar labels (int) or grayscale (float 0..1) -> the same fields a reconstruction has."""
     if config.grayscale:
         return jnp.asarray(exemplar, jnp.float32)[..., None]
-    return encoding.one_hot(exemplar, config.n_phases)
+    return phase_indicators(exemplar, config.n_phases)
 
 
 def slices(volume: jax.Array, direction: int) -> jax.Array:

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmicro.errors import InputError
+from jaxmicro.weights import MEAN_BGR
 
 BLOCK_DEPTHS = (2, 2, 4, 4, 4)
 VGG19_WIDTHS = (64, 128, 256, 512, 512)
-MEAN_BGR = np.asarray([103.939, 116.779, 123.68], dtype=np.float32)
 
 
 def _layer_sequence() -> tuple[tuple[str, str], ...]:
@@ -88,7 +88,7 @@ def minimum_side(taps: Sequence[str]) -> int:
     return 2 ** (pooling_count(taps) + 1)
 
 
-def _widths_by_conv(widths: Sequence[int]) -> dict[str, int]:
+def widths_by_conv(widths: Sequence[int]) -> dict[str, int]:
     return {f"conv{b}_{i}": widths[b - 1] for b, d in enumerate(BLOCK_DEPTHS, 1) for i in range(1, d + 1)}
 
 
@@ -110,7 +110,7 @@ class VGG19Features(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        widths = _widths_by_conv(self.widths)
+        widths = widths_by_conv(self.widths)
         outputs = {}
         x = x.astype(self.dtype)
         for name, kind in layers_needed(self.taps):
@@ -137,11 +137,11 @@ def preprocess(rgb: jax.Array) -> jax.Array:
 
 def random_params(key: jax.Array, taps: Sequence[str], widths: Sequence[int] = VGG19_WIDTHS) -> dict:
     """He-initialised weights for the convolutions the taps need (for tests and speed runs, not for quality)."""
-    widths_by_conv = _widths_by_conv(widths)
+    conv_widths = widths_by_conv(widths)
     params, channels = {}, 3
     for name in convs_needed(taps):
         key, subkey = jax.random.split(key)
-        out = widths_by_conv[name]
+        out = conv_widths[name]
         scale = np.sqrt(2.0 / (9 * channels)) / (255.0 if channels == 3 else 1.0)
         params[name] = {
             "kernel": jax.random.normal(subkey, (3, 3, channels, out), jnp.float32) * scale,
@@ -161,13 +161,13 @@ def gram_matrix(features: jax.Array) -> jax.Array:
 
 def flops_per_image(shape: Sequence[int], taps: Sequence[str], widths: Sequence[int] = VGG19_WIDTHS) -> float:
     """Forward convolution FLOPs (2 H W Cin Cout 9 per layer) of one ``(H, W)`` image up to the deepest tap."""
-    widths_by_conv = _widths_by_conv(widths)
+    conv_widths = widths_by_conv(widths)
     h, w = shape
     channels, total = 3, 0.0
     for name, kind in layers_needed(taps):
         if kind == "conv":
-            total += 2.0 * h * w * channels * widths_by_conv[name] * 9
-            channels = widths_by_conv[name]
+            total += 2.0 * h * w * channels * conv_widths[name] * 9
+            channels = conv_widths[name]
         elif kind == "pool":
             h, w = h // 2, w // 2
     return total

