@@ -376,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poisson", type=_float_list, metavar="NU0,NU1,...", help="Poisson's ratio of each phase")
     p.add_argument("--bulk", type=_float_list, metavar="K0,K1,...", help="bulk modulus of each phase")
     p.add_argument("--shear", type=_float_list, metavar="G0,G1,...", help="shear modulus of each phase")
-    p.add_argument("--tol", type=float, default=1e-6, help="relative residual tolerance (default 1e-6)")
+    p.add_argument("--tol", type=float, default=None,
+                   help="relative residual tolerance (default 1e-4: the tensor is then at float32 rounding)")
     p.add_argument("--max-iterations", type=_positive_int, default=1000)
     p.add_argument("--json", help="write the tensors as JSON (keys conductivity, stiffness)")
     _add_reading_options(p)

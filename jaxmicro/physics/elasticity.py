@@ -26,6 +26,7 @@ from jaxmicro.physics.solver import (
     HomogenisationResult,
     check_options,
     concrete_or_none,
+    default_tol,
     finish,
     homogenise,
     phase_fields,
@@ -113,7 +114,7 @@ def effective_stiffness(
     bulk=None,
     shear=None,
     scheme: str = "rotated",
-    tol: float = 1e-6,
+    tol: float | None = None,
     max_iterations: int = 1000,
     throw: bool = True,
 ) -> HomogenisationResult:
@@ -155,9 +156,10 @@ def effective_stiffness(
     else:
         bulk = property_values(bulk, "bulk")
         shear = property_values(shear, "shear")
-    (bulk_field, shear_field), shape, _ = phase_fields(micro, [bulk, shear], ["bulk", "shear"])
+    (bulk_field, shear_field), shape, dtype = phase_fields(micro, [bulk, shear], ["bulk", "shear"])
     result = _effective_stiffness(
-        (bulk_field, shear_field), shape=shape, scheme=scheme, tol=tol, max_iterations=max_iterations
+        (bulk_field, shear_field), shape=shape, scheme=scheme, tol=default_tol(tol, dtype),
+        max_iterations=max_iterations
     )
     return finish(result, throw, "effective_stiffness")
 
