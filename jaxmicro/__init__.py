@@ -29,6 +29,8 @@ from jaxmicro.statistics import (
     chord_length_distribution,
     copy_agreement,
     copy_baseline,
+    largest_cluster_fraction,
+    largest_cluster_fraction_slices,
     lineal_path,
     specific_surface,
     two_point_correlation,

@@ -63,7 +63,7 @@ def _add_reading_options(p):
 
 
 RUN_OPTIONS = ("exemplar", "shape", "count", "steps", "seed", "optimizer", "learning_rate", "layers", "dtype",
-               "grayscale", "phases", "gray_from_rgb", "checkpoint_every", "levels", "coarse_steps")
+               "grayscale", "phases", "gray_from_rgb", "checkpoint_every", "levels", "coarse_steps", "slices_per_step")
 
 
 def _reconstruct(args) -> int:
@@ -88,7 +88,8 @@ def _reconstruct(args) -> int:
     grayscale = exemplar.kind == "grayscale"
     image = exemplar.gray if grayscale else exemplar.labels
     shape = io.parse_shape(args.shape) if args.shape else tuple(image.shape)
-    config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype)
+    config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype,
+                              slices_per_step=args.slices_per_step)
     coarse = image
     for level in range(1, args.levels):  # every coarse level must still fit the network
         coarse = R.subsample(coarse)
@@ -96,7 +97,7 @@ def _reconstruct(args) -> int:
     taps = config.taps
     out = Path(args.resume or args.out)
     names = [f"reconstruction_{i:03d}.tif" for i in range(args.count)]
-    plan = estimate.estimate(shape, args.count, args.steps, taps, args.dtype)
+    plan = estimate.estimate(shape, args.count, args.steps, taps, args.dtype, args.slices_per_step)
     estimate.check_fits(plan)
     _say(args, estimate.format_estimate(plan))
     params = R.load_network_params(config, progress=not args.quiet)
@@ -142,7 +143,7 @@ def _reconstruct(args) -> int:
             image, shape=shape, count=args.count, steps=args.steps, seed=args.seed, layers=taps,
             optimizer=args.optimizer, learning_rate=args.learning_rate, grayscale=grayscale, dtype=args.dtype,
             params=params, chunk=min(chunk, args.steps), callback=on_chunk, checkpoint=checkpointer,
-            levels=args.levels, coarse_steps=args.coarse_steps,
+            levels=args.levels, coarse_steps=args.coarse_steps, slices_per_step=args.slices_per_step,
         )
     except KeyboardInterrupt:
         bar.close()
@@ -340,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coarse-to-fine levels: 2 first reconstructs at half size (default 1)")
     p.add_argument("--coarse-steps", type=_positive_int, metavar="K",
                    help="steps at each coarser level (default: --steps)")
+    p.add_argument("--slices-per-step", type=_positive_int, metavar="K",
+                   help="3D: slices per direction through the network each step (default: all)")
     p.add_argument("--out", default="jaxmicro-out", help="output folder (default jaxmicro-out)")
     p.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="save a checkpoint every N steps")

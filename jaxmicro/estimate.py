@@ -48,11 +48,12 @@ def available_memory() -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def estimate(shape, count: int, steps: int, taps, dtype="float32") -> Estimate:
-    """Peak memory and run time of ``count`` reconstructions of ``shape`` for ``steps`` steps."""
+def estimate(shape, count: int, steps: int, taps, dtype="float32", slices_per_step: int | None = None) -> Estimate:
+    """Peak memory and run time of ``count`` reconstructions of ``shape`` for ``steps`` steps (a volume with
+    ``slices_per_step`` sends that many slices per direction through the network each step)."""
     shape = tuple(shape)
     slice_shapes = [shape] if len(shape) == 2 else [(shape[1], shape[2]), (shape[0], shape[2]), (shape[0], shape[1])]
-    slice_counts = [1] if len(shape) == 2 else list(shape)
+    slice_counts = [1] if len(shape) == 2 else [min(n, slices_per_step or n) for n in shape]
     itemsize = np.dtype(dtype).itemsize
     per_sample = sum(n * _activation_bytes(s, taps, itemsize) for n, s in zip(slice_counts, slice_shapes))
     # x2 for XLA's temporaries around the backward pass; the fields, FFTs and optimiser state are small beside it.

@@ -5,7 +5,8 @@ phases, so the iterate is always a microstructure. The loss has four terms, each
 
 - Gram term: ``sum_tap w_tap ||G_tap - T_tap||^2 / ||T_tap||^2`` over the VGG19 taps (relative Frobenius error
   against the exemplar's Gram matrices), averaged over the 2D slices that see the network (one for a 2D image;
-  every slice in each direction for a volume).
+  for a volume every slice in each direction, or ``slices_per_step`` evenly spaced slices per direction at a
+  random offset that changes every step).
 - correlation term: relative squared error of the two-point correlation maps of the phase probabilities against
   the exemplar's, over all displacements up to ``correlation_radius`` (a full 2D window, so anisotropy counts).
 - volume-fraction term: relative squared error of the phase fractions.
@@ -56,6 +57,7 @@ class ReconstructionConfig(NamedTuple):
     padding: str = "periodic"
     dtype: Any = jnp.float32
     widths: tuple[int, ...] = vgg.VGG19_WIDTHS  # smaller only for tests with random weights
+    slices_per_step: int | None = None  # volumes: slices per direction through the network each step; None: all
 
     @property
     def grayscale(self) -> bool:
@@ -91,6 +93,7 @@ class ReconstructionState(NamedTuple):
     step: jax.Array  # int32, steps taken
     finite: jax.Array  # bool, False once a step produced a non-finite loss or gradient
     reference: jax.Array  # int8 decoded phases at 90 % of the run, to count the pixels still changing after it
+    key: jax.Array  # PRNG key of this sample (slice sampling); folded with the step, never advanced
 
 
 class LossTerms(NamedTuple):
@@ -147,11 +150,16 @@ def directions(config: ReconstructionConfig) -> tuple[int, ...]:
     return (0,) if len(config.shape) == 2 else (0, 1, 2)
 
 
-def _images(config: ReconstructionConfig, fields: jax.Array, direction: int) -> jax.Array:
-    """The batch of 2D images that the network sees in one direction."""
+def _images(config: ReconstructionConfig, fields: jax.Array, direction: int, key: jax.Array | None) -> jax.Array:
+    """The batch of 2D images that the network sees in one direction: all slices, or (with a key and
+    ``slices_per_step``) that many evenly spaced slices from a random offset, so every slice is visited."""
     if len(config.shape) == 2:
         return fields[None]
-    return slices(fields, direction)
+    count, size = config.slices_per_step, config.shape[direction]
+    if key is None or not count or count >= size:
+        return slices(fields, direction)
+    offset = jax.random.randint(jax.random.fold_in(key, direction), (), 0, size)
+    return slices(jnp.take(fields, (offset + (jnp.arange(count) * size) // count) % size, axis=direction), direction)
 
 
 def correlation_window(correlation_map: jax.Array, radius: int) -> jax.Array:
@@ -190,6 +198,8 @@ def check_config(config: ReconstructionConfig, exemplar_shapes: Sequence[Sequenc
                 f"of at least {need} pixels. Use a larger image or shallower layers (e.g. --layers shallow)."
             )
     smallest = min([min(config.shape)] + [min(s) for s in exemplar_shapes])
+    if config.slices_per_step is not None and config.slices_per_step < 1:
+        raise InputError(f"slices per step must be a positive number, got {config.slices_per_step}")
     if not 0 <= config.correlation_radius < smallest // 2 + 1:
         raise InputError(
             f"correlation radius {config.correlation_radius} must lie in 0..{smallest // 2} (half the smallest side)"
@@ -229,15 +239,16 @@ def make_targets(config: ReconstructionConfig, params, exemplars: Sequence) -> R
 
 
 def make_field_loss(config: ReconstructionConfig) -> Callable:
-    """``loss(params, fields, targets) -> (scalar, LossTerms)``: smooth in the fields (phase probabilities or
-    intensity, ``(*shape, channels)``) of one sample."""
+    """``loss(params, fields, targets, key=None) -> (scalar, LossTerms)``: smooth in the fields (phase
+    probabilities or intensity, ``(*shape, channels)``) of one sample. ``key`` picks the sampled slices of a
+    volume (``slices_per_step``); without it every slice counts."""
     features = make_network(config)
     weights = dict(zip(config.taps, config.weights))
 
-    def loss(params, fields, targets: ReconstructionTargets):
+    def loss(params, fields, targets: ReconstructionTargets, key=None):
         gram = 0.0
         for direction, target_grams in zip(directions(config), targets.grams):
-            taps = features(params, rgb_from_fields(config, _images(config, fields, direction)))
+            taps = features(params, rgb_from_fields(config, _images(config, fields, direction, key)))
             for tap, f in taps.items():
                 errors = jax.vmap(lambda g: _relative_error(g, target_grams[tap]))(jax.vmap(vgg.gram_matrix)(f))
                 gram = gram + weights[tap] * jnp.mean(errors)
@@ -262,12 +273,12 @@ def make_field_loss(config: ReconstructionConfig) -> Callable:
 
 
 def make_loss(config: ReconstructionConfig) -> Callable:
-    """``loss(params, logits, targets) -> (scalar, LossTerms)`` for one sample: the field loss of the decoded
-    phases, with the straight-through gradient to the logits."""
+    """``loss(params, logits, targets, key=None) -> (scalar, LossTerms)`` for one sample: the field loss of the
+    decoded phases, with the straight-through gradient to the logits."""
     field_loss = make_field_loss(config)
 
-    def loss(params, logits, targets: ReconstructionTargets):
-        return field_loss(params, fields_from_logits(config, logits), targets)
+    def loss(params, logits, targets: ReconstructionTargets, key=None):
+        return field_loss(params, fields_from_logits(config, logits), targets, key)
 
     return loss
 
@@ -298,14 +309,16 @@ def decoded_phases(logits: jax.Array) -> jax.Array:
 
 def init_state(config: ReconstructionConfig, optimizer, key: jax.Array, logits=None) -> ReconstructionState:
     """White-noise logits (one sample), or the given ones (coarse-to-fine), and a fresh optimiser state."""
+    noise_key, key = jax.random.split(key)
     if logits is None:
-        logits = 0.1 * jax.random.normal(key, (*config.shape, config.channels), jnp.float32)
+        logits = 0.1 * jax.random.normal(noise_key, (*config.shape, config.channels), jnp.float32)
     return ReconstructionState(
         logits=logits,
         optimizer_state=optimizer.init(logits),
         step=jnp.zeros((), jnp.int32),
         finite=jnp.ones((), bool),
         reference=jnp.zeros(config.shape, jnp.int8),
+        key=key,
     )
 
 
@@ -321,8 +334,10 @@ def make_step(config: ReconstructionConfig, optimizer, total_steps: int) -> Call
     def step(params, state: ReconstructionState, targets: ReconstructionTargets):
         reference = jnp.where(state.step == reference_step, decoded_phases(state.logits), state.reference)
         state = state._replace(reference=reference)
+        key = jax.random.fold_in(state.key, state.step)
+
         def value(logits):
-            return loss_fn(params, logits, targets)[0]
+            return loss_fn(params, logits, targets, key)[0]
 
         loss, grads = jax.value_and_grad(value)(state.logits)
         updates, optimizer_state = optimizer.update(
@@ -330,7 +345,7 @@ def make_step(config: ReconstructionConfig, optimizer, total_steps: int) -> Call
         )
         logits = optax.apply_updates(state.logits, updates)
         ok = state.finite & jnp.isfinite(loss) & jnp.all(jnp.isfinite(grads)) & jnp.all(jnp.isfinite(logits))
-        new = ReconstructionState(logits, optimizer_state, state.step + 1, ok, reference)
+        new = ReconstructionState(logits, optimizer_state, state.step + 1, ok, reference, state.key)
         kept = state._replace(step=state.step + 1, finite=ok)
         state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, kept)
         return state, jnp.where(ok, loss, jnp.nan).astype(jnp.float32)

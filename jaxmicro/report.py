@@ -11,6 +11,8 @@ Comparison rules (see docs/statistics.md):
   over its 2 axes (the in-plane isotropic assumption of 2D-to-3D reconstruction); errors are reported per axis.
 - Copy check: ``statistics.copy_agreement`` over shifts, flips and transposes; for a 3D reconstruction of a 2D
   exemplar, the highest agreement of the exemplar with the middle slice normal to each axis.
+- Connectivity: ``statistics.largest_cluster_fraction`` (face-connected, non-periodic) of each image in its own
+  dimension; for a 3D reconstruction of a 2D exemplar also its slices' 2D value per axis, the like-for-like one.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ def describe(labels, n_phases: int | None = None, *, max_distance: int | None = 
     ``lineal_path_per_axis`` (ndim x (R+1) x n), ``chord_length`` (per axis: ``count``, ``mean``, ``std`` per
     phase, in pixels; periodic chords, see ``statistics.chord_length_distribution``), ``chord_length_mean``
     (n, mean over axes), ``specific_surface`` (n, boundary faces per pixel), ``specific_surface_pairs``
-    (n x n), ``specific_surface_total`` (all interfaces, faces per pixel).
+    (n x n), ``specific_surface_total`` (all interfaces, faces per pixel), ``largest_cluster_fraction`` (n, the
+    fraction of each phase in its largest face-connected cluster, non-periodic).
     """
     array = _labels(labels, "image")
     n = int(n_phases) if n_phases is not None else int(array.max()) + 1
@@ -120,6 +123,7 @@ def describe(labels, n_phases: int | None = None, *, max_distance: int | None = 
         "specific_surface": s["surface"].tolist(),
         "specific_surface_pairs": s["surface_pairs"].tolist(),
         "specific_surface_total": float(s["surface"].sum() / 2),
+        "largest_cluster_fraction": st.largest_cluster_fraction(array, n).tolist(),
     }
 
 
@@ -132,17 +136,20 @@ def format_description(d: dict) -> str:
         "",
     ]
     axes = range(d["ndim"])
-    header = f"{'phase':>5}  {'fraction':>8}  {'surface':>8}  " + "  ".join(f"{'chord ax' + str(a):>9}" for a in axes)
+    header = f"{'phase':>5}  {'fraction':>8}  {'surface':>8}  {'cluster':>8}  "
+    header += "  ".join(f"{'chord ax' + str(a):>9}" for a in axes)
     header += "  " + "  ".join(f"{'S2(R/4) ax' + str(a):>11}" for a in axes)
     lines.append(header)
     quarter = d["max_distance"] // 4
     for i in range(d["n_phases"]):
         row = f"{i:>5}  {d['volume_fractions'][i]:>8.4f}  {d['specific_surface'][i]:>8.4f}  "
+        row += f"{d['largest_cluster_fraction'][i]:>8.4f}  "
         row += "  ".join(f"{d['chord_length'][a]['mean'][i]:>9.2f}" for a in axes)
         row += "  " + "  ".join(f"{d['s2_per_axis'][a][quarter][i]:>11.4f}" for a in axes)
         lines.append(row)
     lines.append("")
-    lines.append("surface: boundary faces per pixel; chord: mean periodic chord length (px) along each axis; "
+    lines.append("surface: boundary faces per pixel; cluster: fraction of the phase in its largest face-connected "
+                 "cluster (non-periodic); chord: mean periodic chord length (px) along each axis; "
                  f"S2 at r = {quarter} px")
     return "\n".join(lines)
 
@@ -178,7 +185,10 @@ def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, ma
         ``s2_max_abs_error`` and ``lineal_path_max_abs_error`` (over phases, axes, distances 0..R) with their
         ``..._per_axis`` lists, ``specific_surface`` (n), ``specific_surface_relative_error`` (n),
         ``chord_length_mean`` (n), ``copy_agreement``, ``copy_baseline`` (``sum_i f_i g_i``), ``copy_excess``
-        (``(agreement - baseline) / (1 - baseline)``: 0 independent, 1 a moved copy) and ``likely_copy``.
+        (``(agreement - baseline) / (1 - baseline)``: 0 independent, 1 a moved copy), ``likely_copy`` and
+        ``largest_cluster_fraction`` (n, in the reconstruction's own dimension: 3D for a volume); for a 3D
+        reconstruction of a 2D exemplar also ``largest_cluster_fraction_slices`` (3 x n: the 2D value of its
+        slices normal to each axis, averaged), to set beside the exemplar's 2D ``largest_cluster_fraction``.
 
     Raises:
         InputError: a 3D exemplar with a 2D reconstruction, a different number of phases, an empty phase,
@@ -228,30 +238,36 @@ def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, ma
         rec_baseline = float(np.sum(ex_fractions * s["fractions"]))
         excess = (copy - rec_baseline) / max(1.0 - rec_baseline, 1e-12)
         chords = [_chord_summary(s["chords"][a])["mean"] for a in range(array.ndim)]
-        results.append(
-            {
-                "file": name,
-                "shape": list(array.shape),
-                "volume_fractions": s["fractions"].tolist(),
-                "volume_fraction_error": float(np.abs(s["fractions"] - ex_fractions).max()),
-                "s2_max_abs_error": float(s2_error.max()),
-                "s2_max_abs_error_per_axis": s2_error.tolist(),
-                "lineal_path_max_abs_error": float(path_error.max()),
-                "lineal_path_max_abs_error_per_axis": path_error.tolist(),
-                "specific_surface": s["surface"].tolist(),
-                "specific_surface_relative_error": ((s["surface"] - ex_surface) / ex_surface).tolist(),
-                "chord_length_mean": np.mean(chords, axis=0).tolist(),
-                "copy_agreement": copy,
-                "copy_baseline": rec_baseline,
-                "copy_excess": float(excess),
-                "likely_copy": bool(excess >= LIKELY_COPY_EXCESS),
-            }
-        )
+        result = {
+            "file": name,
+            "shape": list(array.shape),
+            "volume_fractions": s["fractions"].tolist(),
+            "volume_fraction_error": float(np.abs(s["fractions"] - ex_fractions).max()),
+            "s2_max_abs_error": float(s2_error.max()),
+            "s2_max_abs_error_per_axis": s2_error.tolist(),
+            "lineal_path_max_abs_error": float(path_error.max()),
+            "lineal_path_max_abs_error_per_axis": path_error.tolist(),
+            "specific_surface": s["surface"].tolist(),
+            "specific_surface_relative_error": ((s["surface"] - ex_surface) / ex_surface).tolist(),
+            "chord_length_mean": np.mean(chords, axis=0).tolist(),
+            "copy_agreement": copy,
+            "copy_baseline": rec_baseline,
+            "copy_excess": float(excess),
+            "likely_copy": bool(excess >= LIKELY_COPY_EXCESS),
+            "largest_cluster_fraction": st.largest_cluster_fraction(array, n).tolist(),
+        }
+        if array.ndim > ex.ndim:
+            result["largest_cluster_fraction_slices"] = st.largest_cluster_fraction_slices(array, n).tolist()
+        results.append(result)
     return {"exemplar": summary, "max_distance": max_distance, "baseline": baseline, "reconstructions": results}
 
 
+def _per_phase(values) -> str:
+    return "/".join(f"{v:.3f}" for v in values)
+
+
 def format_comparison(d: dict) -> str:
-    """A text table of ``compare``'s dict: one row per reconstruction."""
+    """A text table of ``compare``'s dict: one row per reconstruction, then the largest-cluster fractions."""
     ex = d["exemplar"]
     fractions = " / ".join(f"{f:.3f}" for f in ex["volume_fractions"])
     lines = [
@@ -267,6 +283,15 @@ def format_comparison(d: dict) -> str:
             f"{r['file'][:24]:<24} {shape:>13} {r['volume_fraction_error']:>7.4f} {r['s2_max_abs_error']:>7.4f} "
             f"{r['lineal_path_max_abs_error']:>7.4f} {r['copy_agreement']:>6.3f} {r['copy_baseline']:>6.3f}  {note}"
         )
+    lines.append("")
+    lines.append("largest-cluster fraction of each phase (phases separated by /; face-connected, non-periodic):")
+    lines.append(f"  {'exemplar':<24} {ex['ndim']}D {_per_phase(ex['largest_cluster_fraction'])}")
+    for r in d["reconstructions"]:
+        row = f"  {r['file'][:24]:<24} {len(r['shape'])}D {_per_phase(r['largest_cluster_fraction'])}"
+        if "largest_cluster_fraction_slices" in r:
+            row += "   2D slices, mean per axis: " + "  ".join(
+                f"ax{a} {_per_phase(v)}" for a, v in enumerate(r["largest_cluster_fraction_slices"]))
+        lines.append(row)
     lines.append("")
     lines.append("|dVf|, |dS2|, |dL|: largest absolute error of volume fraction, S2 and lineal path over phases, axes "
                  "and distances; copy: best pixel agreement over shifts/flips/transposes; base: that of independent structures")
@@ -310,33 +335,45 @@ def _chord_probability(counts: np.ndarray, max_distance: int) -> np.ndarray:
     return clipped / np.maximum(clipped.sum(-1, keepdims=True), 1)
 
 
-def _profile_panels(axes, ex_stats: dict, rec_stats: list[dict], max_distance: int, n_phases: int) -> None:
-    distance = np.arange(max_distance + 1)
-    colours = [f"C{i}" for i in range(n_phases)]
-    panels = [
-        ("two-point correlation S2 (mean over axes)", lambda s: s["s2"].mean(0).T),
-        ("lineal path L (mean over axes)", lambda s: s["lineal_path"].mean(0).T),
-        ("chord-length probability", lambda s: _chord_probability(s["chords"], max_distance)),
-    ]
-    for ax, (title, get) in zip(axes, panels):
-        reference = get(ex_stats)
-        for i in range(n_phases):
-            ax.plot(distance, reference[i], color=colours[i], lw=2, label=f"exemplar phase {i}")
-            if rec_stats:
-                values = np.stack([get(s)[i] for s in rec_stats])
-                ax.plot(distance, values.mean(0), color=colours[i], ls="--", lw=1.2,
-                        label=f"reconstructions phase {i} (mean, min-max)")
-                ax.fill_between(distance, values.min(0), values.max(0), color=colours[i], alpha=0.2, lw=0)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("distance (pixels)")
+def _band_panel(ax, title: str, reference: np.ndarray, values: list[np.ndarray], label: str = "exemplar") -> None:
+    """The exemplar's ``(n, R + 1)`` profile of each phase against the reconstructions' (mean, min-max band)."""
+    distance = np.arange(reference.shape[-1])
+    for i in range(reference.shape[0]):
+        ax.plot(distance, reference[i], color=f"C{i}", lw=2, label=f"{label} phase {i}")
+        if values:
+            stacked = np.stack([v[i] for v in values])
+            ax.plot(distance, stacked.mean(0), color=f"C{i}", ls="--", lw=1.2,
+                    label=f"reconstructions phase {i} (mean, min-max)")
+            ax.fill_between(distance, stacked.min(0), stacked.max(0), color=f"C{i}", alpha=0.2, lw=0)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("distance (pixels)")
+
+
+_PROFILES = {
+    "s2": ("two-point correlation S2 (mean over axes)", lambda s, r: s["s2"].mean(0).T),
+    "lineal_path": ("lineal path L (mean over axes)", lambda s, r: s["lineal_path"].mean(0).T),
+    "chords": ("chord-length probability", lambda s, r: _chord_probability(s["chords"], r)),
+}
+
+
+def _profile_panels(axes, ex_stats: dict, rec_stats: list[dict], max_distance: int,
+                    kinds: Sequence[str] = ("s2", "lineal_path", "chords")) -> None:
+    for ax, kind in zip(axes, kinds):
+        title, get = _PROFILES[kind]
+        _band_panel(ax, title, get(ex_stats, max_distance), [get(s, max_distance) for s in rec_stats])
     axes[0].legend(fontsize=7)
 
 
 def comparison_figure(exemplar, reconstructions, path, *, names: Sequence[str] | None = None,
                       max_distance: int | None = None) -> Path:
-    """Write a PNG: the exemplar and up to 4 reconstructions (middle slice for 3D), then S2, lineal path and
-    chord-length distributions of the exemplar against the reconstructions (mean and min-max band over all
-    reconstructions). Same validation and cut-off as ``compare``. Written atomically; returns the path."""
+    """Write a PNG comparing reconstructions with their exemplar. Written atomically; returns the path.
+
+    2D reconstructions: the exemplar (middle slice for 3D) and up to 4 reconstructions, then S2, lineal path and
+    chord-length distributions of the exemplar against the reconstructions (mean and min-max band over all).
+    With 3D reconstructions: the exemplar and the three orthogonal middle slices of the first volume; S2 along
+    each axis of the volumes against the exemplar's (its in-plane mean for a 2D exemplar, the same axis for a
+    3D one); then lineal path and chord-length distributions as for 2D. Same validation and cut-off as ``compare``.
+    """
     ex = _labels(exemplar, "exemplar")
     recs = [_labels(r, f"reconstruction {k}") for k, r in enumerate(_as_list(reconstructions))]
     names = [f"reconstruction_{k}" for k in range(len(recs))] if names is None else list(names)
@@ -350,16 +387,38 @@ def comparison_figure(exemplar, reconstructions, path, *, names: Sequence[str] |
     max_distance = limit if max_distance is None else int(max_distance)
     ex_stats = _statistics(ex, n, max_distance)
     rec_stats = [_statistics(r, n, max_distance) for r in recs]
-    shown = recs[:4]
-    columns = max(1 + len(shown), 3)
-    figure = _new_figure(3.2 * columns, 6.4)
-    grid = figure.add_gridspec(2, columns)
-    _show_image(figure.add_subplot(grid[0, 0]), ex, n, "exemplar")
-    for k, r in enumerate(shown):
-        _show_image(figure.add_subplot(grid[0, k + 1]), r, n, str(names[k]))
-    edges = np.linspace(0, columns, 4).round().astype(int)
-    axes = [figure.add_subplot(grid[1, edges[k] : edges[k + 1]]) for k in range(3)]
-    _profile_panels(axes, ex_stats, rec_stats, max_distance, n)
+    volumes = [k for k, r in enumerate(recs) if r.ndim == 3]
+    if not volumes:
+        shown = recs[:4]
+        columns = max(1 + len(shown), 3)
+        figure = _new_figure(3.2 * columns, 6.4)
+        grid = figure.add_gridspec(2, columns)
+        _show_image(figure.add_subplot(grid[0, 0]), ex, n, "exemplar")
+        for k, r in enumerate(shown):
+            _show_image(figure.add_subplot(grid[0, k + 1]), r, n, str(names[k]))
+        edges = np.linspace(0, columns, 4).round().astype(int)
+        axes = [figure.add_subplot(grid[1, edges[k] : edges[k + 1]]) for k in range(3)]
+        _profile_panels(axes, ex_stats, rec_stats, max_distance)
+        return _save_atomically(figure, path)
+
+    figure = _new_figure(12.8, 9.6)
+    grid = figure.add_gridspec(3, 12)  # 12 columns: 4 images, 3 per-axis panels, 2 profile panels
+    _show_image(figure.add_subplot(grid[0, 0:3]), ex, n, "exemplar")
+    first = recs[volumes[0]]
+    for a in range(3):
+        piece = np.take(first, first.shape[a] // 2, axis=a)
+        _show_image(figure.add_subplot(grid[0, 3 * a + 3 : 3 * a + 6]), piece, n,
+                    f"{names[volumes[0]]}\nmiddle slice normal to axis {a}")
+    for a in range(3):
+        reference = ex_stats["s2"].mean(0).T if ex.ndim == 2 else ex_stats["s2"][a].T
+        ax = figure.add_subplot(grid[1, 4 * a : 4 * a + 4])
+        _band_panel(ax, f"S2 along axis {a} (3D reconstructions)", reference,
+                    [rec_stats[k]["s2"][a].T for k in volumes],
+                    "exemplar (in-plane mean)" if ex.ndim == 2 else "exemplar")
+        if a == 0:
+            ax.legend(fontsize=7)
+    axes = [figure.add_subplot(grid[2, 0:6]), figure.add_subplot(grid[2, 6:12])]
+    _profile_panels(axes, ex_stats, rec_stats, max_distance, ("lineal_path", "chords"))
     return _save_atomically(figure, path)
 
 

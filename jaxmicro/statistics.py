@@ -1,12 +1,13 @@
 """Microstructure statistics on periodic grids: volume fractions, two-point correlations, lineal path,
-chord lengths, specific surface and the copy check.
+chord lengths, specific surface and the copy check; and the (non-periodic) largest-cluster fraction.
 
 Conventions (see docs/statistics.md):
 
 - A label image is an integer array ``(*spatial)`` holding phase indices ``0..n-1`` (2D ``(H, W)`` or 3D
   ``(D, H, W)``). Per-phase indicators or probabilities are ``(*spatial, n)``, channel last, as on the
   network side.
-- Every image is treated as one period of an infinite periodic structure: shifts wrap around.
+- Every image is treated as one period of an infinite periodic structure: shifts wrap around. The exception
+  is connectivity (``largest_cluster_fraction``): clusters do not join across the image edges.
 - Distances are in pixels (voxels) along the grid axes; ``r = 0`` is the origin.
 - The default cut-off of every profile is half the smallest side, ``min(spatial) // 2``: beyond it the
   periodic S2 repeats itself mirrored and carries no new information.
@@ -15,7 +16,9 @@ The FFT-based functions (``phase_indicators``, ``volume_fractions``, ``two_point
 ``two_point_profiles``, ``specific_surface`` with ``n_phases`` given, ``copy_agreement`` with ``n_phases``
 given, ``copy_baseline``) are pure JAX: they accept numpy or JAX arrays and work under ``jax.jit`` and
 ``jax.vmap``; the first three are differentiable with respect to soft probabilities. The run-length
-statistics (``lineal_path``, ``chord_length_distribution``) are exact integer counts done in numpy.
+statistics (``lineal_path``, ``chord_length_distribution``) and the cluster statistics
+(``largest_cluster_fraction``, ``largest_cluster_fraction_slices``, by ``scipy.ndimage.label``) are exact
+integer counts done in numpy.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
 
 from jaxmicro.errors import InputError
 
@@ -40,6 +44,8 @@ __all__ = [
     "lineal_path",
     "chord_length_distribution",
     "specific_surface",
+    "largest_cluster_fraction",
+    "largest_cluster_fraction_slices",
     "copy_agreement",
     "copy_baseline",
 ]
@@ -379,6 +385,70 @@ def specific_surface(labels, n_phases: int | None = None, *, pairwise: bool = Fa
     n = int(n_phases) if n_phases is not None else _concrete_n_phases(labels)
     faces = _interface_density(labels, n)
     return faces if pairwise else faces.sum(axis=1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# connectivity (numpy + scipy, non-periodic)
+
+
+def _largest_cluster_fraction(array: np.ndarray, n_phases: int) -> np.ndarray:
+    """``(n,)`` largest face-connected cluster / pixels of each phase; NaN for an absent phase. Unchecked."""
+    structure = ndimage.generate_binary_structure(array.ndim, 1)  # face neighbours only
+    out = np.full(n_phases, np.nan, dtype=np.float64)
+    for phase in range(n_phases):
+        clusters, count = ndimage.label(array == phase, structure)
+        if count:
+            sizes = np.bincount(clusters.reshape(-1))
+            out[phase] = sizes[1:].max() / sizes[1:].sum()
+    return out
+
+
+def largest_cluster_fraction(labels, n_phases: int | None = None) -> np.ndarray:
+    """Fraction of each phase's pixels (voxels) that lie in its largest connected cluster.
+
+    Clusters are face-connected (4 neighbours in 2D, 6 in 3D; pixels touching only at a corner or edge are
+    separate) and **not periodic**: a cluster does not join across the image edges, since exemplars are cut
+    from larger samples. 1 means the phase is one connected cluster; ``1 / k`` that it is ``k`` equal pieces.
+
+    Args:
+        labels: ``(*spatial)`` integer phase indices (2D or 3D).
+        n_phases: number of phases (default ``labels.max() + 1``).
+
+    Returns:
+        ``(n,)`` float64 in ``(0, 1]``; NaN for a phase absent from the image. numpy, not ``jit``-able.
+    """
+    array = _labels_array(labels)
+    n = int(n_phases) if n_phases is not None else _concrete_n_phases(array)
+    _check_n_phases(array, n)
+    return _largest_cluster_fraction(array, n)
+
+
+def largest_cluster_fraction_slices(volume, n_phases: int | None = None) -> np.ndarray:
+    """``largest_cluster_fraction`` of the 2D slices of a volume, averaged over the slices normal to each axis.
+
+    The 2D statistic to set beside a 2D exemplar's when judging a 3D reconstruction of it. Each slice is
+    labelled on its own (face-connected, non-periodic); the mean for a phase is over the slices that hold it.
+
+    Args:
+        volume: ``(D, H, W)`` integer phase indices.
+        n_phases: number of phases (default ``volume.max() + 1``).
+
+    Returns:
+        ``(3, n)`` float64: ``[a, i]`` = mean over the slices normal to axis ``a`` of phase ``i``'s largest-cluster
+        fraction; NaN if no slice holds the phase. numpy.
+    """
+    array = _labels_array(volume, "volume")
+    if array.ndim != 3:
+        raise InputError(f"volume must be 3D, got shape {array.shape}")
+    n = int(n_phases) if n_phases is not None else _concrete_n_phases(array)
+    _check_n_phases(array, n)
+    out = np.full((3, n), np.nan, dtype=np.float64)
+    for axis in range(3):
+        values = np.stack([_largest_cluster_fraction(np.take(array, k, axis), n) for k in range(array.shape[axis])])
+        present = ~np.isnan(values)
+        counts = present.sum(0)
+        out[axis] = np.where(counts > 0, np.where(present, values, 0.0).sum(0) / np.maximum(counts, 1), np.nan)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxmicro import report
+from jaxmicro import statistics as st
 from jaxmicro.errors import InputError
 
 
@@ -63,6 +64,34 @@ def test_different_sizes_and_3d_reconstruction_of_2d_exemplar():
     assert report.compare(ex, ex[:40, :30], max_distance=5)["reconstructions"][0]["copy_agreement"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_largest_cluster_fraction_in_describe_and_compare():
+    stripes = (np.arange(16) % 8 < 4).astype(np.int32)  # 2 stripes of each phase, 4 pixels wide
+    ex = np.broadcast_to(stripes[:, None], (16, 16))
+    volume = np.broadcast_to(stripes[:, None, None], (16, 16, 16))  # the same stripes as slabs
+    d = report.compare(ex, [ex, volume], names=["same", "volume"])
+    json.dumps(d)
+    assert d["exemplar"]["largest_cluster_fraction"] == [0.5, 0.5]
+    same, vol = d["reconstructions"]
+    assert same["largest_cluster_fraction"] == [0.5, 0.5] and "largest_cluster_fraction_slices" not in same
+    assert vol["largest_cluster_fraction"] == [0.5, 0.5]  # 3D: two slabs of each phase
+    # slices normal to axis 0 are uniform; across the slabs they show the exemplar's two stripes
+    assert vol["largest_cluster_fraction_slices"] == [[1.0, 1.0], [0.5, 0.5], [0.5, 0.5]]
+    text = report.format_comparison(d)
+    assert "largest-cluster fraction" in text and "ax1 0.500/0.500" in text
+
+    ex = blobs((16, 16), 12)  # the shapes above: nothing new to compile
+    recs = [blobs((16, 16, 16), 13), blobs((16, 16), 14)]
+    d = report.compare(ex, recs)
+    assert d["exemplar"]["largest_cluster_fraction"] == st.largest_cluster_fraction(ex, 2).tolist()
+    vol, flat = d["reconstructions"]
+    assert np.asarray(vol["largest_cluster_fraction"]).shape == (2,)
+    assert np.asarray(vol["largest_cluster_fraction_slices"]).shape == (3, 2)
+    expected = st.largest_cluster_fraction_slices(recs[0], 2)
+    np.testing.assert_array_equal(vol["largest_cluster_fraction_slices"], expected)
+    assert np.asarray(flat["largest_cluster_fraction"]).shape == (2,) and "largest_cluster_fraction_slices" not in flat
+    assert "cluster" in report.format_description(report.describe(recs[0]))
+
+
 def test_errors():
     ex = blobs((32, 32), 6)
     with pytest.raises(InputError, match="phases"):
@@ -85,3 +114,33 @@ def test_figures_are_png(tmp_path):
     path = report.describe_figure(blobs((12, 14, 16), 11), tmp_path / "describe.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["compare.png", "describe.png", "out"]  # no temporaries
+
+
+def test_comparison_figure_panels(tmp_path, monkeypatch):
+    saved = []
+    save = report._save_atomically
+    monkeypatch.setattr(report, "_save_atomically", lambda figure, path: saved.append(figure) or save(figure, path))
+    ex = blobs((48, 48), 15)
+    path = report.comparison_figure(ex, [blobs((16, 20, 24), 16), blobs((16, 20, 24), 17)], tmp_path / "3d.png")
+    assert path.stat().st_size > 10_000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # exemplar + 3 orthogonal slices, S2 along each of the 3 axes, lineal path and chords
+    axes = saved[-1].axes
+    assert len(axes) == 9
+    assert [ax.get_title() for ax in axes[4:7]] == [f"S2 along axis {a} (3D reconstructions)" for a in range(3)]
+    assert [im.get_array().shape for ax in axes[1:4] for im in ax.get_images()] == [(20, 24), (16, 24), (16, 20)]
+    # the exemplar's in-plane mean S2 is the reference curve of every axis; the volume's own axis is the mean curve
+    in_plane = np.mean(st.two_point_profiles(ex, max_distance=8).per_axis, 0)
+    volumes_s2 = [st.two_point_profiles(blobs((16, 20, 24), seed), max_distance=8).per_axis for seed in (16, 17)]
+    for a, ax in enumerate(axes[4:7]):
+        exemplar_line, mean_line = ax.get_lines()[:2]
+        np.testing.assert_allclose(exemplar_line.get_ydata(), in_plane[:, 0], atol=1e-6)
+        np.testing.assert_allclose(mean_line.get_ydata(), np.mean([v[a, :, 0] for v in volumes_s2], 0), atol=1e-6)
+    # a 3D exemplar: each panel's reference is the exemplar's own axis
+    ex3 = blobs((12, 14, 16), 18)
+    report.comparison_figure(ex3, [blobs((16, 20, 24), 16)], tmp_path / "3d3d.png")
+    assert len(saved[-1].axes) == 9
+    own = st.two_point_profiles(ex3, max_distance=6).per_axis
+    for a, ax in enumerate(saved[-1].axes[4:7]):
+        np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), own[a, :, 0], atol=1e-6)
+    report.comparison_figure(ex, [blobs((48, 48), 19), blobs((48, 48), 20)], tmp_path / "2d.png")
+    assert len(saved[-1].axes) == 6  # 2D unchanged: exemplar + 2 reconstructions, 3 profile panels

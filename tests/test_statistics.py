@@ -138,6 +138,96 @@ def test_bad_inputs():
         st.copy_agreement(np.zeros((4, 4), int), np.zeros((4, 4, 4), int))
 
 
+# ------------------------------------------------------------------ largest-cluster fraction
+
+
+def test_largest_cluster_fraction_exact_2d():
+    labels = np.zeros((10, 12), np.int32)
+    labels[1:4, 1:4] = 1  # 9 pixels
+    labels[6:8, 7:9] = 1  # 4 pixels, separate
+    np.testing.assert_array_equal(st.largest_cluster_fraction(labels), [1.0, 9 / 13])
+    labels[4, 4] = 1  # touches the 3x3 blob only at a corner: still separate (face connectivity)
+    np.testing.assert_array_equal(st.largest_cluster_fraction(labels), [1.0, 9 / 14])
+    labels[3, 4] = 1  # a face neighbour joins it: 11 of 15
+    np.testing.assert_array_equal(st.largest_cluster_fraction(labels), [1.0, 11 / 15])
+    checkerboard = (np.indices((8, 10)).sum(0) % 2).astype(np.int32)  # every square isolated: 40 per phase
+    np.testing.assert_array_equal(st.largest_cluster_fraction(checkerboard, 2), [1 / 40, 1 / 40])
+    # not periodic: runs of 2 and 3 at the two ends of a line are not joined across the edge
+    np.testing.assert_array_equal(st.largest_cluster_fraction(np.array([[1, 1, 0, 0, 0, 1, 1, 1]])), [1.0, 3 / 5])
+    # an absent phase gives NaN, and the result is float64
+    out = st.largest_cluster_fraction(np.zeros((4, 4), np.int32), 3)
+    assert out.dtype == np.float64 and out[0] == 1.0 and np.isnan(out[1:]).all()
+    with pytest.raises(InputError):
+        st.largest_cluster_fraction(labels, 1)
+
+
+def test_largest_cluster_fraction_exact_3d():
+    slab = laminate((6, 8, 10), period=6, fraction_pixels=2, axis=0)  # phase 1 on planes 0-1, phase 0 on 2-5
+    np.testing.assert_array_equal(st.largest_cluster_fraction(slab), [1.0, 1.0])  # two percolating slabs
+    layers = laminate((12, 5, 7), period=4, fraction_pixels=1, axis=2)  # along axis 2: 1 0 0 0 1 0 0
+    np.testing.assert_array_equal(st.largest_cluster_fraction(layers), [3 / 5, 1 / 2])
+    volume = np.zeros((4, 4, 4), np.int32)
+    volume[0, 0, 0] = volume[1, 1, 0] = volume[2, 2, 1] = 1  # edge, then corner contact only: 3 clusters
+    np.testing.assert_array_equal(st.largest_cluster_fraction(volume), [1.0, 1 / 3])
+    volume[1, 0, 0] = 1  # face-joins the first two
+    np.testing.assert_array_equal(st.largest_cluster_fraction(volume), [1.0, 3 / 4])
+
+
+def test_largest_cluster_fraction_slices_exact():
+    volume = np.zeros((6, 8, 10), np.int32)
+    volume[1:3] = 1  # one slab of phase 1; phase 0 in a 1-plane and a 3-plane slab
+    np.testing.assert_array_equal(st.largest_cluster_fraction(volume), [3 / 4, 1.0])
+    slices = st.largest_cluster_fraction_slices(volume)
+    assert slices.shape == (3, 2) and slices.dtype == np.float64
+    # normal to axis 0 every slice is one phase (the mean is over the slices holding it); across, stripes
+    np.testing.assert_array_equal(slices, [[1.0, 1.0], [3 / 4, 1.0], [3 / 4, 1.0]])
+    rng = np.random.default_rng(7)
+    volume = rng.choice(3, size=(7, 9, 11), p=[0.6, 0.3, 0.1])
+    slices = st.largest_cluster_fraction_slices(volume, 3)
+    for axis in range(3):
+        per_slice = [st.largest_cluster_fraction(np.take(volume, k, axis), 3) for k in range(volume.shape[axis])]
+        np.testing.assert_allclose(slices[axis], np.nanmean(per_slice, axis=0), rtol=1e-12)
+    with pytest.raises(InputError):
+        st.largest_cluster_fraction_slices(np.zeros((8, 8), np.int32))
+
+
+def _flood_fill_largest_fraction(labels: np.ndarray, n_phases: int) -> list[float]:
+    """Reference: breadth-first flood fill over face neighbours in pure Python (no scipy, no porespy)."""
+    seen = np.zeros(labels.shape, bool)
+    largest, total = [0] * n_phases, [0] * n_phases
+    steps = [tuple(int(a == b) * s for b in range(labels.ndim)) for a in range(labels.ndim) for s in (1, -1)]
+    for start in np.ndindex(labels.shape):
+        if seen[start]:
+            continue
+        phase, size, queue = labels[start], 0, [start]
+        seen[start] = True
+        while queue:
+            point = queue.pop()
+            size += 1
+            for step in steps:
+                q = tuple(p + d for p, d in zip(point, step))
+                if all(0 <= c < n for c, n in zip(q, labels.shape)) and not seen[q] and labels[q] == phase:
+                    seen[q] = True
+                    queue.append(q)
+        largest[phase] = max(largest[phase], size)
+        total[phase] += size
+    return [l / t for l, t in zip(largest, total)]
+
+
+@pytest.mark.parametrize("shape,p", [((40, 36), [0.55, 0.3, 0.15]), ((12, 10, 14), [0.35, 0.4, 0.25])])
+def test_largest_cluster_fraction_against_flood_fill_and_porespy(shape, p):
+    rng = np.random.default_rng(8)
+    labels = rng.choice(3, size=shape, p=p)  # near the percolation threshold: many clusters of many sizes
+    ours = st.largest_cluster_fraction(labels, 3)
+    assert (ours < 1.0).all()  # every phase in several clusters
+    np.testing.assert_allclose(ours, _flood_fill_largest_fraction(labels, 3), rtol=1e-12)
+    porespy = pytest.importorskip("porespy")
+    for phase in range(3):
+        mask = labels == phase
+        sizes = porespy.filters.region_size(mask, conn="min")  # connected-components-3d, face connectivity
+        assert ours[phase] == pytest.approx(sizes[mask].max() / mask.sum(), rel=1e-12)
+
+
 # ------------------------------------------------------------------ porespy cross-checks
 
 
