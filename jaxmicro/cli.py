@@ -66,6 +66,18 @@ RUN_OPTIONS = ("exemplar", "shape", "count", "steps", "seed", "optimizer", "lear
                "grayscale", "phases", "gray_from_rgb", "checkpoint_every", "levels", "coarse_steps", "slices_per_step")
 
 
+def _fill_schedule(args, ndim: int) -> dict:
+    """Options left unset take the defaults of the output's dimension (volumes: R.VOLUME_SCHEDULE); returns
+    the schedule's options that have no flag (passed on to ``reconstruct``)."""
+    import jaxmicro.reconstruction as R
+
+    defaults = R.VOLUME_SCHEDULE if ndim == 3 else {"steps": 1000, "levels": 1}
+    for name, value in defaults.items():
+        if getattr(args, name, value) is None:
+            setattr(args, name, value)
+    return {name: value for name, value in defaults.items() if not hasattr(args, name)}
+
+
 def _reconstruct(args) -> int:
     import jax
     import numpy as np
@@ -88,12 +100,21 @@ def _reconstruct(args) -> int:
     grayscale = exemplar.kind == "grayscale"
     image = exemplar.gray if grayscale else exemplar.labels
     shape = io.parse_shape(args.shape) if args.shape else tuple(image.shape)
+    chosen_levels = args.levels is not None
+    options = _fill_schedule(args, len(shape))
     config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype,
-                              slices_per_step=args.slices_per_step)
+                              slices_per_step=args.slices_per_step, **options)
     coarse = image
     for level in range(1, args.levels):  # every coarse level must still fit the network
         coarse = R.subsample(coarse)
-        R.make_config(coarse, shape=tuple(s // 2**level for s in shape), layers=args.layers, grayscale=grayscale)
+        try:
+            R.make_config(coarse, shape=tuple(s // 2**level for s in shape), layers=args.layers,
+                          grayscale=grayscale)
+        except InputError:
+            if chosen_levels:
+                raise
+            args.levels = level  # a default schedule on a small image: fewer levels
+            break
     taps = config.taps
     out = Path(args.resume or args.out)
     names = [f"reconstruction_{i:03d}.tif" for i in range(args.count)]
@@ -117,7 +138,7 @@ def _reconstruct(args) -> int:
     if not args.resume:
         io.write_json(out / "run.json", saved)
     fingerprint = run_fingerprint(image=np.asarray(image), **{k: v for k, v in saved.items() if k != "exemplar"},
-                                  resolved_shape=shape)
+                                  resolved_shape=shape, **options)
     checkpointer = Checkpointer(out, args.checkpoint_every, fingerprint, resume=bool(args.resume))
 
     # 3. Run, with a progress bar; Ctrl-C saves a checkpoint between chunks and exits cleanly.
@@ -143,7 +164,7 @@ def _reconstruct(args) -> int:
             image, shape=shape, count=args.count, steps=args.steps, seed=args.seed, layers=taps,
             optimizer=args.optimizer, learning_rate=args.learning_rate, grayscale=grayscale, dtype=args.dtype,
             params=params, chunk=min(chunk, args.steps), callback=on_chunk, checkpoint=checkpointer,
-            levels=args.levels, coarse_steps=args.coarse_steps, slices_per_step=args.slices_per_step,
+            levels=args.levels, coarse_steps=args.coarse_steps, slices_per_step=args.slices_per_step, **options,
         )
     except KeyboardInterrupt:
         bar.close()
@@ -164,7 +185,7 @@ def _reconstruct(args) -> int:
         "exemplar": {"file": str(args.exemplar or "built-in"), "shape": list(image.shape),
                      "mapping": exemplar.mapping},
         **{k: v for k, v in saved.items() if k != "exemplar"},
-        "shape": list(shape), "layers": list(taps), "elapsed_seconds": round(elapsed, 3),
+        "shape": list(shape), "layers": list(taps), **options, "elapsed_seconds": round(elapsed, 3),
         "status": result.status_names, "undecided_fraction": result.undecided_fraction.tolist(),
         "final_loss": result.loss_history[:, -1].tolist(),
     }
@@ -330,19 +351,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("exemplar", nargs="?", help="image file (TIFF, PNG, NPY); omit for the built-in example")
     p.add_argument("--shape", help="output shape HxW or DxHxW, e.g. 128x128 (default: the exemplar's)")
     p.add_argument("--count", type=_positive_int, default=4, help="number of reconstructions (default 4)")
-    p.add_argument("--steps", type=_positive_int, default=1000, help="optimiser steps at full size (default 1000)")
+    p.add_argument("--steps", type=_positive_int,
+                   help="optimiser steps at full size (default 1000; volumes 100 after coarse levels)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); recorded in metrics.json")
     p.add_argument("--optimizer", choices=["adam", "lbfgs"], default="adam")
     p.add_argument("--learning-rate", type=float, help="step size (default: 0.05 for adam, line search for lbfgs)")
     p.add_argument("--layers", default="default",
                    help="tap set (default, mcrpy, gatys, shallow) or names like relu1_2,relu2_2 (default: default)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="network compute dtype")
-    p.add_argument("--levels", type=_positive_int, default=1,
-                   help="coarse-to-fine levels: 2 first reconstructs at half size (default 1)")
+    p.add_argument("--levels", type=_positive_int,
+                   help="coarse-to-fine levels: 2 first reconstructs at half size (default 1; volumes 3)")
     p.add_argument("--coarse-steps", type=_positive_int, metavar="K",
-                   help="steps at each coarser level (default: --steps)")
+                   help="steps at each coarser level (default: --steps; volumes 200)")
     p.add_argument("--slices-per-step", type=_positive_int, metavar="K",
-                   help="3D: slices per direction through the network each step (default: all)")
+                   help="3D: slices per direction through the network each step (default 2)")
     p.add_argument("--out", default="jaxmicro-out", help="output folder (default jaxmicro-out)")
     p.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="save a checkpoint every N steps")

@@ -40,6 +40,12 @@ from jaxmicro.errors import InputError
 from jaxmicro.statistics import phase_indicators, two_point_correlation
 
 CONVERGED, MAX_STEPS, NON_FINITE = 0, 1, 2
+VOLUME_SCHEDULE = {"steps": 100, "levels": 3, "coarse_steps": 200, "slices_per_step": 2,
+                   "correlation_weight": 100.0}
+"""A fast schedule for volumes (the command line's default for a 3D shape): 200 steps at 1/4 and at 1/2 of the
+size, then 100 at full size, 2 slices per direction through the network per step, and a heavier two-point term
+(every voxel feels it every step, while the Gram term reaches only the sampled slices). See docs/results.md."""
+TARGET_SLICES = 16  # slices per direction of a 3D exemplar whose Gram matrices are averaged into the target
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "non_finite"}
 
 
@@ -211,7 +217,7 @@ def make_targets(config: ReconstructionConfig, params, exemplars: Sequence) -> R
 
     ``exemplars``: one 2D image used for every direction (isotropic), one per direction (up to three 2D images
     for a volume, anisotropic), or a single 3D image (a tomogram: each direction is matched to that direction's
-    own slices).
+    own slices; Gram matrices averaged over ``TARGET_SLICES`` evenly spaced slices, correlations over all).
     """
     features = make_network(config)
     n_dirs = len(directions(config))
@@ -224,10 +230,15 @@ def make_targets(config: ReconstructionConfig, params, exemplars: Sequence) -> R
         images = [fields_from_exemplar(config, e)[None] for e in exemplars]
         per_direction = [images[0] if len(images) == 1 else images[d] for d in range(n_dirs)]
 
+    def image_grams(image):  # (H, W, C) -> {tap: Gram matrix}
+        return {t: vgg.gram_matrix(f[0]) for t, f in features(params, rgb_from_fields(config, image[None])).items()}
+
     grams, correlation = [], []
     for batch in per_direction:  # (S, H, W, C) fields seen in one direction
-        taps = features(params, rgb_from_fields(config, batch))
-        grams.append({t: jnp.mean(jax.vmap(vgg.gram_matrix)(f), axis=0) for t, f in taps.items()})
+        # a tomogram's Gram targets: at most TARGET_SLICES evenly spaced slices, a few at a time (bounded memory)
+        picked = batch[np.linspace(0, len(batch) - 1, min(len(batch), TARGET_SLICES)).round().astype(int)]
+        per_slice = jax.lax.map(image_grams, picked, batch_size=min(len(picked), 8))
+        grams.append({t: jnp.mean(g, axis=0) for t, g in per_slice.items()})
         maps = jax.vmap(two_point_correlation)(batch)
         correlation.append(jnp.mean(jax.vmap(correlation_window, (0, None))(maps, config.correlation_radius), 0))
     all_fields = jnp.concatenate([b.reshape(-1, config.channels) for b in per_direction])

@@ -188,7 +188,9 @@ def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, ma
         (``(agreement - baseline) / (1 - baseline)``: 0 independent, 1 a moved copy), ``likely_copy`` and
         ``largest_cluster_fraction`` (n, in the reconstruction's own dimension: 3D for a volume); for a 3D
         reconstruction of a 2D exemplar also ``largest_cluster_fraction_slices`` (3 x n: the 2D value of its
-        slices normal to each axis, averaged), to set beside the exemplar's 2D ``largest_cluster_fraction``.
+        slices normal to each axis, averaged). ``exemplar_largest_cluster_fraction_same_size`` (n): the
+        exemplar's value averaged over tiles of the reconstruction's size (of its slices for a volume from a 2D
+        exemplar), the like-for-like reference, since the fraction falls as the window grows.
 
     Raises:
         InputError: a 3D exemplar with a 2D reconstruction, a different number of phases, an empty phase,
@@ -255,6 +257,8 @@ def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, ma
             "copy_excess": float(excess),
             "likely_copy": bool(excess >= LIKELY_COPY_EXCESS),
             "largest_cluster_fraction": st.largest_cluster_fraction(array, n).tolist(),
+            "exemplar_largest_cluster_fraction_same_size": st.largest_cluster_fraction_tiles(
+                ex, array.shape if array.ndim == ex.ndim else array.shape[1:], n).tolist(),
         }
         if array.ndim > ex.ndim:
             result["largest_cluster_fraction_slices"] = st.largest_cluster_fraction_slices(array, n).tolist()
@@ -291,6 +295,7 @@ def format_comparison(d: dict) -> str:
         if "largest_cluster_fraction_slices" in r:
             row += "   2D slices, mean per axis: " + "  ".join(
                 f"ax{a} {_per_phase(v)}" for a, v in enumerate(r["largest_cluster_fraction_slices"]))
+        row += f"   exemplar at this size: {_per_phase(r['exemplar_largest_cluster_fraction_same_size'])}"
         lines.append(row)
     lines.append("")
     lines.append("|dVf|, |dS2|, |dL|: largest absolute error of volume fraction, S2 and lineal path over phases, axes "

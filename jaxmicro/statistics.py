@@ -24,6 +24,7 @@ integer counts done in numpy.
 from __future__ import annotations
 
 import itertools
+import warnings
 from functools import partial
 from typing import NamedTuple
 
@@ -46,6 +47,7 @@ __all__ = [
     "specific_surface",
     "largest_cluster_fraction",
     "largest_cluster_fraction_slices",
+    "largest_cluster_fraction_tiles",
     "copy_agreement",
     "copy_baseline",
 ]
@@ -421,6 +423,30 @@ def largest_cluster_fraction(labels, n_phases: int | None = None) -> np.ndarray:
     n = int(n_phases) if n_phases is not None else _concrete_n_phases(array)
     _check_n_phases(array, n)
     return _largest_cluster_fraction(array, n)
+
+
+def largest_cluster_fraction_tiles(labels, tile_shape, n_phases: int | None = None) -> np.ndarray:
+    """``largest_cluster_fraction`` averaged over the non-overlapping tiles of ``tile_shape`` cut from ``labels``.
+
+    The fraction depends on the window (a larger window holds more clusters besides the largest), so an exemplar
+    is judged at a reconstruction's size this way. Tile sides larger than the image are clipped to it.
+
+    Returns:
+        ``(n,)`` float64, the mean over the tiles that hold each phase (NaN where none does). numpy.
+    """
+    array = _labels_array(labels)
+    n = int(n_phases) if n_phases is not None else _concrete_n_phases(array)
+    _check_n_phases(array, n)
+    if len(tile_shape) != array.ndim:
+        raise InputError(f"tile shape {tuple(tile_shape)} must have {array.ndim} sides for an image of shape {array.shape}")
+    tile = [min(int(t), s) for t, s in zip(tile_shape, array.shape)]
+    corners = np.stack(np.meshgrid(*[np.arange(0, s - t + 1, t) for s, t in zip(array.shape, tile)],
+                                   indexing="ij"), -1).reshape(-1, array.ndim)
+    values = np.stack([_largest_cluster_fraction(array[tuple(slice(c, c + t) for c, t in zip(corner, tile))], n)
+                       for corner in corners])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a phase in no tile: NaN, as documented
+        return np.nanmean(values, axis=0)
 
 
 def largest_cluster_fraction_slices(volume, n_phases: int | None = None) -> np.ndarray:

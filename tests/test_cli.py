@@ -72,6 +72,22 @@ def test_reconstruct_writes_tiffs_metrics_and_figure(exemplar, tmp_path, capsys)
                                   tifffile.imread(out / "reconstruction_001.tif"))
 
 
+def test_reconstruct_a_volume_from_a_2d_exemplar_with_the_volume_schedule(exemplar, tmp_path, capsys):
+    out = tmp_path / "volume"
+    code, _, stderr = run_in_process(capsys, "reconstruct", exemplar, "--shape", "16x16x16", "--count", "1",
+                                     "--layers", "relu1_2", "--quiet", "--out", out)
+    assert code == 0, stderr
+    volume = tifffile.imread(out / "reconstruction_000.tif")  # multi-page: one page per slice
+    assert volume.shape == (16, 16, 16) and set(np.unique(volume)) <= {0, 1}
+    saved = json.loads((out / "run.json").read_text())  # the volume defaults, resolved and kept for --resume
+    assert (saved["steps"], saved["levels"], saved["coarse_steps"], saved["slices_per_step"]) == (100, 3, 200, 2)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["correlation_weight"] == 100.0
+    entry = metrics["reconstructions"][0]
+    assert len(entry["s2_max_abs_error_per_axis"]) == 3 and entry["volume_fraction_error"] < 0.1
+    assert np.asarray(entry["largest_cluster_fraction_slices"]).shape == (3, 2)
+
+
 def _write(path: Path, content: bytes) -> Path:
     path.write_bytes(content)
     return path

@@ -78,6 +78,10 @@ def test_largest_cluster_fraction_in_describe_and_compare():
     assert vol["largest_cluster_fraction_slices"] == [[1.0, 1.0], [0.5, 0.5], [0.5, 0.5]]
     text = report.format_comparison(d)
     assert "largest-cluster fraction" in text and "ax1 0.500/0.500" in text
+    # the like-for-like exemplar value: tiles of the reconstruction's (slice) size
+    assert same["exemplar_largest_cluster_fraction_same_size"] == [0.5, 0.5]
+    half = report.compare(ex, [ex[:8]])["reconstructions"][0]  # 8x16 tiles: one stripe of each phase each
+    assert half["exemplar_largest_cluster_fraction_same_size"] == [1.0, 1.0]
 
     ex = blobs((16, 16), 12)  # the shapes above: nothing new to compile
     recs = [blobs((16, 16, 16), 13), blobs((16, 16), 14)]

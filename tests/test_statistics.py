@@ -141,6 +141,21 @@ def test_bad_inputs():
 # ------------------------------------------------------------------ largest-cluster fraction
 
 
+def test_largest_cluster_fraction_tiles_exact():
+    labels = np.zeros((8, 12), np.int32)
+    labels[:, 2] = 1  # a line in the left tile only
+    labels[1, 7] = labels[3, 7] = 1  # two separate pixels in the middle tile
+    # 8x4 tiles: phase 1 holds 1 cluster (left), 2 pieces (middle), nothing (right); the line cuts phase 0
+    # of the left tile into 16 + 8 pixels
+    np.testing.assert_allclose(st.largest_cluster_fraction_tiles(labels, (8, 4), 2),
+                               [(16 / 24 + 1.0 + 1.0) / 3, (1.0 + 0.5) / 2])
+    np.testing.assert_array_equal(st.largest_cluster_fraction_tiles(labels, (99, 99), 2),
+                                  st.largest_cluster_fraction(labels, 2))  # clipped: the whole image
+    assert np.isnan(st.largest_cluster_fraction_tiles(np.zeros((4, 4), np.int32), (2, 2), 2)[1])
+    with pytest.raises(InputError, match="tile shape"):
+        st.largest_cluster_fraction_tiles(labels, (4,), 2)
+
+
 def test_largest_cluster_fraction_exact_2d():
     labels = np.zeros((10, 12), np.int32)
     labels[1:4, 1:4] = 1  # 9 pixels
