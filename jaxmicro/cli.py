@@ -118,7 +118,8 @@ def _reconstruct(args) -> int:
     taps = config.taps
     out = Path(args.resume or args.out)
     names = [f"reconstruction_{i:03d}.tif" for i in range(args.count)]
-    plan = estimate.estimate(shape, args.count, args.steps, taps, args.dtype, args.slices_per_step)
+    plan = estimate.estimate(shape, args.count, args.steps, taps, args.dtype, args.slices_per_step, args.levels,
+                             args.coarse_steps)
     estimate.check_fits(plan)
     _say(args, estimate.format_estimate(plan))
     params = R.load_network_params(config, progress=not args.quiet)

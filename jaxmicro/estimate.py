@@ -48,9 +48,11 @@ def available_memory() -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def estimate(shape, count: int, steps: int, taps, dtype="float32", slices_per_step: int | None = None) -> Estimate:
+def estimate(shape, count: int, steps: int, taps, dtype="float32", slices_per_step: int | None = None,
+             levels: int = 1, coarse_steps: int | None = None) -> Estimate:
     """Peak memory and run time of ``count`` reconstructions of ``shape`` for ``steps`` steps (a volume with
-    ``slices_per_step`` sends that many slices per direction through the network each step)."""
+    ``slices_per_step`` sends that many slices per direction through the network each step); ``levels`` > 1
+    adds ``coarse_steps`` at each coarser level (half the size each), whose memory the full size exceeds."""
     shape = tuple(shape)
     slice_shapes = [shape] if len(shape) == 2 else [(shape[1], shape[2]), (shape[0], shape[2]), (shape[0], shape[1])]
     slice_counts = [1] if len(shape) == 2 else [min(n, slices_per_step or n) for n in shape]
@@ -61,6 +63,10 @@ def estimate(shape, count: int, steps: int, taps, dtype="float32", slices_per_st
     flops = 3.0 * count * sum(n * vgg.flops_per_image(s, taps) for n, s in zip(slice_counts, slice_shapes))
     platform = jax.devices()[0].platform
     seconds = steps * flops / THROUGHPUT.get(platform, THROUGHPUT["cpu"])
+    if levels > 1:
+        coarse = estimate(tuple(n // 2 for n in shape), count, coarse_steps or steps, taps, dtype, slices_per_step,
+                          levels - 1, coarse_steps)
+        seconds += coarse.seconds
     return Estimate(memory, available_memory(), seconds, flops, count * sum(slice_counts))
 
 

