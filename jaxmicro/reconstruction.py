@@ -40,11 +40,14 @@ from jaxmicro.errors import InputError
 from jaxmicro.statistics import phase_indicators, two_point_correlation
 
 CONVERGED, MAX_STEPS, NON_FINITE = 0, 1, 2
+IMAGE_SCHEDULE = {"steps": 1000, "levels": 2, "coarse_steps": 500}
+"""The default schedule of a 2D reconstruction: 500 steps at half size, then 1000 at full size. See
+docs/results.md."""
 VOLUME_SCHEDULE = {"steps": 100, "levels": 3, "coarse_steps": 200, "slices_per_step": 2,
                    "correlation_weight": 100.0}
-"""A fast schedule for volumes (the command line's default for a 3D shape): 200 steps at 1/4 and at 1/2 of the
-size, then 100 at full size, 2 slices per direction through the network per step, and a heavier two-point term
-(every voxel feels it every step, while the Gram term reaches only the sampled slices). See docs/results.md."""
+"""The default schedule of a volume: 200 steps at 1/4 and at 1/2 of the size, then 100 at full size, 2 slices per
+direction through the network per step, and a heavier two-point term (every voxel feels it every step, while the
+Gram term reaches only the sampled slices). See docs/results.md."""
 TARGET_SLICES = 16  # slices per direction of a 3D exemplar whose Gram matrices are averaged into the target
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "non_finite"}
 
@@ -516,12 +519,41 @@ def make_config(exemplar, *, shape: Sequence[int] | None = None, layers: str | S
     return config, images
 
 
+def resolve_schedule(exemplar, *, shape: Sequence[int] | None = None, layers: str | Sequence[str] = "default",
+                     grayscale: bool = False, **given) -> dict:
+    """The run's schedule: ``steps``, ``levels``, ``coarse_steps``, ``slices_per_step``, ``correlation_weight`` as
+    given, the ones left None from ``IMAGE_SCHEDULE`` or ``VOLUME_SCHEDULE`` (by the output's dimension).
+    ``coarse_steps`` keeps the schedule's proportion to the given ``steps`` (half for images, twice for volumes).
+
+    A default number of levels shrinks until the coarsest level fits the network; given levels that do not fit
+    raise InputError. Returns the resolved values, without the ones that stay unset.
+    """
+    images = [as_exemplar(e, grayscale) for e in (exemplar if isinstance(exemplar, (list, tuple)) else [exemplar])]
+    shape = tuple(int(s) for s in (shape or images[0].shape))
+    defaults = VOLUME_SCHEDULE if len(shape) == 3 else IMAGE_SCHEDULE
+    names = ("steps", "levels", "coarse_steps", "slices_per_step", "correlation_weight")
+    schedule = {name: given.get(name) if given.get(name) is not None else defaults.get(name) for name in names}
+    if given.get("coarse_steps") is None and given.get("steps") is not None:  # keep the schedule's proportion
+        schedule["coarse_steps"] = max(1, round(given["steps"] * defaults["coarse_steps"] / defaults["steps"]))
+    coarse = images
+    for level in range(1, schedule["levels"]):  # every coarse level must still fit the network
+        coarse = [subsample(e) for e in coarse]
+        try:
+            make_config(coarse, shape=tuple(s // 2**level for s in shape), layers=layers, grayscale=grayscale)
+        except InputError as error:
+            if given.get("levels") is not None:
+                raise InputError(f"levels={given['levels']} is too many for this size: at level {level} {error}")
+            schedule["levels"] = level
+            break
+    return {name: value for name, value in schedule.items() if value is not None}
+
+
 def reconstruct(
     exemplar,
     *,
     shape: Sequence[int] | None = None,
     count: int = 1,
-    steps: int = 1000,
+    steps: int | None = None,
     seed: int = 0,
     layers: str | Sequence[str] = "default",
     layer_weights: Sequence[float] | None = None,
@@ -534,7 +566,7 @@ def reconstruct(
     chunk: int = 50,
     callback: Callable | None = None,
     checkpoint=None,
-    levels: int = 1,
+    levels: int | None = None,
     coarse_steps: int | None = None,
     **options,
 ) -> ReconstructionResult:
@@ -551,10 +583,18 @@ def reconstruct(
     ``checkpoint``: a ``jaxmicro.checkpoint.Checkpointer`` to save to and resume from.
     ``levels`` > 1 runs coarse to fine: level k reconstructs at 1/2^k of the size from the exemplar subsampled
     by 2^k, for ``coarse_steps`` steps (default ``steps``), and its upsampled logits start the next level;
-    ``steps`` is the number of steps at full size. Checkpoints cover the full-size level.
+    ``steps`` is the number of steps at full size. Checkpoints cover the full-size level. Unset, ``steps``,
+    ``levels``, ``coarse_steps`` (and for volumes ``slices_per_step`` and ``correlation_weight``) follow
+    ``IMAGE_SCHEDULE`` or ``VOLUME_SCHEDULE`` (``resolve_schedule``).
 
     Returns a ReconstructionResult; per-sample failure is reported in ``status``, never raised.
     """
+    schedule = resolve_schedule(exemplar, shape=shape, layers=layers, grayscale=grayscale, steps=steps,
+                                levels=levels, coarse_steps=coarse_steps,
+                                slices_per_step=options.pop("slices_per_step", None),
+                                correlation_weight=options.pop("correlation_weight", None))
+    steps, levels, coarse_steps = schedule.pop("steps"), schedule.pop("levels"), schedule.pop("coarse_steps", None)
+    options.update(schedule)
     for name, value in (("count", count), ("steps", steps), ("chunk", chunk)):
         if int(value) != value or value <= 0:
             raise InputError(f"{name} must be a positive integer, got {value!r}")

@@ -196,7 +196,8 @@ def test_bad_exemplars_raise_clear_input_errors(params, exemplar, message):
 def test_volume_from_a_2d_exemplar_matches_it_in_every_direction(params):
     exemplar = blobs((32, 32), fraction=0.35)
     result = R.reconstruct(exemplar, shape=(16, 16, 16), count=1, steps=80, layers=TAPS, params=params,
-                           widths=TINY_WIDTHS, correlation_radius=6)
+                           widths=TINY_WIDTHS, correlation_radius=6, levels=1, slices_per_step=16,
+                           correlation_weight=10.0)  # one level, every slice
     volume = result.labels[0]
     assert volume.shape == (16, 16, 16) and result.loss_history[0, -1] < 0.3 * result.loss_history[0, 0]
     np.testing.assert_allclose(volume.mean(), exemplar.mean(), atol=0.03)
@@ -251,12 +252,28 @@ def test_slice_sampling_sends_evenly_spaced_slices_through_the_network(params):
 def test_volume_with_slice_sampling_converges_and_resumes_identically(params):
     exemplar = blobs((32, 32), fraction=0.35)
     options = dict(shape=(16, 16, 16), count=1, steps=60, layers=TAPS, params=params, widths=TINY_WIDTHS,
-                   correlation_radius=6, slices_per_step=3)
+                   correlation_radius=6, slices_per_step=3, levels=1, correlation_weight=10.0)
     whole = R.reconstruct(exemplar, chunk=60, **options)
     chunked = R.reconstruct(exemplar, chunk=20, **options)
     np.testing.assert_array_equal(whole.labels, chunked.labels)  # the sampled slices depend on the step only
     assert whole.loss_history[0, -1] < 0.3 * whole.loss_history[0, 0]
     np.testing.assert_allclose(whole.labels[0].mean(), exemplar.mean(), atol=0.03)
+
+
+def test_schedule_defaults_by_dimension_and_size():
+    image = blobs((64, 64))
+    assert R.resolve_schedule(image, shape=(64, 64)) == R.IMAGE_SCHEDULE
+    assert R.resolve_schedule(image, shape=(64, 64, 64)) == R.VOLUME_SCHEDULE
+    # given values win; coarse steps keep the schedule's proportion to the given steps
+    assert R.resolve_schedule(image, steps=300)["coarse_steps"] == 150
+    assert R.resolve_schedule(image, shape=(32, 32, 32), steps=50)["coarse_steps"] == 100
+    assert R.resolve_schedule(image, levels=1, correlation_weight=3.0) == {
+        "steps": 1000, "levels": 1, "coarse_steps": 500, "correlation_weight": 3.0}
+    # default levels shrink to what the network can see (relu3_1 needs 8 pixels); given ones that cannot raise
+    assert R.resolve_schedule(image, shape=(16, 16, 16))["levels"] == 2
+    assert R.resolve_schedule(image, shape=(8, 8))["levels"] == 1
+    with pytest.raises(InputError, match="levels=3 is too many"):
+        R.resolve_schedule(image, shape=(16, 16), levels=3)
 
 
 def test_2d_output_from_a_3d_exemplar_is_refused(params):
