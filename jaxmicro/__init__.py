@@ -31,6 +31,7 @@ from jaxmicro.statistics import (
     copy_baseline,
     largest_cluster_fraction,
     largest_cluster_fraction_slices,
+    largest_cluster_fraction_tiles,
     lineal_path,
     specific_surface,
     two_point_correlation,

@@ -582,7 +582,7 @@ def reconstruct(
     ``callback(steps_done, states, history)`` runs between chunks of ``chunk`` steps (progress, checkpoints);
     ``checkpoint``: a ``jaxmicro.checkpoint.Checkpointer`` to save to and resume from.
     ``levels`` > 1 runs coarse to fine: level k reconstructs at 1/2^k of the size from the exemplar subsampled
-    by 2^k, for ``coarse_steps`` steps (default ``steps``), and its upsampled logits start the next level;
+    by 2^k, for ``coarse_steps`` steps, and its upsampled logits start the next level;
     ``steps`` is the number of steps at full size. Checkpoints cover the full-size level. Unset, ``steps``,
     ``levels``, ``coarse_steps`` (and for volumes ``slices_per_step`` and ``correlation_weight``) follow
     ``IMAGE_SCHEDULE`` or ``VOLUME_SCHEDULE`` (``resolve_schedule``).

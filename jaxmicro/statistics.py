@@ -17,7 +17,7 @@ The FFT-based functions (``phase_indicators``, ``volume_fractions``, ``two_point
 given, ``copy_baseline``) are pure JAX: they accept numpy or JAX arrays and work under ``jax.jit`` and
 ``jax.vmap``; the first three are differentiable with respect to soft probabilities. The run-length
 statistics (``lineal_path``, ``chord_length_distribution``) and the cluster statistics
-(``largest_cluster_fraction``, ``largest_cluster_fraction_slices``, by ``scipy.ndimage.label``) are exact
+(``largest_cluster_fraction`` and its ``_tiles`` and ``_slices`` means, by ``scipy.ndimage.label``) are exact
 integer counts done in numpy.
 """
 
@@ -438,7 +438,8 @@ def largest_cluster_fraction_tiles(labels, tile_shape, n_phases: int | None = No
     n = int(n_phases) if n_phases is not None else _concrete_n_phases(array)
     _check_n_phases(array, n)
     if len(tile_shape) != array.ndim:
-        raise InputError(f"tile shape {tuple(tile_shape)} must have {array.ndim} sides for an image of shape {array.shape}")
+        raise InputError(f"tile shape {tuple(tile_shape)} must have {array.ndim} sides for an image of shape "
+                         f"{array.shape}")
     tile = [min(int(t), s) for t, s in zip(tile_shape, array.shape)]
     corners = np.stack(np.meshgrid(*[np.arange(0, s - t + 1, t) for s, t in zip(array.shape, tile)],
                                    indexing="ij"), -1).reshape(-1, array.ndim)
@@ -466,15 +467,9 @@ def largest_cluster_fraction_slices(volume, n_phases: int | None = None) -> np.n
     array = _labels_array(volume, "volume")
     if array.ndim != 3:
         raise InputError(f"volume must be 3D, got shape {array.shape}")
-    n = int(n_phases) if n_phases is not None else _concrete_n_phases(array)
-    _check_n_phases(array, n)
-    out = np.full((3, n), np.nan, dtype=np.float64)
-    for axis in range(3):
-        values = np.stack([_largest_cluster_fraction(np.take(array, k, axis), n) for k in range(array.shape[axis])])
-        present = ~np.isnan(values)
-        counts = present.sum(0)
-        out[axis] = np.where(counts > 0, np.where(present, values, 0.0).sum(0) / np.maximum(counts, 1), np.nan)
-    return out
+    # a one-voxel-thick tile is a slice: face connectivity across its thickness joins nothing
+    return np.stack([largest_cluster_fraction_tiles(array, [1 if d == axis else s for d, s in enumerate(array.shape)],
+                                                    n_phases) for axis in range(3)])
 
 
 # ----------------------------------------------------------------------------------------------------------
