@@ -6,8 +6,10 @@ Common entry points (see docs/ for the guide):
     jaxmicro.compare(exemplar, reconstructions)                                    # statistics report
     jaxmicro.effective_conductivity(labels, [1.0, 10.0])                           # FFT homogenisation
     jaxmicro.read_microstructure("sample.tif")                                     # files -> phases
+    jaxmicro.enable_compilation_cache()                          # later runs of the same shapes skip compiling
 """
 
+from jaxmicro.compilation import enable_compilation_cache
 from jaxmicro.errors import InputError, JaxmicroError, WeightsError
 from jaxmicro.io import Microstructure, read_microstructure, write_labels_tiff
 from jaxmicro.physics import HomogenisationResult, effective_conductivity, effective_stiffness

@@ -422,6 +422,10 @@ def main(argv=None) -> int:
         sub.set_defaults(**json.loads(saved.read_text()))
         args = parser.parse_args(argv)
     try:
+        if args.command in ("reconstruct", "property"):
+            from jaxmicro.compilation import enable_compilation_cache
+
+            enable_compilation_cache()
         return args.handler(args)
     except JaxmicroError as error:
         print(f"jaxmicro: error: {error}", file=sys.stderr)

@@ -65,6 +65,7 @@ class ReconstructionConfig(NamedTuple):
     pooling: str = "average"
     padding: str = "periodic"
     dtype: Any = jnp.float32
+    convolution: str = "auto"  # "direct", "matmul" or "auto" (matmul on CPU), see vgg.VGG19Features
     widths: tuple[int, ...] = vgg.VGG19_WIDTHS  # smaller only for tests with random weights
     slices_per_step: int | None = None  # volumes: slices per direction through the network each step; None: all
 
@@ -118,7 +119,7 @@ def make_network(config: ReconstructionConfig) -> Callable:
     """``features(params, rgb (S, H, W, 3)) -> {tap: (S, H', W', C)}`` for the configured, pruned VGG19."""
     model = vgg.VGG19Features(
         taps=config.taps, pooling=config.pooling, padding=config.padding, dtype=config.dtype,
-        widths=config.widths,
+        convolution=config.convolution, widths=config.widths,
     )
 
     def features(params, rgb):

@@ -1,5 +1,8 @@
 """Shared fixtures: where the shared images are, a tiny random-weight network, the real weights."""
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -10,6 +13,13 @@ from jaxmicro import vgg
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_WIDTHS = (4, 8, 8, 8, 8)
+# The command-line runs of the tests share one compilation cache of their own, not the user's.
+_TEST_COMPILATION_CACHE = tempfile.mkdtemp(prefix="jaxmicro-test-xla-")
+os.environ.setdefault("JAXMICRO_COMPILATION_CACHE", _TEST_COMPILATION_CACHE)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_TEST_COMPILATION_CACHE, ignore_errors=True)
 
 
 def shared_image(name: str) -> np.ndarray:

@@ -47,11 +47,12 @@ def test_pruning_builds_only_the_needed_layers(tiny_params):
     assert set(out) == {"relu2_1"} and out["relu2_1"].shape == (1, 8, 8, TINY_WIDTHS[1])
 
 
+@pytest.mark.parametrize("convolution", ["direct", "matmul"])
 @pytest.mark.parametrize("padding", ["periodic", "zero"])
-def test_first_layers_match_numpy_reference(tiny_params, padding):
+def test_first_layers_match_numpy_reference(tiny_params, padding, convolution):
     x = np.random.default_rng(0).normal(size=(12, 10, 3)).astype(np.float32)
     model = vgg.VGG19Features(taps=("conv1_1", "relu1_2", "pool1"), padding=padding, widths=TINY_WIDTHS,
-                              precision=jax.lax.Precision.HIGHEST)
+                              precision=jax.lax.Precision.HIGHEST, convolution=convolution)
     out = model.apply({"params": tiny_params}, x[None])
     p = jax.tree.map(np.asarray, tiny_params)
     c11 = reference_conv(x, p["conv1_1"]["kernel"], p["conv1_1"]["bias"], padding == "periodic")
@@ -61,6 +62,28 @@ def test_first_layers_match_numpy_reference(tiny_params, padding):
     np.testing.assert_allclose(out["conv1_1"][0], c11, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["relu1_2"][0], r12, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["pool1"][0], pool, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["periodic", "zero"])
+def test_matmul_and_direct_convolution_agree_with_their_input_gradients(tiny_params, padding):
+    x = jax.random.normal(jax.random.PRNGKey(4), (2, 16, 12, 3))
+    taps = ("relu1_2", "relu2_2")
+
+    def loss(x, convolution):
+        model = vgg.VGG19Features(taps=taps, padding=padding, widths=TINY_WIDTHS, convolution=convolution,
+                                  precision=jax.lax.Precision.HIGHEST)
+        return sum(jnp.sum(v ** 2) for v in model.apply({"params": tiny_params}, x).values())
+
+    value_direct, grad_direct = jax.value_and_grad(loss)(x, "direct")
+    value_matmul, grad_matmul = jax.value_and_grad(loss)(x, "matmul")
+    np.testing.assert_allclose(value_matmul, value_direct, rtol=1e-5)
+    np.testing.assert_allclose(grad_matmul, grad_direct, rtol=1e-4, atol=1e-5 * float(jnp.abs(grad_direct).max()))
+
+
+def test_unknown_convolution_is_refused(tiny_params):
+    model = vgg.VGG19Features(taps=("relu1_1",), widths=TINY_WIDTHS, convolution="fft")
+    with pytest.raises(InputError, match="convolution='fft'"):
+        model.apply({"params": tiny_params}, jnp.zeros((1, 8, 8, 3)))
 
 
 def test_periodic_padding_commutes_with_periodic_shifts(tiny_params):
