@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 import jaxmicro.reconstruction as R
-from jaxmicro import io, report, vgg
+from jaxmicro import enable_compilation_cache, io, report, vgg
 
 DEFAULT_IMAGES = [
     "li2018_ceramics_2d_256.npy",
@@ -61,7 +61,11 @@ def main():
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="run-3d")
+    parser.add_argument("--compilation-cache", default=None, metavar="DIR",
+                        help="keep compiled programs in DIR: a second invocation with the same DIR starts warm")
     args = parser.parse_args()
+    if args.compilation_cache:
+        print(f"compilation cache: {enable_compilation_cache(args.compilation_cache)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = jax.devices()[0]

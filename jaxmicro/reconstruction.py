@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmicro import encoding, vgg
+from jaxmicro import encoding, statistics, vgg
 from jaxmicro.errors import InputError
 from jaxmicro.statistics import phase_indicators, two_point_correlation
 
@@ -47,7 +47,8 @@ VOLUME_SCHEDULE = {"steps": 100, "levels": 3, "coarse_steps": 200, "slices_per_s
                    "correlation_weight": 100.0}
 """The default schedule of a volume: 200 steps at 1/4 and at 1/2 of the size, then 100 at full size, 2 slices per
 direction through the network per step, and a heavier two-point term (every voxel feels it every step, while the
-Gram term reaches only the sampled slices). See docs/results.md."""
+Gram term reaches only the sampled slices). Exemplars with features finer than 4 pixels get 2 levels
+(``resolve_schedule``). See docs/results.md."""
 TARGET_SLICES = 16  # slices per direction of a 3D exemplar whose Gram matrices are averaged into the target
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "non_finite"}
 
@@ -260,10 +261,19 @@ def make_field_loss(config: ReconstructionConfig) -> Callable:
     features = make_network(config)
     weights = dict(zip(config.taps, config.weights))
 
+    def features_by_direction(params, fields, key):
+        images = [_images(config, fields, direction, key) for direction in directions(config)]
+        if any(i.shape != images[0].shape for i in images):
+            return [features(params, rgb_from_fields(config, i)) for i in images]
+        # Slices of the same size (a cube, or 2D) go through the network as one batch: one copy of the network
+        # in the compiled program instead of one per direction, and larger matrix products.
+        together = features(params, rgb_from_fields(config, jnp.concatenate(images)))
+        bounds = np.cumsum([0] + [i.shape[0] for i in images])
+        return [{tap: f[a:b] for tap, f in together.items()} for a, b in zip(bounds[:-1], bounds[1:])]
+
     def loss(params, fields, targets: ReconstructionTargets, key=None):
         gram = 0.0
-        for direction, target_grams in zip(directions(config), targets.grams):
-            taps = features(params, rgb_from_fields(config, _images(config, fields, direction, key)))
+        for taps, target_grams in zip(features_by_direction(params, fields, key), targets.grams):
             for tap, f in taps.items():
                 errors = jax.vmap(lambda g: _relative_error(g, target_grams[tap]))(jax.vmap(vgg.gram_matrix)(f))
                 gram = gram + weights[tap] * jnp.mean(errors)
@@ -520,14 +530,24 @@ def make_config(exemplar, *, shape: Sequence[int] | None = None, layers: str | S
     return config, images
 
 
+def finest_feature(labels: np.ndarray) -> float:
+    """The smallest mean chord length (pixels, over all axes) of any phase of a label image: the size of its
+    finest features."""
+    counts = statistics.chord_length_distribution(labels).sum(axis=0).astype(np.float64)  # (n, L + 1)
+    lengths = np.arange(counts.shape[-1])
+    return float(np.min((counts * lengths).sum(-1) / np.maximum(counts.sum(-1), 1)))
+
+
 def resolve_schedule(exemplar, *, shape: Sequence[int] | None = None, layers: str | Sequence[str] = "default",
                      grayscale: bool = False, **given) -> dict:
     """The run's schedule: ``steps``, ``levels``, ``coarse_steps``, ``slices_per_step``, ``correlation_weight`` as
     given, the ones left None from ``IMAGE_SCHEDULE`` or ``VOLUME_SCHEDULE`` (by the output's dimension).
     ``coarse_steps`` keeps the schedule's proportion to the given ``steps`` (half for images, twice for volumes).
 
-    A default number of levels shrinks until the coarsest level fits the network; given levels that do not fit
-    raise InputError. Returns the resolved values, without the ones that stay unset.
+    A default number of levels shrinks until the coarsest level fits the network and subsamples by at most the
+    exemplar's finest feature (the smallest mean chord length of any phase, :func:`finest_feature`), so that
+    feature still spans about a pixel there; given levels that do not fit the network raise InputError. Returns
+    the resolved values, without the ones that stay unset.
     """
     images = [as_exemplar(e, grayscale) for e in (exemplar if isinstance(exemplar, (list, tuple)) else [exemplar])]
     shape = tuple(int(s) for s in (shape or images[0].shape))
@@ -536,6 +556,10 @@ def resolve_schedule(exemplar, *, shape: Sequence[int] | None = None, layers: st
     schedule = {name: given.get(name) if given.get(name) is not None else defaults.get(name) for name in names}
     if given.get("coarse_steps") is None and given.get("steps") is not None:  # keep the schedule's proportion
         schedule["coarse_steps"] = max(1, round(given["steps"] * defaults["coarse_steps"] / defaults["steps"]))
+    if given.get("levels") is None and not grayscale and schedule["levels"] > 1:
+        finest = min(finest_feature(e) for e in images)
+        while schedule["levels"] > 1 and 2 ** (schedule["levels"] - 1) > finest:
+            schedule["levels"] -= 1
     coarse = images
     for level in range(1, schedule["levels"]):  # every coarse level must still fit the network
         coarse = [subsample(e) for e in coarse]

@@ -102,8 +102,8 @@ class Conv3x3(nn.Module):
     """3x3 convolution, stride 1, output the size of the input; parameters ``kernel`` (3, 3, Cin, Cout), ``bias``.
 
     ``as_matmul`` computes it as one matrix product of the nine shifted copies of the input with the kernel
-    (im2col): on CPU, XLA runs that product and its input gradient 1.5-3x faster than its convolution of the
-    deep, narrow VGG layers. Otherwise it is XLA's convolution (cuDNN on GPU).
+    (im2col): on CPU, XLA runs that product and its input gradient about twice as fast as its convolution
+    (docs/results.md), for 9x the memory of the input. Otherwise it is XLA's convolution (cuDNN on GPU).
     """
 
     features: int

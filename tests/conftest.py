@@ -1,8 +1,6 @@
 """Shared fixtures: where the shared images are, a tiny random-weight network, the real weights."""
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -13,13 +11,8 @@ from jaxmicro import vgg
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_WIDTHS = (4, 8, 8, 8, 8)
-# The command-line runs of the tests share one compilation cache of their own, not the user's.
-_TEST_COMPILATION_CACHE = tempfile.mkdtemp(prefix="jaxmicro-test-xla-")
-os.environ.setdefault("JAXMICRO_COMPILATION_CACHE", _TEST_COMPILATION_CACHE)
-
-
-def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_TEST_COMPILATION_CACHE, ignore_errors=True)
+# Tests compile afresh: no persistent compilation cache (tests/test_compilation.py tests it on its own folders).
+os.environ["JAXMICRO_COMPILATION_CACHE"] = "off"
 
 
 def shared_image(name: str) -> np.ndarray:

@@ -276,6 +276,25 @@ def test_schedule_defaults_by_dimension_and_size():
         R.resolve_schedule(image, shape=(16, 16), levels=3)
 
 
+def stripes(widths, size=12):
+    """Vertical stripes of phases 0, 1, ... with the given widths, repeated across ``size`` columns."""
+    row = np.concatenate([np.full(w, phase) for phase, w in enumerate(widths)])
+    return np.tile(np.resize(row, size), (size, 1))
+
+
+def test_finest_feature_is_the_smallest_mean_chord_length():
+    # 12x12, stripes 2 and 4 wide: across, 24 chords of 2 (phase 0) and 24 of 4; along, 4 and 8 whole columns
+    # of 12. Phase 0: (24*2 + 4*12) / 28; phase 1: (24*4 + 8*12) / 32 = 6.
+    assert R.finest_feature(stripes((2, 4))) == pytest.approx((24 * 2 + 4 * 12) / 28)
+
+
+def test_default_levels_do_not_subsample_below_the_finest_feature():
+    fine, coarse = stripes((2, 4), 48), stripes((12, 12), 48)  # finest features 3.4 and 12 pixels
+    assert R.resolve_schedule(coarse, shape=(32, 32, 32))["levels"] == 3  # subsampled by 4 at the coarsest
+    assert R.resolve_schedule(fine, shape=(32, 32, 32))["levels"] == 2  # by 4 would lose the 2-pixel stripes
+    assert R.resolve_schedule(fine, shape=(32, 32, 32), levels=3)["levels"] == 3  # a given number stands
+
+
 def test_2d_output_from_a_3d_exemplar_is_refused(params):
     with pytest.raises(InputError, match="3D output"):
         R.make_config(np.random.default_rng(0).integers(0, 2, (16, 16, 16)), shape=(16, 16), layers=TAPS,
