@@ -92,10 +92,16 @@ def widths_by_conv(widths: Sequence[int]) -> dict[str, int]:
     return {f"conv{b}_{i}": widths[b - 1] for b, d in enumerate(BLOCK_DEPTHS, 1) for i in range(1, d + 1)}
 
 
-def _convolution_as_matmul(convolution: str) -> bool:
+MATMUL_MIN_CHANNELS = 16
+
+
+def _convolution_as_matmul(convolution: str, out_channels: int) -> bool:
+    """``"auto"``: a matrix product on CPU for layers of at least ``MATMUL_MIN_CHANNELS`` output channels (all of
+    VGG19's); on narrower ones (small test networks) it saves nothing and doubles the compilation time."""
     if convolution not in ("auto", "direct", "matmul"):
         raise InputError(f"convolution={convolution!r} is not one of 'auto', 'direct', 'matmul'.")
-    return convolution == "matmul" or (convolution == "auto" and jax.default_backend() == "cpu")
+    return convolution == "matmul" or (convolution == "auto" and jax.default_backend() == "cpu"
+                                       and out_channels >= MATMUL_MIN_CHANNELS)
 
 
 class Conv3x3(nn.Module):
@@ -136,9 +142,9 @@ class VGG19Features(nn.Module):
 
     ``param_dtype`` is the storage dtype (float32); ``dtype`` the compute dtype (float32 or bfloat16);
     ``precision`` the matmul/conv precision. ``convolution``: ``"direct"`` (XLA's convolution), ``"matmul"``
-    (one matrix product per layer, see ``Conv3x3``) or ``"auto"`` (matmul on CPU, direct elsewhere); the
-    results agree to rounding. ``widths`` other than VGG19's give a small random-weight network of the same shape
-    of computation, for tests.
+    (one matrix product per layer, see ``Conv3x3``) or ``"auto"`` (matmul on CPU for layers of 16 or more output
+    channels, direct elsewhere); the results agree to rounding. ``widths`` other than VGG19's give a small
+    random-weight network of the same shape of computation, for tests.
     """
 
     taps: tuple[str, ...]
@@ -153,11 +159,11 @@ class VGG19Features(nn.Module):
     @nn.compact
     def __call__(self, x):
         widths = widths_by_conv(self.widths)
-        as_matmul = _convolution_as_matmul(self.convolution)
         outputs = {}
         x = x.astype(self.dtype)
         for name, kind in layers_needed(self.taps):
             if kind == "conv":
+                as_matmul = _convolution_as_matmul(self.convolution, widths[name])
                 x = Conv3x3(widths[name], self.padding == "periodic", as_matmul, self.dtype, self.param_dtype,
                             self.precision, name=name)(x)
             elif kind == "relu":

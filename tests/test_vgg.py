@@ -80,6 +80,13 @@ def test_matmul_and_direct_convolution_agree_with_their_input_gradients(tiny_par
     np.testing.assert_allclose(grad_matmul, grad_direct, rtol=1e-4, atol=1e-5 * float(jnp.abs(grad_direct).max()))
 
 
+def test_auto_convolution_is_a_matrix_product_on_cpu_for_vgg_widths_only():
+    on_cpu = jax.default_backend() == "cpu"
+    assert vgg._convolution_as_matmul("auto", 64) == on_cpu
+    assert not vgg._convolution_as_matmul("auto", TINY_WIDTHS[-1])
+    assert vgg._convolution_as_matmul("matmul", 4) and not vgg._convolution_as_matmul("direct", 512)
+
+
 def test_unknown_convolution_is_refused(tiny_params):
     model = vgg.VGG19Features(taps=("relu1_1",), widths=TINY_WIDTHS, convolution="fft")
     with pytest.raises(InputError, match="convolution='fft'"):
