@@ -5,8 +5,9 @@
 
 For each exemplar: volume-fraction error (largest over phases), S2 max abs error (over phases, both axes and
 distances up to half the reconstruction's side), copy agreement against its baseline sum_i f_i^2, the fraction
-of pixels still changing phase at the end, status and wall time. Writes a JSON summary and one comparison
-figure per image into --out. Needs ../shared/data (the project's reference images, not in the repository).
+of pixels still changing phase at the end, status and wall time; for scale, the S2 error of the exemplar's own
+corners of the reconstruction's size. Writes a JSON summary, one comparison figure per image and the decoded
+labels (.npy) into --out. Needs ../shared/data (the project's reference images, not in the repository).
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ DEFAULT_IMAGES = [
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def corner_pieces(labels: np.ndarray, size: int) -> list[float]:
+    """S2 max abs errors of the exemplar's four size x size corners against the whole exemplar: how far real
+    pieces of the material, of the reconstruction's size, stray from the statistics they are judged against."""
+    h, w = labels.shape
+    pieces = [labels[i:i + size, j:j + size] for i in (0, h - size) for j in (0, w - size)]
+    return [r["s2_max_abs_error"] for r in report.compare(labels, pieces)["reconstructions"]]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", default=",".join(DEFAULT_IMAGES))
@@ -42,7 +51,8 @@ def main():
     parser.add_argument("--layers", default="default")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--correlation-weight", type=float, default=10.0, help="two-point term weight (default 10)")
+    parser.add_argument("--correlation-weight", type=float, default=None,
+                        help="two-point term weight (default: the schedule's, IMAGE_SCHEDULE)")
     parser.add_argument("--levels", type=int, default=None, help="coarse-to-fine levels (default: the schedule's, 2)")
     parser.add_argument("--coarse-steps", type=int, default=None, help="steps at each coarser level (default: half)")
     parser.add_argument("--out", default="quality-run")
@@ -73,14 +83,19 @@ def main():
         names = [f"{Path(name).stem}_{i}" for i in range(args.count)]
         comparison = report.compare(exemplar.labels, list(result.labels), names=names)
         report.comparison_figure(exemplar.labels, list(result.labels), out / f"{Path(name).stem}.png", names=names)
+        for file, labels in zip(names, result.labels):
+            np.save(out / f"{file}.npy", labels)
         for entry, status, changing in zip(comparison["reconstructions"], result.status_names,
                                            result.undecided_fraction):
             entry.update(status=status, undecided_fraction=float(changing))
             print(f"{entry['file']:<36} {entry['volume_fraction_error']:>7.4f} {entry['s2_max_abs_error']:>7.4f} "
                   f"{entry['copy_agreement']:>6.3f} {entry['copy_baseline']:>8.3f} {changing:>8.4f} "
                   f"{status:>10} {wall:>7.0f}", flush=True)
+        corners = corner_pieces(exemplar.labels, args.size)
+        print(f"  for scale: the exemplar's own {args.size}x{args.size} corners against the whole: S2 error "
+              f"{min(corners):.4f}-{max(corners):.4f}", flush=True)
         summary.append({"image": name, "wall_seconds": wall, "max_distance": comparison["max_distance"],
-                        "reconstructions": comparison["reconstructions"]})
+                        "reconstructions": comparison["reconstructions"], "corner_s2_max_abs_error": corners})
     worst = {key: max(e[key] for s in summary for e in s["reconstructions"])
              for key in ("volume_fraction_error", "s2_max_abs_error")}
     print(f"worst over all: volume-fraction error {worst['volume_fraction_error']:.4f}, "

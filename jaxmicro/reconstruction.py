@@ -40,9 +40,9 @@ from jaxmicro.errors import InputError
 from jaxmicro.statistics import phase_indicators, two_point_correlation
 
 CONVERGED, MAX_STEPS, NON_FINITE = 0, 1, 2
-IMAGE_SCHEDULE = {"steps": 1000, "levels": 2, "coarse_steps": 500}
-"""The default schedule of a 2D reconstruction: 500 steps at half size, then 1000 at full size. See
-docs/results.md."""
+IMAGE_SCHEDULE = {"steps": 1000, "levels": 2, "coarse_steps": 500, "correlation_weight": 30.0}
+"""The default schedule of a 2D reconstruction: 500 steps at half size, then 1000 at full size, two-point term
+weighted 30. See docs/results.md."""
 VOLUME_SCHEDULE = {"steps": 100, "levels": 3, "coarse_steps": 200, "slices_per_step": 2,
                    "correlation_weight": 100.0}
 """The default schedule of a volume: 200 steps at 1/4 and at 1/2 of the size, then 100 at full size, 2 slices per
@@ -520,7 +520,7 @@ def make_config(exemplar, *, shape: Sequence[int] | None = None, layers: str | S
     radius = options.pop("correlation_radius", None)
     sides = [min(shape)] + [min(e.shape) for e in images]
     if radius is None:
-        radius = min(sides) // 2 - 1
+        radius = statistics.default_max_distance(sides)  # every distance the report judges, 0..side // 2
     config = ReconstructionConfig(shape=shape, n_phases=n_phases, taps=taps,
                                   tap_weights=tuple(layer_weights) if layer_weights else None,
                                   correlation_radius=radius, dtype=jnp.dtype(dtype), **options)
@@ -609,7 +609,7 @@ def reconstruct(
     ``levels`` > 1 runs coarse to fine: level k reconstructs at 1/2^k of the size from the exemplar subsampled
     by 2^k, for ``coarse_steps`` steps, and its upsampled logits start the next level;
     ``steps`` is the number of steps at full size. Checkpoints cover the full-size level. Unset, ``steps``,
-    ``levels``, ``coarse_steps`` (and for volumes ``slices_per_step`` and ``correlation_weight``) follow
+    ``levels``, ``coarse_steps``, ``correlation_weight`` (and for volumes ``slices_per_step``) follow
     ``IMAGE_SCHEDULE`` or ``VOLUME_SCHEDULE`` (``resolve_schedule``).
 
     Returns a ReconstructionResult; per-sample failure is reported in ``status``, never raised.

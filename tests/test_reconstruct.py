@@ -6,7 +6,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxmicro.reconstruction as R
-from jaxmicro import vgg
+from jaxmicro import statistics as st, vgg
 from jaxmicro.errors import InputError
 from conftest import TINY_WIDTHS
 
@@ -274,6 +274,16 @@ def test_schedule_defaults_by_dimension_and_size():
     assert R.resolve_schedule(image, shape=(8, 8))["levels"] == 1
     with pytest.raises(InputError, match="levels=3 is too many"):
         R.resolve_schedule(image, shape=(16, 16), levels=3)
+
+
+def test_default_two_point_window_reaches_every_distance_the_report_judges():
+    config, _ = R.make_config(blobs((32, 32)), shape=(16, 16), layers=TAPS)
+    assert config.correlation_radius == st.default_max_distance((16, 16)) == 8  # report.compare's 0..8
+    displacement_map = jnp.arange(16 * 16).reshape(16, 16, 1)  # entry = the flat index of its displacement
+    window = R.correlation_window(displacement_map, config.correlation_radius)
+    centre = config.correlation_radius
+    for dy, dx in [(0, 8), (8, 0), (8, 8), (-3, 5)]:  # the half-side displacements the old window (7) missed
+        assert window[centre + dy, centre + dx, 0] == displacement_map[dy % 16, dx % 16, 0]
 
 
 def stripes(widths, size=12):
