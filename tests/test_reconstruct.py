@@ -282,7 +282,7 @@ def test_default_two_point_window_reaches_every_distance_the_report_judges():
     displacement_map = jnp.arange(16 * 16).reshape(16, 16, 1)  # entry = the flat index of its displacement
     window = R.correlation_window(displacement_map, config.correlation_radius)
     centre = config.correlation_radius
-    for dy, dx in [(0, 8), (8, 0), (8, 8), (-3, 5)]:  # the half-side displacements the old window (7) missed
+    for dy, dx in [(0, 8), (8, 0), (8, 8), (-3, 5)]:  # half-side ones (the old radius, 7, missed them), one inside
         assert window[centre + dy, centre + dx, 0] == displacement_map[dy % 16, dx % 16, 0]
 
 
