@@ -533,9 +533,8 @@ def make_config(exemplar, *, shape: Sequence[int] | None = None, layers: str | S
 def finest_feature(labels: np.ndarray) -> float:
     """The smallest mean chord length (pixels, over all axes) of any phase of a label image: the size of its
     finest features."""
-    counts = statistics.chord_length_distribution(labels).sum(axis=0).astype(np.float64)  # (n, L + 1)
-    lengths = np.arange(counts.shape[-1])
-    return float(np.min((counts * lengths).sum(-1) / np.maximum(counts.sum(-1), 1)))
+    pooled = statistics.chord_length_distribution(labels).sum(axis=0)  # (n, L + 1), all axes together
+    return float(np.min(statistics.mean_chord_length(pooled)))
 
 
 def resolve_schedule(exemplar, *, shape: Sequence[int] | None = None, layers: str | Sequence[str] = "default",

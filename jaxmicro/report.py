@@ -66,9 +66,8 @@ def _chord_summary(counts: np.ndarray) -> dict:
     """Mean, standard deviation and number of chords per phase for one axis' ``(n, L + 1)`` counts."""
     lengths = np.arange(counts.shape[-1])
     number = counts.sum(-1)
-    safe = np.maximum(number, 1)
-    mean = (counts * lengths).sum(-1) / safe
-    std = np.sqrt(np.maximum((counts * lengths**2).sum(-1) / safe - mean**2, 0.0))
+    mean = st.mean_chord_length(counts)
+    std = np.sqrt(np.maximum((counts * lengths**2).sum(-1) / np.maximum(number, 1) - mean**2, 0.0))
     return {"count": number.tolist(), "mean": mean.tolist(), "std": std.tolist()}
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "default_max_distance",
     "lineal_path",
     "chord_length_distribution",
+    "mean_chord_length",
     "specific_surface",
     "largest_cluster_fraction",
     "largest_cluster_fraction_slices",
@@ -346,6 +347,13 @@ def chord_length_distribution(labels, n_phases: int | None = None, *, normalize:
         total = out.sum(axis=-1, keepdims=True)
         return np.where(total > 0, out / np.maximum(total, 1), 0.0)
     return out
+
+
+def mean_chord_length(counts: np.ndarray) -> np.ndarray:
+    """Number-weighted mean chord length (pixels) from chord counts ``(..., L + 1)`` indexed by length, as
+    :func:`chord_length_distribution` gives them; 0 where there is no chord."""
+    counts = np.asarray(counts, np.float64)
+    return (counts * np.arange(counts.shape[-1])).sum(-1) / np.maximum(counts.sum(-1), 1)
 
 
 # ----------------------------------------------------------------------------------------------------------
