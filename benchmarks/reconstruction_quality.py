@@ -47,7 +47,7 @@ def main():
     parser.add_argument("--data", default=str(SHARED))
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--count", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=None, help="default: jaxmicro's schedule (1000)")
+    parser.add_argument("--steps", type=int, default=None, help="default: jaxmicro's schedule (2000)")
     parser.add_argument("--layers", default="default")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)

@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", help="output shape HxW or DxHxW, e.g. 128x128 (default: the exemplar's)")
     p.add_argument("--count", type=_positive_int, default=4, help="number of reconstructions (default 4)")
     p.add_argument("--steps", type=_positive_int,
-                   help="optimiser steps at full size (default 1000; volumes 100)")
+                   help="optimiser steps at full size (default 2000; volumes 100)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); recorded in metrics.json")
     p.add_argument("--optimizer", choices=["adam", "lbfgs"], default="adam")
     p.add_argument("--learning-rate", type=float, help="step size (default: 0.05 for adam, line search for lbfgs)")

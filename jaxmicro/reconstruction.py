@@ -40,8 +40,8 @@ from jaxmicro.errors import InputError
 from jaxmicro.statistics import phase_indicators, two_point_correlation
 
 CONVERGED, MAX_STEPS, NON_FINITE = 0, 1, 2
-IMAGE_SCHEDULE = {"steps": 1000, "levels": 2, "coarse_steps": 500, "correlation_weight": 30.0}
-"""The default schedule of a 2D reconstruction: 500 steps at half size, then 1000 at full size, two-point term
+IMAGE_SCHEDULE = {"steps": 2000, "levels": 2, "coarse_steps": 1000, "correlation_weight": 30.0}
+"""The default schedule of a 2D reconstruction: 1000 steps at half size, then 2000 at full size, two-point term
 weighted 30. See docs/results.md."""
 VOLUME_SCHEDULE = {"steps": 100, "levels": 3, "coarse_steps": 200, "slices_per_step": 2,
                    "correlation_weight": 100.0}

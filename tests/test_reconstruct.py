@@ -268,7 +268,7 @@ def test_schedule_defaults_by_dimension_and_size():
     assert R.resolve_schedule(image, steps=300)["coarse_steps"] == 150
     assert R.resolve_schedule(image, shape=(32, 32, 32), steps=50)["coarse_steps"] == 100
     assert R.resolve_schedule(image, levels=1, correlation_weight=3.0) == {
-        "steps": 1000, "levels": 1, "coarse_steps": 500, "correlation_weight": 3.0}
+        **R.IMAGE_SCHEDULE, "levels": 1, "correlation_weight": 3.0}
     # default levels shrink to what the network can see (relu3_1 needs 8 pixels); given ones that cannot raise
     assert R.resolve_schedule(image, shape=(16, 16, 16))["levels"] == 2
     assert R.resolve_schedule(image, shape=(8, 8))["levels"] == 1
