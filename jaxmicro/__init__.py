@@ -13,6 +13,8 @@ from jaxmicro.compilation import enable_compilation_cache
 from jaxmicro.errors import InputError, JaxmicroError, WeightsError
 from jaxmicro.io import Microstructure, read_microstructure, write_labels_tiff
 from jaxmicro.physics import HomogenisationResult, effective_conductivity, effective_stiffness
+from jaxmicro.descriptors import Descriptors, make_describe
+from jaxmicro.optimise import OptimisationState, make_optimizer
 from jaxmicro.reconstruction import (
     ReconstructionConfig,
     ReconstructionResult,
@@ -20,12 +22,14 @@ from jaxmicro.reconstruction import (
     ReconstructionTargets,
     make_config,
     make_loss,
-    make_optimizer,
+    make_objective,
     make_run_chunk,
     make_step,
     make_targets,
     reconstruct,
 )
+from jaxmicro.status import Status
+from jaxmicro.terms import Objective
 from jaxmicro.report import compare, describe
 from jaxmicro.statistics import (
     chord_length_distribution,

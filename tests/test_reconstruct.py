@@ -35,18 +35,20 @@ def params(tiny_params):
 
 def test_targets_of_exemplar_give_zero_loss(params):
     config, exemplar = setup(shape=(32, 32))
-    targets = R.make_targets(config, params, [exemplar])
+    objective = R.make_objective(config, R.make_targets(config, params, [exemplar]), {"interface": 1.0})
     logits = jax.nn.one_hot(exemplar, 2)  # decodes to the exemplar itself
-    total, terms = R.make_loss(config)(params, logits, targets)
-    np.testing.assert_allclose(terms.gram, 0.0, atol=1e-6)
-    np.testing.assert_allclose(terms.correlation, 0.0, atol=1e-6)
-    np.testing.assert_allclose(terms.volume_fraction, 0.0, atol=1e-7)
+    total, terms = R.make_loss(config)(params, logits, objective)
+    assert set(terms) == set(R.TERM_NAMES)
+    np.testing.assert_allclose(terms["gram"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(terms["correlation"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(terms["volume_fraction"], 0.0, atol=1e-7)
+    np.testing.assert_allclose(terms["interface"], 0.0, atol=1e-7)
     np.testing.assert_allclose(total, 0.0, atol=1e-5)
 
 
 def test_field_loss_jit_matches_eager_and_gradient_matches_finite_differences(params):
     config, exemplar = setup(n_phases=3)
-    targets = R.make_targets(config, params, [exemplar])
+    targets = R.make_objective(config, R.make_targets(config, params, [exemplar]))
     loss = R.make_field_loss(config)
     fields = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(0), (16, 16, 3)), axis=-1)
     eager = loss(params, fields, targets)[0]
@@ -54,7 +56,8 @@ def test_field_loss_jit_matches_eager_and_gradient_matches_finite_differences(pa
     with jax.enable_x64(True):  # float64 so that finite differences are exact enough
         config64 = config._replace(dtype=jnp.float64)
         to64 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
-        params64, targets64 = to64(params), R.make_targets(config64, to64(params), [exemplar])
+        params64 = to64(params)
+        targets64 = R.make_objective(config64, R.make_targets(config64, params64, [exemplar]))
         loss64 = R.make_field_loss(config64)
         check_grads(lambda f: loss64(params64, f, targets64)[0], (to64(fields),), order=1, modes=["rev"],
                     eps=1e-4, atol=1e-5, rtol=1e-4)
@@ -63,7 +66,7 @@ def test_field_loss_jit_matches_eager_and_gradient_matches_finite_differences(pa
 def test_logit_gradient_is_the_straight_through_estimate(params):
     """Forward on the decoded phases; backward through the softmax Jacobian at the current probabilities."""
     config, exemplar = setup(n_phases=3)
-    targets = R.make_targets(config, params, [exemplar])
+    targets = R.make_objective(config, R.make_targets(config, params, [exemplar]))
     logits = jax.random.normal(jax.random.PRNGKey(1), (16, 16, 3))
     decoded = jax.nn.one_hot(jnp.argmax(logits, -1), 3)
     field_loss = lambda f: R.make_field_loss(config)(params, f, targets)[0]
@@ -76,17 +79,19 @@ def test_logit_gradient_is_the_straight_through_estimate(params):
 
 def test_vmapped_step_equals_loop_of_single_steps(params):
     config, exemplar = setup()
-    targets = R.make_targets(config, params, [exemplar])
+    targets = R.make_objective(config, R.make_targets(config, params, [exemplar]))
     tx = R.make_optimizer("adam")
     step = R.make_step(config, tx, total_steps=10)
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     states = jax.vmap(lambda k: R.init_state(config, tx, k))(keys)
     batched_targets = jax.tree.map(lambda x: jnp.stack([x] * 3), targets)
-    batched, losses = jax.vmap(step, in_axes=(None, 0, 0))(params, states, batched_targets)
+    batched, (losses, terms) = jax.vmap(step, in_axes=(None, 0, 0))(params, states, batched_targets)
     for i in range(3):
-        single, loss = step(params, jax.tree.map(lambda x: x[i], states), targets)
+        single, (loss, single_terms) = step(params, jax.tree.map(lambda x: x[i], states), targets)
         np.testing.assert_allclose(batched.logits[i], single.logits, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(losses[i], loss, rtol=1e-5)
+        for name in R.TERM_NAMES:
+            np.testing.assert_allclose(terms[name][i], single_terms[name], rtol=1e-5, atol=1e-7)
 
 
 def test_run_compiles_once_and_chunking_does_not_change_the_result(params):
@@ -105,15 +110,22 @@ def test_run_compiles_once_and_chunking_does_not_change_the_result(params):
 def test_second_chunk_does_not_recompile(params):
     config, exemplar = setup()
     tx = R.make_optimizer("adam")
-    targets = jax.tree.map(lambda x: x[None], R.make_targets(config, params, [exemplar]))
+    objective = jax.tree.map(lambda x: x[None], R.make_objective(config, R.make_targets(config, params, [exemplar])))
     states = jax.vmap(lambda k: R.init_state(config, tx, k))(jax.random.split(jax.random.PRNGKey(0), 1))
     run_chunk = R.make_run_chunk(config, tx, total_steps=9, chunk=3)
-    states, _ = run_chunk(params, states, targets)
+    states, _ = run_chunk(params, states, objective)
     size = run_chunk._cache_size()
-    for _ in range(2):
-        states, _ = run_chunk(params, states, targets)
+    # new weights and targets are data: the same compiled chunk runs them
+    reweighted = objective._replace(weights={**objective.weights, "correlation": jnp.array([3.0]),
+                                             "interface": jnp.array([0.5])})
+    retargeted = reweighted._replace(targets={**objective.targets,
+                                              "volume_fraction": objective.targets["volume_fraction"][:, ::-1]})
+    for changed in (reweighted, retargeted):
+        states, (losses, terms) = run_chunk(params, states, changed)
     assert run_chunk._cache_size() == size == 1
     assert int(states.step[0]) == 9
+    np.testing.assert_allclose(  # the total is the weighted sum of the recorded terms
+        losses, sum(retargeted.weights[n] * terms[n] for n in R.TERM_NAMES), rtol=1e-5)
 
 
 def test_reconstruction_moves_towards_the_exemplar_statistics(params):
@@ -219,15 +231,16 @@ def test_volume_from_a_3d_exemplar_uses_each_direction_of_the_tomogram(params):
 
 def _gram_gradient_support(config, params, targets, fields, key):
     """Which planes normal to each axis get a Gram gradient (correlation and fraction terms switched off)."""
-    loss = R.make_field_loss(config._replace(correlation_weight=0.0, volume_fraction_weight=0.0))
-    grad = jax.grad(lambda f: loss(params, f, targets, key)[0])(fields)
+    loss = R.make_field_loss(config)
+    gram_only = targets._replace(weights={name: float(name == "gram") for name in targets.weights})
+    grad = jax.grad(lambda f: loss(params, f, gram_only, key)[0])(fields)
     touched = np.asarray(jnp.abs(grad).sum(-1) > 0)
     return [np.flatnonzero(np.all(np.moveaxis(touched, d, 0), axis=(1, 2))) for d in range(3)], touched
 
 
 def test_slice_sampling_sends_evenly_spaced_slices_through_the_network(params):
     config, exemplar = setup(shape=(12, 16, 16), slices_per_step=4)
-    targets = R.make_targets(config, params, [exemplar])
+    targets = R.make_objective(config, R.make_targets(config, params, [exemplar]))
     fields = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(1), (12, 16, 16, 2)), -1)
     full = R.make_field_loss(config)(params, fields, targets)[0]
     np.testing.assert_allclose(full, R.make_field_loss(config._replace(slices_per_step=None))(params, fields, targets)[0],

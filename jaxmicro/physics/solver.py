@@ -17,7 +17,6 @@ adjoint problem is solved by the forward fields themselves and the derivative is
 
 from __future__ import annotations
 
-import enum
 from typing import Callable, NamedTuple
 
 import jax
@@ -25,14 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmicro.errors import InputError, JaxmicroError
+from jaxmicro.status import Status
 
 
-class SolverStatus(enum.IntEnum):
-    """Per-sample outcome of a solve, returned as data (compare ``result.status == SolverStatus.CONVERGED``)."""
-
-    CONVERGED = 0
-    NOT_CONVERGED = 1  # max_iterations reached before the residual fell below tol
-    NON_FINITE = 2  # NaN or inf in the residual or the effective tensor
+SolverStatus = Status
+"""The solver's per-sample outcome: the library-wide ``jaxmicro.status.Status`` (``NOT_CONVERGED``: max_iterations
+reached before the residual fell below tol)."""
 
 
 class HomogenisationResult(NamedTuple):

