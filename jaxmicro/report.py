@@ -449,3 +449,57 @@ def describe_figure(labels, path, *, max_distance: int | None = None) -> Path:
         ax.set_xlabel("distance (pixels)")
     axes[1].legend(fontsize=7)
     return _save_atomically(figure, path)
+
+
+def design_figure(exemplar, designs, checked: dict, path) -> Path:
+    """Write a PNG of a design run: the exemplar and up to 5 designs (2D, or middle slices), the achieved value
+    of the first property against its target, and the trade-off between property error and S2 error (the
+    non-dominated front joined). ``checked``: ``jaxmicro.design.design_records``. Written atomically."""
+    ex = _labels(exemplar, "exemplar")
+    n = int(ex.max()) + 1
+    records = checked["designs"]
+    shown = list(designs)[:5]
+    columns = max(len(shown) + 1, 4)
+    figure = _new_figure(2.6 * columns, 5.6)
+    grid = figure.add_gridspec(2, columns)
+    _show_image(figure.add_subplot(grid[0, 0]), ex, n, "exemplar")
+    for k, labels in enumerate(shown):
+        name = next(iter(records[k]["achieved"]))
+        _show_image(figure.add_subplot(grid[0, k + 1]), np.asarray(labels), n,
+                    f"{records[k]['file']}\n{name} = {records[k]['achieved'][name]:.4g}")
+    half = columns // 2
+    ax = figure.add_subplot(grid[1, :half])
+    name = next(iter(records[0]["achieved"]))
+    achieved = np.array([r["achieved"][name] for r in records])
+    asked = [r["target"][name] for r in records]
+    numeric = [isinstance(a, (int, float)) for a in asked]
+    if all(numeric):
+        goal = np.asarray(asked, float)
+        ax.plot([goal.min(), goal.max()], [goal.min(), goal.max()], color="0.6", lw=1, label="achieved = target")
+        ax.scatter(goal, achieved, s=14, c=["C0" if r["reached"] else "C3" for r in records])
+        ax.set_xlabel(f"target {name}")
+    else:
+        ax.scatter(np.arange(len(records)), achieved, s=14, c=["C0" if r["reached"] else "C3" for r in records])
+        ax.set_xlabel(f"design (target {asked[0]})")
+    bounds = checked.get("bounds", {}).get("conductivity")
+    if bounds and name.startswith("k_") and name[2] == name[3]:
+        for key, style in (("reuss", ":"), ("voigt", "--")):
+            ax.axhline(bounds[key], color="0.3", ls=style, lw=1, label=f"{key} bound")
+    ax.set_ylabel(f"achieved {name} (solver on the labels)")
+    ax.set_title("blue: reached; red: not reached", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = figure.add_subplot(grid[1, half:])
+    errors = np.array([max(r["relative_error"].values()) for r in records])
+    s2 = np.array([np.nan if r["s2_max_abs_error"] is None else r["s2_max_abs_error"] for r in records])
+    weights = np.array([r["statistics_weight"] for r in records])
+    points = ax.scatter(errors, s2, c=weights, s=14, cmap="viridis")
+    front = checked.get("pareto", [])
+    if front:
+        ax.plot([p["property_error"] for p in front], [p["s2_max_abs_error"] for p in front], color="C3", lw=1,
+                label="non-dominated")
+        ax.legend(fontsize=7)
+    figure.colorbar(points, ax=ax, label="statistics weight")
+    ax.set_xlabel("largest relative property error")
+    ax.set_ylabel("S2 max abs error")
+    ax.set_title("trade-off", fontsize=9)
+    return _save_atomically(figure, path)

@@ -38,6 +38,8 @@ def gram(tap_weights: Mapping[str, float] | None = None) -> Term:
     summed over taps with ``tap_weights`` (default 1 each). Target: ``Descriptors.grams`` of the exemplar."""
 
     def term(descriptors, fields, target):
+        if not descriptors.grams:  # no network in this objective
+            return jnp.zeros((), jnp.float32)
         total = 0.0
         for grams, target_grams in zip(descriptors.grams, target):
             for tap, g in grams.items():
@@ -72,6 +74,39 @@ def interface() -> Term:
 
     def term(descriptors, fields, target):
         return relative_error(descriptors.interface, target)
+
+    return term
+
+
+RELATIONS = ("=", ">=", "<=", "max", "min")
+
+
+def property_term(source: str, select: Callable, relation: str = "=", scale: float = 1.0) -> Term:
+    """A property target: ``select(descriptors.properties[source])`` (a component, a ratio, a tensor) against the
+    term's target.
+
+    ``relation``: ``'='`` (relative squared error), ``'>='`` / ``'<='`` (relative squared shortfall, zero once
+    the bound holds), ``'max'`` / ``'min'`` (the value over ``scale``, negated to maximise; no target). A
+    predictor that reports a ``status`` other than converged makes the term NaN, so the optimiser marks that
+    sample non-finite and keeps its last good iterate, while the rest of the batch carries on.
+    """
+    if relation not in RELATIONS:
+        raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+
+    def term(descriptors, fields, target):
+        predicted = descriptors.properties[source]
+        value = select(predicted)
+        if relation in ("max", "min"):
+            error = (-1.0 if relation == "max" else 1.0) * jnp.sum(value) / scale
+        else:
+            gap = (value - target) / jnp.abs(target)
+            if relation == ">=":
+                gap = jnp.minimum(gap, 0.0)
+            elif relation == "<=":
+                gap = jnp.maximum(gap, 0.0)
+            error = jnp.sum(gap**2)
+        status = getattr(predicted, "status", None)
+        return error if status is None else jnp.where(status == 0, error, jnp.nan)
 
     return term
 

@@ -1,0 +1,115 @@
+"""The descriptor node and the loss terms: against independent formulas, exact cases and finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxmicro.reconstruction as R
+from jaxmicro import terms as T, vgg
+from jaxmicro.descriptors import Descriptors, interface_measure
+from jaxmicro.physics import HomogenisationResult
+from jaxmicro.statistics import two_point_correlation
+from conftest import TINY_WIDTHS
+from test_reconstruct import TAPS, blobs, setup
+
+
+@pytest.fixture
+def params(tiny_params):
+    return {k: tiny_params[k] for k in vgg.convs_needed(TAPS)}
+
+
+def test_reconstruction_loss_as_terms_equals_the_three_term_formula(params):
+    """sum_tap ||G - T||^2/||T||^2 + w_c ||S2 - S2*||^2/||S2*||^2 + w_f ||f - f*||^2/||f*||^2, computed here
+    from the network, the FFT correlation and the fractions directly."""
+    config, exemplar = setup(n_phases=3, correlation_weight=7.0, volume_fraction_weight=3.0)
+    fields = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(4), (16, 16, 3)), axis=-1)
+    ex_fields = jax.nn.one_hot(exemplar, 3)
+    features = R.make_network(config)
+
+    def grams(f):
+        return {tap: vgg.gram_matrix(x[0]) for tap, x in features(params, vgg_rgb(f)).items()}
+
+    def vgg_rgb(f):
+        from jaxmicro import encoding
+        return encoding.encode(f)[None]
+
+    def window(f):
+        return R.correlation_window(two_point_correlation(f), config.correlation_radius)
+
+    def rel(a, b):
+        return float(jnp.sum((a - b) ** 2) / jnp.sum(b**2))
+
+    expected_gram = sum(rel(grams(fields)[t], grams(ex_fields)[t]) for t in TAPS)
+    expected_corr = rel(window(fields), window(ex_fields))
+    expected_frac = rel(fields.mean((0, 1)), ex_fields.mean((0, 1)))
+    objective = R.make_objective(config, R.make_targets(config, params, [exemplar]))
+    total, values = R.make_field_loss(config)(params, fields, objective)
+    np.testing.assert_allclose(values["gram"], expected_gram, rtol=2e-4)
+    np.testing.assert_allclose(values["correlation"], expected_corr, rtol=2e-4)
+    np.testing.assert_allclose(values["volume_fraction"], expected_frac, rtol=2e-4)
+    np.testing.assert_allclose(total, expected_gram + 7.0 * expected_corr + 3.0 * expected_frac, rtol=2e-4)
+    assert float(objective.weights["interface"]) == 0.0  # off by default: the loss above has no fourth term
+
+
+@pytest.mark.parametrize("period", [2, 4, 6])
+def test_interface_measure_of_a_laminate_is_one_over_its_period(period):
+    row = (np.arange(24) % period < period // 2).astype(int)
+    laminate = np.tile(row, (24, 1))  # stripes across axis 1, uniform along axis 0
+    measure = interface_measure(jax.nn.one_hot(laminate, 2))
+    np.testing.assert_allclose(measure, [1.0 / period] * 2, rtol=1e-6)
+    volume = np.broadcast_to(laminate, (8, 24, 24))  # the same laminate in 3D: one axis in three crosses it
+    np.testing.assert_allclose(interface_measure(jax.nn.one_hot(volume, 2)), [2.0 / (3 * period)] * 2, rtol=1e-6)
+
+
+def test_interface_measure_counts_an_isolated_pixel_by_its_four_edges():
+    image = np.zeros((10, 10), int)
+    image[4, 6] = 1
+    np.testing.assert_allclose(interface_measure(jax.nn.one_hot(image, 2)), [4 / 200] * 2, rtol=1e-6)
+
+
+def test_interface_term_gradient_matches_finite_differences():
+    with jax.enable_x64(True):
+        fields = jax.random.uniform(jax.random.PRNGKey(0), (8, 8, 2), jnp.float64)
+        target = jnp.asarray([0.2, 0.3], jnp.float64)
+        term = T.interface()
+        loss = lambda f: term(Descriptors((), (), f.mean((0, 1)), interface_measure(f)), f, target)  # noqa: E731
+        check_grads(loss, (fields,), order=1, modes=["rev"], eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def _with_property(value, status=0):
+    result = HomogenisationResult(jnp.asarray([[value, 0.0], [0.0, 1.0]]), 5, 1e-6, jnp.asarray(status))
+    return Descriptors((), (), jnp.zeros(2), jnp.zeros(2), {"conductivity": result})
+
+
+@pytest.mark.parametrize("relation, value, target, expected", [
+    ("=", 4.4, 4.0, 0.01),            # ((4.4 - 4) / 4)^2
+    ("=", 3.6, 4.0, 0.01),
+    (">=", 4.4, 4.0, 0.0),            # the bound holds
+    (">=", 3.6, 4.0, 0.01),
+    ("<=", 4.4, 4.0, 0.01),
+    ("<=", 3.6, 4.0, 0.0),
+    ("max", 5.0, None, -0.5),         # -value / scale with scale 10
+    ("min", 5.0, None, 0.5),
+])
+def test_property_term_relations(relation, value, target, expected):
+    term = T.property_term("conductivity", lambda r: r.tensor[0, 0], relation, scale=10.0)
+    np.testing.assert_allclose(term(_with_property(value), None, target), expected, rtol=1e-6, atol=1e-12)
+
+
+def test_property_term_is_nan_when_the_solver_failed():
+    term = T.property_term("conductivity", lambda r: r.tensor[0, 0], "=")
+    assert np.isnan(term(_with_property(4.0, status=1), None, 4.0))
+
+
+def test_reconstruction_records_every_term_per_step(params):
+    exemplar = blobs((32, 32), fraction=0.3)
+    result = R.reconstruct(exemplar, shape=(16, 16), count=2, steps=15, seed=0, layers=TAPS, params=params,
+                           widths=TINY_WIDTHS, correlation_radius=4, levels=1, interface_weight=2.0,
+                           weights={"correlation": np.array([1.0, 5.0])})  # per-sample weights
+    assert set(result.term_history) == set(R.TERM_NAMES)
+    weights = {"gram": 1.0, "correlation": np.array([[1.0], [5.0]]), "volume_fraction": 10.0, "interface": 2.0}
+    total = sum(weights[n] * result.term_history[n] for n in R.TERM_NAMES)
+    np.testing.assert_allclose(result.loss_history, total, rtol=1e-5)
+    assert all(v.shape == (2, 15) for v in result.term_history.values())
