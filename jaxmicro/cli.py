@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--property-weight", type=float, metavar="W",
                    help="weight of each property term (default 1000 for targets, 100 for max/min)")
     p.add_argument("--filter-radius", type=float, metavar="PX",
-                   help="density filter radius in pixels (default 2 with --statistics-weight 0, else 0)")
+                   help="density filter radius in pixels (default 3 with --statistics-weight 0, else 0)")
     p.add_argument("--shape", help="output shape HxW or DxHxW, e.g. 64x64 (default: the exemplar's)")
     p.add_argument("--count", type=_positive_int, default=4, help="designs per target (seeds; default 4)")
     p.add_argument("--steps", type=_positive_int, default=600, help="optimiser steps (default 600)")

@@ -34,7 +34,7 @@ HOLD_FRACTION_WEIGHT = 1000.0  # fraction term weight with hold_fraction: (0.01 
 PROPERTY_WEIGHT = 1000.0  # weight of a target term: a 1 % miss costs 0.1, about a converged statistics loss
 OPTIMUM_WEIGHT = 100.0  # weight of a max / min term (the value over its largest phase value, of order 1)
 DESIGN_STEPS = 600
-DEFAULT_FILTER_RADIUS = 2.0  # pixels, the density filter of designs without statistics terms
+DEFAULT_FILTER_RADIUS = 3.0  # pixels, the density filter of designs without statistics terms
 
 
 class PropertyTarget(NamedTuple):
