@@ -64,8 +64,8 @@ def time_steps(size: int, batch: int, taps, params, dtype: str, chunk: int, repe
     config = R.ReconstructionConfig(shape=(size, size), n_phases=2, taps=taps, dtype=jnp.dtype(dtype),
                                     convolution=convolution, correlation_radius=min(32, size // 2 - 1))
     tx = R.make_optimizer("adam")
-    targets = R.make_targets(config, params, [exemplar])
-    targets = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch, *x.shape)), targets)
+    objective = R.make_objective(config, R.make_targets(config, params, [exemplar]))
+    targets = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch, *x.shape)), objective)
     states = jax.vmap(lambda k: R.init_state(config, tx, k))(jax.random.split(jax.random.PRNGKey(0), batch))
     run_chunk = R.make_run_chunk(config, tx, total_steps=chunk * (repeats + 1), chunk=chunk)
     start = time.perf_counter()

@@ -113,3 +113,26 @@ def test_reconstruction_records_every_term_per_step(params):
     total = sum(weights[n] * result.term_history[n] for n in R.TERM_NAMES)
     np.testing.assert_allclose(result.loss_history, total, rtol=1e-5)
     assert all(v.shape == (2, 15) for v in result.term_history.values())
+
+
+def test_a_custom_term_plugs_into_the_loop_as_documented(params):
+    """The research API of docs/reconstruction.md: a user's term next to the reconstruction terms."""
+    from jaxmicro import optimise
+    from jaxmicro.descriptors import make_describe
+
+    def edge_term(descriptors, fields, target):  # fraction of phase 1 on the first row
+        return (fields[0, :, 1].mean() - target) ** 2
+
+    config, exemplar = setup()
+    objective = R.make_objective(config, R.make_targets(config, params, [exemplar]))
+    objective = objective._replace(targets={**objective.targets, "edge": jnp.float32(1.0)},
+                                   weights={**objective.weights, "edge": jnp.float32(10.0)})
+    loss = T.make_loss(make_describe(config), {**R.make_terms(config), "edge": edge_term},
+                       lambda z: R.fields_from_logits(config, z))
+    tx = optimise.make_optimizer("adam", 0.05, 60)
+    run_chunk = optimise.make_run_chunk(optimise.make_step(loss, tx, 60), 60, 20)
+    states = jax.vmap(lambda k: R.init_state(config, tx, k))(jax.random.split(jax.random.PRNGKey(0), 2))
+    batched = jax.tree.map(lambda x: jnp.broadcast_to(x, (2, *jnp.shape(x))), objective)
+    states, history = optimise.run(run_chunk, params, states, batched, 60)
+    assert history["edge"].shape == (2, 60) and np.all(history["edge"][:, -1] < 0.1 * history["edge"][:, 0])
+    assert np.all(np.asarray(optimise.decoded_phases(states.logits))[:, 0] == 1)  # the first row became phase 1
