@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import shlex
 import signal
 import sys
 import time
@@ -198,7 +199,7 @@ def _design(args) -> int:
     checked = D.design_records(result, image, names=names)
     summary = {
         "jaxmicro_version": _version(), "jax_version": jax.__version__, "device": str(jax.devices()[0]),
-        "command": "jaxmicro " + " ".join(sys.argv[1:]) if sys.argv and "jaxmicro" in sys.argv[0] else None,
+        "command": "jaxmicro " + shlex.join(args.argv),
         "options": saved, "seed": args.seed, "shape": list(shape), "elapsed_seconds": round(elapsed, 3),
         "exemplar": {"file": str(args.exemplar or "built-in"), "shape": list(image.shape),
                      "volume_fractions": plan.fractions.tolist(), "mapping": exemplar.mapping},
@@ -568,6 +569,7 @@ def main(argv=None) -> int:
         sub = parser._subparsers._group_actions[0].choices[args.command]
         sub.set_defaults(**json.loads(saved.read_text()))
         args = parser.parse_args(argv)
+    args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     try:
         if args.command in ("reconstruct", "design", "property"):
             from jaxmicro.compilation import enable_compilation_cache

@@ -200,3 +200,23 @@ def test_bad_design_requests_give_one_clear_message_and_write_nothing(tmp_path, 
     for word in words:
         assert word.lower() in stderr.lower(), (word, stderr)
     assert not out.exists()
+
+
+def test_an_interrupted_design_resumes_to_the_uninterrupted_result(tmp_path):
+    from jaxmicro.checkpoint import Checkpointer
+
+    exemplar = blobs((32, 32), fraction=0.4)
+    request = dict(targets={"k_xx": [3.0, 4.0]}, shape=(16, 16), conductivity=[1.0, 10.0], count=1, steps=40,
+                   statistics_weight=0.0, hold_fraction=True, chunk=10)
+    whole = D.design(exemplar, **request)
+
+    def stop_after_20(done, states, history):
+        if done == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        D.design(exemplar, **request, callback=stop_after_20, checkpoint=Checkpointer(tmp_path, 10, "run"))
+    resumed = D.design(exemplar, **request, checkpoint=Checkpointer(tmp_path, 10, "run", resume=True))
+    np.testing.assert_array_equal(resumed.labels, whole.labels)
+    np.testing.assert_array_equal(resumed.loss_history, whole.loss_history)
+    np.testing.assert_array_equal(resumed.term_history["k_xx"], whole.term_history["k_xx"])
