@@ -43,4 +43,4 @@ from jaxmicro.statistics import (
 from jaxmicro.vgg import TAP_SETS, VGG19Features, gram_matrix
 from jaxmicro.weights import fetch_weights, load_vgg19_params, verify_weights
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it from here
