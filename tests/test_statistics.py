@@ -15,6 +15,8 @@ from jaxmicro import statistics as st
 from jaxmicro.errors import InputError
 
 DATA = (Path(__file__).parents[1] / ".." / "shared" / "data").resolve()
+NO_PORESPY = ("porespy is not installed: the porespy cross-checks need the crosscheck extra "
+              "(pip install -e '.[test,crosscheck]', as CI does)")
 
 
 def load_shared(name: str) -> np.ndarray:
@@ -236,7 +238,7 @@ def test_largest_cluster_fraction_against_flood_fill_and_porespy(shape, p):
     ours = st.largest_cluster_fraction(labels, 3)
     assert (ours < 1.0).all()  # every phase in several clusters
     np.testing.assert_allclose(ours, _flood_fill_largest_fraction(labels, 3), rtol=1e-12)
-    porespy = pytest.importorskip("porespy")
+    porespy = pytest.importorskip("porespy", reason=NO_PORESPY)
     for phase in range(3):
         mask = labels == phase
         sizes = porespy.filters.region_size(mask, conn="min")  # connected-components-3d, face connectivity
@@ -256,7 +258,7 @@ def _porespy_bins(s2_map, bins):
 
 @pytest.mark.parametrize("name", ["li2018_ceramics_2d_256.npy", "nmc_cathode_3phase_2d_253.npy"])
 def test_against_porespy(name):
-    porespy = pytest.importorskip("porespy")
+    porespy = pytest.importorskip("porespy", reason=NO_PORESPY)
     labels = load_shared(name)
     n = int(labels.max()) + 1
     phase = 1
