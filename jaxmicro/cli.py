@@ -70,8 +70,8 @@ def _reconstruct(args) -> int:
     import jax
     import numpy as np
 
-    from jaxmicro import estimate, io, report
     import jaxmicro.reconstruction as R
+    from jaxmicro import estimate, io, report
     from jaxmicro.checkpoint import Checkpointer, run_fingerprint
     from jaxmicro.examples import default_exemplar
 
@@ -175,7 +175,7 @@ def _reconstruct(args) -> int:
         "final_loss": result.loss_history[:, -1].tolist(),
     }
     if grayscale:
-        metrics = {"run": run, "intensity_mean": [float(l.mean() / 255) for l in result.labels],
+        metrics = {"run": run, "intensity_mean": [float(sample.mean() / 255) for sample in result.labels],
                    "exemplar_intensity_mean": float(np.mean(image))}
     else:
         metrics = report.compare(image, list(result.labels), names=names)

@@ -37,3 +37,7 @@ def test_licence_and_type_marker_ship(pyproject):
     assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["jaxmicro"]
     assert (PACKAGE / "py.typed").exists()
 
+
+def test_public_names_are_all_exported():
+    assert sorted(jaxmicro.__all__) == sorted(set(jaxmicro.__all__))
+    assert all(hasattr(jaxmicro, name) for name in jaxmicro.__all__)

@@ -116,7 +116,8 @@ def test_identities(shape, n):
     # chord lengths cover every pixel once per axis
     chords = st.chord_length_distribution(labels, n)
     lengths = np.arange(chords.shape[-1])
-    np.testing.assert_array_equal((chords * lengths).sum(-1), np.bincount(labels.ravel(), minlength=n)[None].repeat(len(shape), 0))
+    pixels_per_phase = np.bincount(labels.ravel(), minlength=n)
+    np.testing.assert_array_equal((chords * lengths).sum(-1), pixels_per_phase[None].repeat(len(shape), 0))
 
 
 def test_periodic_wraparound_chord():
@@ -228,7 +229,7 @@ def _flood_fill_largest_fraction(labels: np.ndarray, n_phases: int) -> list[floa
                     queue.append(q)
         largest[phase] = max(largest[phase], size)
         total[phase] += size
-    return [l / t for l, t in zip(largest, total)]
+    return [biggest / whole for biggest, whole in zip(largest, total)]
 
 
 @pytest.mark.parametrize("shape,p", [((40, 36), [0.55, 0.3, 0.15]), ((12, 10, 14), [0.35, 0.4, 0.25])])
@@ -311,8 +312,10 @@ def test_gradients_on_probabilities():
         for shape in [(5, 4, 3), (3, 4, 3, 2)]:
             probabilities = jax.nn.softmax(jnp.asarray(rng.normal(size=shape)), axis=-1)
             check_grads(jax.jit(st.volume_fractions), (probabilities,), order=1, modes=("rev",), eps=1e-4)
-            check_grads(jax.jit(lambda p: st.two_point_correlation(p) ** 2), (probabilities,), order=1, modes=("fwd", "rev"), eps=1e-4)
-            check_grads(jax.jit(lambda p: st.two_point_correlation(p, cross=True)), (probabilities,), order=1, modes=("rev",), eps=1e-4)
+            check_grads(jax.jit(lambda p: st.two_point_correlation(p) ** 2), (probabilities,), order=1,
+                        modes=("fwd", "rev"), eps=1e-4)
+            check_grads(jax.jit(lambda p: st.two_point_correlation(p, cross=True)), (probabilities,), order=1,
+                        modes=("rev",), eps=1e-4)
             assert st.two_point_correlation(probabilities).dtype == jnp.float64
 
 
@@ -353,7 +356,8 @@ def test_copy_agreement_detects_moved_copies():
     assert float(st.copy_agreement(a, window)) == pytest.approx(1.0, abs=1e-5)
     assert float(st.copy_agreement(window, a)) == pytest.approx(1.0, abs=1e-5)
     volume = rng.integers(0, 2, (10, 12, 14))
-    assert float(st.copy_agreement(volume, np.flip(np.transpose(np.roll(volume, 3, 1), (2, 0, 1)), (0, 2)))) == pytest.approx(1.0, abs=1e-5)
+    moved_volume = np.flip(np.transpose(np.roll(volume, 3, 1), (2, 0, 1)), (0, 2))
+    assert float(st.copy_agreement(volume, moved_volume)) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_copy_agreement_independent_structures_near_baseline():
