@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxmicro.reconstruction as R
-from jaxmicro import design as D, physics, terms as T
+from jaxmicro import inverse_design as D, physics, terms as T
 from jaxmicro.descriptors import make_describe
 from jaxmicro.examples import default_exemplar
 

@@ -13,7 +13,6 @@ labels (.npy) into --out. Needs ../shared/data (the project's reference images, 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

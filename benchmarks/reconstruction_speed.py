@@ -38,8 +38,10 @@ def header(args):
     import flax
     import optax
 
-    print(f"device: {device.platform} {device.device_kind} x{jax.device_count()}; host {platform.processor() or platform.machine()}")
-    print(f"versions: jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, numpy {np.__version__}")
+    print(f"device: {device.platform} {device.device_kind} x{jax.device_count()}; "
+          f"host {platform.processor() or platform.machine()}")
+    print(f"versions: jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
+          f"numpy {np.__version__}")
     print(f"dtype: {args.dtype}; convolution: {args.convolution}; layers: {','.join(vgg.resolve_taps(args.layers))}; "
           f"weights: {'random (same shapes)' if args.random_weights else 'real normalised VGG19'}")
 

@@ -46,14 +46,16 @@ def main() -> None:
         b = rng.integers(0, n, shape)
         copy = jax.jit(lambda a, b, n=n: st.copy_agreement(a, b, n))
         c, m, lo, hi = timed(copy, a, b, repeats=args.repeats)
-        label = f"copy check {'x'.join(map(str, shape))}, {n} phases, {2 ** len(shape) * (6 if len(shape) == 3 else 2)} symmetries"
+        symmetries = 2 ** len(shape) * (6 if len(shape) == 3 else 2)
+        label = f"copy check {'x'.join(map(str, shape))}, {n} phases, {symmetries} symmetries"
         print(f"{label:<44} {c:>10.3f} {m:>10.4f} {lo:>8.4f} {hi:>8.4f}")
     for shape in [(256, 256), (128, 128, 128)]:
         labels = rng.integers(0, 2, shape)
         start = time.perf_counter()
         st.lineal_path(labels, 2)
         st.chord_length_distribution(labels, 2)
-        print(f"{'lineal path + chords ' + 'x'.join(map(str, shape)) + ' (numpy)':<44} {'-':>10} {time.perf_counter() - start:>10.4f}")
+        label = f"lineal path + chords {'x'.join(map(str, shape))} (numpy)"
+        print(f"{label:<44} {'-':>10} {time.perf_counter() - start:>10.4f}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import argparse
 import json
 import math
 import os
-import shutil
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -71,8 +71,8 @@ def _reconstruct(args) -> int:
     import jax
     import numpy as np
 
-    from jaxmicro import estimate, io, report
     import jaxmicro.reconstruction as R
+    from jaxmicro import estimate, io, report
 
     # 1. Everything that can be checked is checked before anything is written.
     exemplar = _exemplar(args)
@@ -127,7 +127,7 @@ def _reconstruct(args) -> int:
         "final_loss": result.loss_history[:, -1].tolist(),
     }
     if grayscale:
-        metrics = {"run": run, "intensity_mean": [float(l.mean() / 255) for l in result.labels],
+        metrics = {"run": run, "intensity_mean": [float(sample.mean() / 255) for sample in result.labels],
                    "exemplar_intensity_mean": float(np.mean(image))}
     else:
         metrics = report.compare(image, list(result.labels), names=names)
@@ -155,10 +155,9 @@ DESIGN_OPTIONS = ("exemplar", "shape", "count", "steps", "seed", "target", "cond
 
 def _design(args) -> int:
     import jax
-    import numpy as np
 
-    from jaxmicro import design as D, io, report
     import jaxmicro.reconstruction as R
+    from jaxmicro import inverse_design as D, io, report
 
     # 1. Everything that can be checked is checked before anything is written.
     if not args.target:

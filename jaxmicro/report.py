@@ -215,7 +215,8 @@ def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, ma
     if max_distance is None:
         max_distance = limit
     elif not 0 <= int(max_distance) <= limit:
-        raise InputError(f"max_distance={max_distance} must lie between 0 and {limit} (half the smallest side of the smallest image)")
+        raise InputError(f"max_distance={max_distance} must lie between 0 and {limit} "
+                         "(half the smallest side of the smallest image)")
     max_distance = int(max_distance)
 
     summary = describe(ex, n, max_distance=max_distance)
@@ -298,7 +299,8 @@ def format_comparison(d: dict) -> str:
         lines.append(row)
     lines.append("")
     lines.append("|dVf|, |dS2|, |dL|: largest absolute error of volume fraction, S2 and lineal path over phases, axes "
-                 "and distances; copy: best pixel agreement over shifts/flips/transposes; base: that of independent structures")
+                 "and distances; copy: best pixel agreement over shifts/flips/transposes; "
+                 "base: that of independent structures")
     return "\n".join(lines)
 
 
@@ -454,7 +456,7 @@ def describe_figure(labels, path, *, max_distance: int | None = None) -> Path:
 def design_figure(exemplar, designs, checked: dict, path) -> Path:
     """Write a PNG of a design run: the exemplar and up to 5 designs (2D, or middle slices), the achieved value
     of the first property against its target, and the trade-off between property error and S2 error (the
-    non-dominated front joined). ``checked``: ``jaxmicro.design.design_records``. Written atomically."""
+    non-dominated front joined). ``checked``: ``jaxmicro.inverse_design.design_records``. Written atomically."""
     ex = _labels(exemplar, "exemplar")
     n = int(ex.max()) + 1
     records = checked["designs"]

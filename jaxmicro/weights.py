@@ -534,7 +534,7 @@ def verify_weights(name: str = DEFAULT_WEIGHTS, path: str | Path | None = None) 
         "content_sha256": _expected_digest(name, entry, path),  # equal to the file's, or _verified_arrays raised
         "size": path.stat().st_size,
         "layers": len(layers),
-        "parameter_count": int(sum(arrays[f"{l}/{p}"].size for l in layers for p in ("kernel", "bias"))),
+        "parameter_count": int(sum(arrays[f"{layer}/{p}"].size for layer in layers for p in ("kernel", "bias"))),
         "verified": True,
     }
 

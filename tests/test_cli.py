@@ -96,7 +96,8 @@ def _write(path: Path, content: bytes) -> Path:
 def _bad_inputs(tmp: Path, exemplar: Path):
     """(case, argv, words the message must contain)."""
     noisy = np.random.default_rng(0).integers(0, 255, (40, 40)).astype(np.uint8)
-    nan = np.zeros((40, 40)); nan[3, 3] = np.nan
+    nan = np.zeros((40, 40))
+    nan[3, 3] = np.nan
     good_tiff = tmp / "good.tif"
     tifffile.imwrite(good_tiff, (np.arange(64 * 64).reshape(64, 64) % 2).astype(np.uint8), compression="zlib")
     truncated = _write(tmp / "truncated.tif", good_tiff.read_bytes()[: good_tiff.stat().st_size // 2])

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmicro import design as D, physics, vgg
+from jaxmicro import inverse_design as D, physics, vgg
 from jaxmicro.cli import main
 from jaxmicro.errors import InputError
+
 from conftest import TINY_WIDTHS
 from test_reconstruct import TAPS, blobs
 

@@ -1,10 +1,10 @@
 import itertools
 
 import jax
-from jax.test_util import check_grads
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 from jaxmicro import encoding
 from jaxmicro.errors import InputError

@@ -8,6 +8,7 @@ from jax.test_util import check_grads
 import jaxmicro.reconstruction as R
 from jaxmicro import statistics as st, vgg
 from jaxmicro.errors import InputError
+
 from conftest import TINY_WIDTHS
 
 TAPS = ("relu1_2", "relu2_1")
@@ -55,7 +56,10 @@ def test_field_loss_jit_matches_eager_and_gradient_matches_finite_differences(pa
     np.testing.assert_allclose(jax.jit(loss)(params, fields, targets)[0], eager, rtol=1e-5)
     with jax.enable_x64(True):  # float64 so that finite differences are exact enough
         config64 = config._replace(dtype=jnp.float64)
-        to64 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
+
+        def to64(tree):
+            return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
+
         params64 = to64(params)
         targets64 = R.make_objective(config64, R.make_targets(config64, params64, [exemplar]))
         loss64 = R.make_field_loss(config64)
@@ -69,7 +73,10 @@ def test_logit_gradient_is_the_straight_through_estimate(params):
     targets = R.make_objective(config, R.make_targets(config, params, [exemplar]))
     logits = jax.random.normal(jax.random.PRNGKey(1), (16, 16, 3))
     decoded = jax.nn.one_hot(jnp.argmax(logits, -1), 3)
-    field_loss = lambda f: R.make_field_loss(config)(params, f, targets)[0]
+
+    def field_loss(f):
+        return R.make_field_loss(config)(params, f, targets)[0]
+
     np.testing.assert_allclose(R.make_loss(config)(params, logits, targets)[0], field_loss(decoded), rtol=1e-6)
     _, softmax_vjp = jax.vjp(lambda z: jax.nn.softmax(z, -1), logits)
     expected = softmax_vjp(jax.grad(field_loss)(decoded))[0]
@@ -243,8 +250,8 @@ def test_slice_sampling_sends_evenly_spaced_slices_through_the_network(params):
     targets = R.make_objective(config, R.make_targets(config, params, [exemplar]))
     fields = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(1), (12, 16, 16, 2)), -1)
     full = R.make_field_loss(config)(params, fields, targets)[0]
-    np.testing.assert_allclose(full, R.make_field_loss(config._replace(slices_per_step=None))(params, fields, targets)[0],
-                               rtol=1e-6)  # no key: every slice counts
+    every_slice = R.make_field_loss(config._replace(slices_per_step=None))(params, fields, targets)[0]
+    np.testing.assert_allclose(full, every_slice, rtol=1e-6)  # no key: every slice counts
     visited = [set(), set(), set()]
     for step in range(6):
         planes, touched = _gram_gradient_support(config, params, targets, fields, jax.random.PRNGKey(step))
@@ -328,8 +335,9 @@ def test_2d_output_from_a_3d_exemplar_is_refused(params):
 @pytest.mark.slow
 def test_real_network_reconstructs_a_shared_microstructure(real_params):
     """End to end with the real normalised VGG19 on a real image: statistics match, and it is not a copy."""
-    from conftest import shared_image
     from jaxmicro import report
+
+    from conftest import shared_image
 
     exemplar = shared_image("li2018_ceramics_2d_256.npy").astype(np.int32)
     taps = vgg.resolve_taps("shallow")

@@ -15,6 +15,8 @@ from jaxmicro import statistics as st
 from jaxmicro.errors import InputError
 
 DATA = (Path(__file__).parents[1] / ".." / "shared" / "data").resolve()
+NO_PORESPY = ("porespy is not installed: the porespy cross-checks need the crosscheck extra "
+              "(pip install -e '.[test,crosscheck]', as CI does)")
 
 
 def load_shared(name: str) -> np.ndarray:
@@ -114,7 +116,8 @@ def test_identities(shape, n):
     # chord lengths cover every pixel once per axis
     chords = st.chord_length_distribution(labels, n)
     lengths = np.arange(chords.shape[-1])
-    np.testing.assert_array_equal((chords * lengths).sum(-1), np.bincount(labels.ravel(), minlength=n)[None].repeat(len(shape), 0))
+    pixels_per_phase = np.bincount(labels.ravel(), minlength=n)
+    np.testing.assert_array_equal((chords * lengths).sum(-1), pixels_per_phase[None].repeat(len(shape), 0))
 
 
 def test_periodic_wraparound_chord():
@@ -226,7 +229,7 @@ def _flood_fill_largest_fraction(labels: np.ndarray, n_phases: int) -> list[floa
                     queue.append(q)
         largest[phase] = max(largest[phase], size)
         total[phase] += size
-    return [l / t for l, t in zip(largest, total)]
+    return [biggest / whole for biggest, whole in zip(largest, total)]
 
 
 @pytest.mark.parametrize("shape,p", [((40, 36), [0.55, 0.3, 0.15]), ((12, 10, 14), [0.35, 0.4, 0.25])])
@@ -236,7 +239,7 @@ def test_largest_cluster_fraction_against_flood_fill_and_porespy(shape, p):
     ours = st.largest_cluster_fraction(labels, 3)
     assert (ours < 1.0).all()  # every phase in several clusters
     np.testing.assert_allclose(ours, _flood_fill_largest_fraction(labels, 3), rtol=1e-12)
-    porespy = pytest.importorskip("porespy")
+    porespy = pytest.importorskip("porespy", reason=NO_PORESPY)
     for phase in range(3):
         mask = labels == phase
         sizes = porespy.filters.region_size(mask, conn="min")  # connected-components-3d, face connectivity
@@ -256,7 +259,7 @@ def _porespy_bins(s2_map, bins):
 
 @pytest.mark.parametrize("name", ["li2018_ceramics_2d_256.npy", "nmc_cathode_3phase_2d_253.npy"])
 def test_against_porespy(name):
-    porespy = pytest.importorskip("porespy")
+    porespy = pytest.importorskip("porespy", reason=NO_PORESPY)
     labels = load_shared(name)
     n = int(labels.max()) + 1
     phase = 1
@@ -309,8 +312,10 @@ def test_gradients_on_probabilities():
         for shape in [(5, 4, 3), (3, 4, 3, 2)]:
             probabilities = jax.nn.softmax(jnp.asarray(rng.normal(size=shape)), axis=-1)
             check_grads(jax.jit(st.volume_fractions), (probabilities,), order=1, modes=("rev",), eps=1e-4)
-            check_grads(jax.jit(lambda p: st.two_point_correlation(p) ** 2), (probabilities,), order=1, modes=("fwd", "rev"), eps=1e-4)
-            check_grads(jax.jit(lambda p: st.two_point_correlation(p, cross=True)), (probabilities,), order=1, modes=("rev",), eps=1e-4)
+            check_grads(jax.jit(lambda p: st.two_point_correlation(p) ** 2), (probabilities,), order=1,
+                        modes=("fwd", "rev"), eps=1e-4)
+            check_grads(jax.jit(lambda p: st.two_point_correlation(p, cross=True)), (probabilities,), order=1,
+                        modes=("rev",), eps=1e-4)
             assert st.two_point_correlation(probabilities).dtype == jnp.float64
 
 
@@ -351,7 +356,8 @@ def test_copy_agreement_detects_moved_copies():
     assert float(st.copy_agreement(a, window)) == pytest.approx(1.0, abs=1e-5)
     assert float(st.copy_agreement(window, a)) == pytest.approx(1.0, abs=1e-5)
     volume = rng.integers(0, 2, (10, 12, 14))
-    assert float(st.copy_agreement(volume, np.flip(np.transpose(np.roll(volume, 3, 1), (2, 0, 1)), (0, 2)))) == pytest.approx(1.0, abs=1e-5)
+    moved_volume = np.flip(np.transpose(np.roll(volume, 3, 1), (2, 0, 1)), (0, 2))
+    assert float(st.copy_agreement(volume, moved_volume)) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_copy_agreement_independent_structures_near_baseline():

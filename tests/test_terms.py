@@ -11,6 +11,7 @@ from jaxmicro import terms as T, vgg
 from jaxmicro.descriptors import Descriptors, interface_measure
 from jaxmicro.physics import HomogenisationResult
 from jaxmicro.statistics import two_point_correlation
+
 from conftest import TINY_WIDTHS
 from test_reconstruct import TAPS, blobs, setup
 

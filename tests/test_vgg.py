@@ -6,6 +6,7 @@ from scipy.signal import correlate
 
 from jaxmicro import vgg
 from jaxmicro.errors import InputError
+
 from conftest import TINY_WIDTHS
 
 

@@ -26,7 +26,6 @@ import numpy as np
 from jaxmicro.errors import InputError, JaxmicroError
 from jaxmicro.status import Status
 
-
 SolverStatus = Status
 """The solver's per-sample outcome: the library-wide ``jaxmicro.status.Status`` (``NOT_CONVERGED``: max_iterations
 reached before the residual fell below tol)."""

@@ -223,8 +223,9 @@ def check_feasible(targets: Sequence[PropertyTarget], phases: PhaseProperties, d
     for target in targets:
         kind, _ = component(target.name, dim)
         if getattr(phases, kind) is None:
-            raise InputError(f"{target.name} is a {kind} target: give the phase "
-                             f"{'conductivities with --conductivity' if kind == 'conductivity' else 'moduli with --young and --poisson'}")
+            give = ("conductivities with --conductivity" if kind == "conductivity"
+                    else "moduli with --young and --poisson")
+            raise InputError(f"{target.name} is a {kind} target: give the phase {give}")
         bounds = component_bounds(target, phases, dim, fractions)
         if bounds is None or target.relation in ("max", "min"):
             continue
@@ -462,11 +463,11 @@ def achieved_properties(labels: np.ndarray, phases: PhaseProperties, kinds: set[
     labels = jnp.asarray(labels, jnp.int32)
     result = {}
     if "conductivity" in kinds:
-        result["conductivity"] = jax.vmap(lambda l: physics.effective_conductivity(
-            l, phases.conductivity.tolist(), tol=tol, throw=False))(labels)
+        result["conductivity"] = jax.vmap(lambda one: physics.effective_conductivity(
+            one, phases.conductivity.tolist(), tol=tol, throw=False))(labels)
     if "stiffness" in kinds:
-        result["stiffness"] = jax.vmap(lambda l: physics.effective_stiffness(
-            l, **phases.elastic, tol=tol, throw=False))(labels)
+        result["stiffness"] = jax.vmap(lambda one: physics.effective_stiffness(
+            one, **phases.elastic, tol=tol, throw=False))(labels)
     return jax.tree.map(np.asarray, result)
 
 
