@@ -85,7 +85,7 @@ def statistics(args):
         records = checked["designs"]
         np.save(out / f"{Path(name).stem}_designs.npy", result.labels)
         from jaxmicro import report
-        report.design_figure(exemplar, result.labels[:: args.count], checked, out / f"{Path(name).stem}.png")
+        report.design_figure(exemplar, result.labels, checked, out / f"{Path(name).stem}.png")
         within = [r["relative_error"]["k_xx"] <= 0.01 for r in records]
         print(f"\n{name}: own k_xx {own:.4f}; {len(records)} designs in {wall:.1f} s (one batch)")
         print("target    achieved  error    vf err   S2 err   copy / base    status")

@@ -45,6 +45,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {value}")
+    return value
+
+
 def _read(path, args):
     from jaxmicro.io import read_microstructure
 
@@ -148,7 +158,7 @@ def _reconstruct(args) -> int:
 # --- design -------------------------------------------------------------------------------------------------
 
 
-DESIGN_OPTIONS = ("exemplar", "shape", "count", "steps", "seed", "target", "conductivity", "young", "poisson",
+DESIGN_OPTIONS = ("exemplar", "shape", "count", "steps", "coarse_steps", "seed", "target", "conductivity", "young", "poisson",
                   "hold_fraction", "statistics_weight", "property_weight", "filter_radius", "layers",
                   "learning_rate", "phases", "gray_from_rgb", "checkpoint_every")
 
@@ -185,7 +195,8 @@ def _design(args) -> int:
 
     # 3. Run.
     outcome = _run_interruptibly(args, out, checkpointer, "designing", lambda callback, chunk: D.design(
-        image, **request, count=args.count, seed=args.seed, steps=args.steps, property_weight=args.property_weight,
+        image, **request, count=args.count, seed=args.seed, steps=args.steps, coarse_steps=args.coarse_steps,
+        property_weight=args.property_weight,
         filter_radius=args.filter_radius, learning_rate=args.learning_rate, params=params, chunk=chunk,
         callback=callback, checkpoint=checkpointer))
     if outcome is None:
@@ -491,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="density filter radius in pixels (default 3 with --statistics-weight 0, else 0)")
     p.add_argument("--shape", help="output shape HxW or DxHxW, e.g. 64x64 (default: the exemplar's)")
     p.add_argument("--count", type=_positive_int, default=4, help="designs per target (seeds; default 4)")
-    p.add_argument("--steps", type=_positive_int, default=600, help="optimiser steps (default 600)")
+    p.add_argument("--steps", type=_positive_int, default=1000, help="optimiser steps at full size (default 1000)")
+    p.add_argument("--coarse-steps", type=_non_negative_int, metavar="K",
+                   help="statistics-only steps at half size first (default 1000; 0: start from noise)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--layers", default="default", help="tap set or layer names, as for reconstruct")
     p.add_argument("--learning-rate", type=float, help="Adam step size (default 0.05)")

@@ -33,7 +33,8 @@ AXES = "xyz"
 HOLD_FRACTION_WEIGHT = 1000.0  # fraction term weight with hold_fraction: (0.01 / 0.5)^2 * 1000 = 0.4
 PROPERTY_WEIGHT = 1000.0  # weight of a target term: a 1 % miss costs 0.1, about a converged statistics loss
 OPTIMUM_WEIGHT = 100.0  # weight of a max / min term (the value over its largest phase value, of order 1)
-DESIGN_STEPS = 600
+DESIGN_STEPS = 1000
+COARSE_STEPS = 1000  # statistics-only steps at half size before the design steps (with statistics terms)
 DEFAULT_FILTER_RADIUS = 3.0  # pixels, the density filter of designs without statistics terms
 
 
@@ -362,6 +363,7 @@ def design(
     count: int = 1,
     seed: int = 0,
     steps: int = DESIGN_STEPS,
+    coarse_steps: int | None = None,
     hold_fraction: bool = False,
     statistics_weight: float | Sequence[float] | str = 1.0,
     property_weight: float | None = None,
@@ -387,7 +389,9 @@ def design(
     ``'a:b:n'``); 0 leaves the network out. ``options``: ReconstructionConfig fields (``correlation_weight``,
     ``interface_weight``, ``widths``, ...). ``filter_radius``: a periodic Gaussian density filter on the logits
     (pixels; default ``DEFAULT_FILTER_RADIUS`` without statistics, where nothing else sets a length scale,
-    else none). ``property_weight``: default ``PROPERTY_WEIGHT`` for targets, ``OPTIMUM_WEIGHT`` for max / min.
+    else none). ``coarse_steps``: with statistics terms, that many statistics-only steps at half size start the
+    design (default ``COARSE_STEPS``; 0: start from noise). ``property_weight``: default ``PROPERTY_WEIGHT``
+    for targets, ``OPTIMUM_WEIGHT`` for max / min.
 
     Returns a DesignResult; check and summarise it with ``design_records`` (the solver on the labels).
     """
@@ -439,7 +443,17 @@ def design(
                        lambda logits: R.fields_from_logits(config, smooth(logits, filter_radius)), network=use_network)
     tx = optimise.make_optimizer("adam", learning_rate, steps)
     keys = jax.random.split(jax.random.PRNGKey(seed), batch)
-    states = jax.vmap(lambda key: R.init_state(config, tx, key))(keys)
+    coarse_steps = COARSE_STEPS if coarse_steps is None else coarse_steps
+    if int(coarse_steps) != coarse_steps or coarse_steps < 0:
+        raise InputError(f"coarse steps must be an integer >= 0, got {coarse_steps!r}")
+    start = None
+    resuming = checkpoint is not None and checkpoint.resume and checkpoint.latest_step() is not None
+    if use_network and coarse_steps and not resuming:  # the statistics first, at half size (coarse to fine)
+        coarse = R.reconstruct([R.subsample(images[0])], shape=tuple(s // 2 for s in config.shape), count=batch,
+                               steps=coarse_steps, seed=seed, layers=config.taps, params=params, levels=1,
+                               chunk=chunk, **{k: v for k, v in options.items() if k != "correlation_radius"})
+        start = jax.image.resize(coarse.logits, (batch, *config.shape, config.channels), "nearest")
+    states = jax.vmap(lambda key, logits: R.init_state(config, tx, key, logits))(keys, start)
     labels = lambda logits: optimise.decoded_phases(smooth(logits, filter_radius))  # noqa: E731
     run_chunk = optimise.make_run_chunk(optimise.make_step(loss, tx, steps, labels), steps, min(chunk, steps))
     states, history = optimise.run(run_chunk, params, states, objective, steps, checkpoint=checkpoint,

@@ -17,6 +17,7 @@ Comparison rules (see docs/statistics.md):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -454,20 +455,22 @@ def describe_figure(labels, path, *, max_distance: int | None = None) -> Path:
 
 
 def design_figure(exemplar, designs, checked: dict, path) -> Path:
-    """Write a PNG of a design run: the exemplar and up to 5 designs (2D, or middle slices), the achieved value
-    of the first property against its target, and the trade-off between property error and S2 error (the
-    non-dominated front joined). ``checked``: ``jaxmicro.inverse_design.design_records``. Written atomically."""
+    """Write a PNG of a design run: the exemplar and up to 5 designs (the first of each target, 2D or middle
+    slices), the achieved value of the first property against its target, and the trade-off between property
+    error and S2 error (the non-dominated front joined). ``designs``: the labels of every design, in the order of
+    ``checked["designs"]`` (``jaxmicro.inverse_design.design_records``). Written atomically."""
     ex = _labels(exemplar, "exemplar")
     n = int(ex.max()) + 1
     records = checked["designs"]
-    shown = list(designs)[:5]
+    firsts = {json.dumps(r["target"], sort_keys=True): k for k, r in reversed(list(enumerate(records)))}
+    shown = sorted(firsts.values())[:5]
     columns = max(len(shown) + 1, 4)
     figure = _new_figure(2.6 * columns, 5.6)
     grid = figure.add_gridspec(2, columns)
     _show_image(figure.add_subplot(grid[0, 0]), ex, n, "exemplar")
-    for k, labels in enumerate(shown):
+    for column, k in enumerate(shown, 1):
         name = next(iter(records[k]["achieved"]))
-        _show_image(figure.add_subplot(grid[0, k + 1]), np.asarray(labels), n,
+        _show_image(figure.add_subplot(grid[0, column]), np.asarray(designs[k]), n,
                     f"{records[k]['file']}\n{name} = {records[k]['achieved'][name]:.4g}")
     half = columns // 2
     ax = figure.add_subplot(grid[1, :half])
