@@ -165,7 +165,7 @@ def exemplar_descriptors(config, params, exemplars: Sequence, n_directions: int)
         volume = fields[0]
         whole = describe(params, volume, network=False)
         grams = []
-        for direction in range(3):
+        for direction in range(3 if config.taps else 0):
             batch = slices(volume, direction)
             picked = batch[np.linspace(0, len(batch) - 1, min(len(batch), TARGET_SLICES)).round().astype(int)]
             per_slice = jax.lax.map(lambda image: describe(params, image).grams[0], picked,
