@@ -400,6 +400,9 @@ def design(
     for name, value in (("count", count), ("steps", steps), ("chunk", chunk)):
         if int(value) != value or value <= 0:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
+    coarse_steps = COARSE_STEPS if coarse_steps is None else coarse_steps
+    if int(coarse_steps) != coarse_steps or coarse_steps < 0:
+        raise InputError(f"coarse steps must be an integer >= 0, got {coarse_steps!r}")
     config, images, property_targets, phases = plan.config, plan.images, plan.targets, plan.phases
     weights_swept, n_targets, dim = plan.statistics_weights, plan.n_targets, len(plan.config.shape)
     use_network = max(weights_swept) > 0
@@ -443,9 +446,6 @@ def design(
                        lambda logits: R.fields_from_logits(config, smooth(logits, filter_radius)), network=use_network)
     tx = optimise.make_optimizer("adam", learning_rate, steps)
     keys = jax.random.split(jax.random.PRNGKey(seed), batch)
-    coarse_steps = COARSE_STEPS if coarse_steps is None else coarse_steps
-    if int(coarse_steps) != coarse_steps or coarse_steps < 0:
-        raise InputError(f"coarse steps must be an integer >= 0, got {coarse_steps!r}")
     start = None
     resuming = checkpoint is not None and checkpoint.resume and checkpoint.latest_step() is not None
     if use_network and coarse_steps and not resuming:  # the statistics first, at half size (coarse to fine)
