@@ -158,8 +158,8 @@ def _reconstruct(args) -> int:
 # --- design -------------------------------------------------------------------------------------------------
 
 
-DESIGN_OPTIONS = ("exemplar", "shape", "count", "steps", "coarse_steps", "seed", "target", "conductivity", "young", "poisson",
-                  "hold_fraction", "statistics_weight", "property_weight", "filter_radius", "layers",
+DESIGN_OPTIONS = ("exemplar", "shape", "count", "steps", "coarse_steps", "seed", "target", "conductivity", "young",
+                  "poisson", "hold_fraction", "statistics_weight", "property_weight", "filter_radius", "layers",
                   "learning_rate", "phases", "gray_from_rgb", "checkpoint_every")
 
 
