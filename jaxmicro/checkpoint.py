@@ -76,10 +76,13 @@ def _refuse_damaged(restore):
             _quiet_closed_event_loop()
             raise self._damaged(step, f"{type(error).__name__}: {str(error)[:200]}") from error
         if restored is not None:
-            expected = jax.tree.map(lambda a: (np.shape(a), np.asarray(a).dtype), template_states)
-            found = jax.tree.map(lambda a: (np.shape(a), np.asarray(a).dtype), restored[0])
-            if jax.tree.structure(found) != jax.tree.structure(expected) or found != expected:
-                raise self._damaged(step, f"its arrays {found} are not this run's {expected}")
+            expected, found = ([f"{'x'.join(map(str, np.shape(a))) or 'scalar'} {np.dtype(a.dtype)}"
+                                for a in jax.tree.leaves(tree)] for tree in (template_states, restored[0]))
+            if jax.tree.structure(template_states) != jax.tree.structure(restored[0]) or found != expected:
+                pairs = [(f, e) for f, e in zip(found, expected) if f != e] or [
+                    (f"{len(found)} arrays", f"{len(expected)}")]
+                raise self._damaged(step, f"it holds arrays that do not fit this run: {pairs[0][0]} where the run "
+                                          f"has {pairs[0][1]}")
             steps = np.unique(np.asarray(getattr(restored[0], "step", step)))
             if steps.tolist() != [step]:
                 raise self._damaged(step, f"it holds the state after step {steps.tolist()}, not after step {step}")

@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimiser steps at full size (default 2000; volumes 100)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0); recorded in metrics.json")
     p.add_argument("--optimizer", choices=["adam", "lbfgs"], default="adam")
-    p.add_argument("--learning-rate", type=_positive_float, help="step size (default: 0.05 for adam, line search for lbfgs)")
+    p.add_argument("--learning-rate", type=_positive_float,
+                   help="step size (default: 0.05 for adam, line search for lbfgs)")
     p.add_argument("--layers", default="default",
                    help="tap set (default, mcrpy, gatys, shallow) or names like relu1_2,relu2_2 (default: default)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="network compute dtype")
