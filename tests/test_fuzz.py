@@ -7,7 +7,6 @@ then the cases that once failed, kept as explicit regressions.
 
 import importlib.util
 import json
-import math
 import shutil
 import struct
 import zlib
@@ -166,7 +165,7 @@ def test_bytes_inserted_into_npy_data_are_refused(tmp_path):
 def test_png_declaring_more_pixels_than_the_file_can_hold_is_refused(tmp_path):
     Image.fromarray((np.arange(400).reshape(20, 20) % 2 * 255).astype(np.uint8)).save(tmp_path / "a.png")
     data = bytearray((tmp_path / "a.png").read_bytes())
-    data[16:24] = struct.pack(">II", 60000, 2900)  # 174 million pixels, just under Pillow's bomb limit
+    data[16:24] = struct.pack(">II", 40000, 2000)  # 80 million pixels, under Pillow's decompression-bomb limit
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     (tmp_path / "a.png").write_bytes(bytes(data))
     with pytest.raises(InputError, match="more than a file of") as error:
@@ -352,8 +351,6 @@ def test_command_line_never_resumes_from_a_damaged_checkpoint(tmp_path, capsys, 
     assert code == 0, err
     for name in ("reconstruction_000.tif", "metrics.json", "comparison.png"):  # as if killed after step 5
         (out / name).unlink()
-    intact = out.with_name("intact")
-    shutil.copytree(out, intact)
     manifest = out / "checkpoints" / "5" / "state" / "manifest.ocdbt"
     data = bytearray(manifest.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -363,7 +360,4 @@ def test_command_line_never_resumes_from_a_damaged_checkpoint(tmp_path, capsys, 
     assert code == 2
     _one_clear_line(err, "is damaged", out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written
-    code, _, err = _run(capsys, "reconstruct", "--resume", intact, "--quiet")
-    assert code == 0, err
-    assert (intact / "reconstruction_000.tif").exists()
-    assert math.isfinite(json.loads((intact / "metrics.json").read_text())["run"]["final_loss"][0])
+    # (an intact checkpoint resumes to the uninterrupted result: tests/test_cli.py, with the real network)
