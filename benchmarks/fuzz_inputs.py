@@ -440,7 +440,7 @@ def command_wrote_files(out: Path) -> bool:
 @contextlib.contextmanager
 def cli_without_network():
     """Run the command line up to the point where it would load the network, and no further."""
-    import jaxmicro.reconstruction as reconstruction
+    from jaxmicro import reconstruction
 
     def refuse(*args, **kwargs):
         raise ReachedTheNetwork
@@ -461,9 +461,9 @@ def run(cases: int, seed: int, formats: tuple[str, ...], workdir: Path, *, log=N
     counts: dict[str, collections.Counter] = {f: collections.Counter() for f in formats}
     failures: list[tuple[str, int, str, str]] = []
     seeds = make_image_seeds(workdir / "seeds")
-    registry = npz = sidecar = checkpoint_seed = exemplar = None
+    npz = sidecar = checkpoint_seed = exemplar = None
     if {"weights-npz", "weights-json"} & set(formats):
-        registry, npz, sidecar = make_weights_seed(workdir / "weights")
+        _, npz, sidecar = make_weights_seed(workdir / "weights")
     if "checkpoint" in formats:
         checkpoint_seed = make_checkpoint_seed(workdir / "checkpoint")
     if "cli-values" in formats:

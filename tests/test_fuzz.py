@@ -83,7 +83,7 @@ def test_refused_images_exit_2_from_the_command_line_and_write_nothing(tmp_path,
         if fuzz.read_image_case(path) != "refused":
             continue
         refused += 1
-        code, out, err = _run(capsys, "describe", path, "--json", tmp_path / "d.json", "--figure", tmp_path / "d.png")
+        code, _, err = _run(capsys, "describe", path, "--json", tmp_path / "d.json", "--figure", tmp_path / "d.png")
         assert code == 2, (path, err)
         _one_clear_line(err, path)
         assert not (tmp_path / "d.json").exists() and not (tmp_path / "d.png").exists()
@@ -266,7 +266,7 @@ def test_damaged_checkpoint_message_names_the_earlier_one(saved_run):
     with pytest.raises(InputError, match=r"checkpoints/10 to resume from the checkpoint at step 5"):
         _restore(saved_run)
     shutil.rmtree(saved_run / "checkpoints" / "10")  # what the message says to do
-    states, history = _restore(saved_run, fuzz._checkpoint_values(5)[0])
+    states, _ = _restore(saved_run, fuzz._checkpoint_values(5)[0])
     np.testing.assert_array_equal(np.asarray(states.logits), fuzz._checkpoint_values(5)[0].logits)
 
 
