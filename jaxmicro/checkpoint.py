@@ -9,8 +9,10 @@ intact; resuming replays nothing and, on the same device, ends bitwise where an 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,62 @@ def run_fingerprint(**identity: Any) -> str:
     return digest.hexdigest()
 
 
+# What orbax, tensorstore and json raise on a damaged checkpoint: ValueError (failed checksums, DATA_LOSS, bad JSON,
+# UnicodeDecodeError, shapes that do not fit), KeyError (a missing item or metadata key), TypeError (a metadata
+# value of the wrong type), OSError (a missing file), MemoryError (an absurd size in the metadata).
+_DAMAGE = (ValueError, KeyError, TypeError, OSError, MemoryError)
+_JSON_TYPES = (list, str, int, float, bool, type(None))
+
+
+def _quiet_closed_event_loop() -> None:
+    """After a failed restore, tensorstore may still call back into orbax's event loop, already closed, and Python
+    prints that RuntimeError as a traceback on stderr, even after the command has reported the damage: drop it."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_event_loop", False):
+        return
+
+    def hook(unraisable):
+        if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.drops_closed_event_loop = True
+    sys.unraisablehook = hook
+
+
+def _refuse_damaged(restore):
+    """Wrap ``Checkpointer.restore``: a damaged checkpoint, or one whose arrays do not fit this run's (other
+    shapes, dtypes or step), raises an InputError naming it instead of being resumed from."""
+
+    @functools.wraps(restore)
+    def checked(self: Checkpointer, template_states):
+        step = self._manager.latest_step() if self.resume else None
+        try:
+            restored = restore(self, template_states)
+        except InputError:
+            raise
+        except (*_DAMAGE, AttributeError) as error:
+            # AttributeError only from a metadata file that holds another JSON value than an object
+            if isinstance(error, AttributeError) and not isinstance(getattr(error, "obj", None), _JSON_TYPES):
+                raise
+            _quiet_closed_event_loop()
+            raise self._damaged(step, f"{type(error).__name__}: {str(error)[:200]}") from error
+        if restored is not None:
+            expected, found = ([f"{'x'.join(map(str, np.shape(a))) or 'scalar'} {np.dtype(a.dtype)}"
+                                for a in jax.tree.leaves(tree)] for tree in (template_states, restored[0]))
+            if jax.tree.structure(template_states) != jax.tree.structure(restored[0]) or found != expected:
+                pairs = [(f, e) for f, e in zip(found, expected) if f != e] or [
+                    (f"{len(found)} arrays", f"{len(expected)}")]
+                raise self._damaged(step, f"it holds arrays that do not fit this run: {pairs[0][0]} where the run "
+                                          f"has {pairs[0][1]}")
+            steps = np.unique(np.asarray(getattr(restored[0], "step", step)))
+            if steps.tolist() != [step]:
+                raise self._damaged(step, f"it holds the state after step {steps.tolist()}, not after step {step}")
+        return restored
+
+    return checked
+
+
 class Checkpointer:
     """Saves every ``every`` steps into ``directory`` and restores the latest checkpoint of the same run."""
 
@@ -51,6 +109,7 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    @_refuse_damaged
     def restore(self, template_states) -> tuple[Any, list[dict[str, np.ndarray]]] | None:
         """The latest checkpoint of this run as ``(states, [history])``, or None when starting fresh.
 
@@ -77,6 +136,16 @@ class Checkpointer:
         states = jax.tree.map(jax.numpy.asarray, state["states"])
         self.last_saved = step
         return states, [{name: np.asarray(rows) for name, rows in state["history"].items()}]
+
+    def _damaged(self, step: int | None, detail: str) -> InputError:
+        folder = self.directory / "checkpoints" / str(step)
+        earlier = [s for s in self._manager.all_steps() if step is not None and s < step]
+        fix = (f"delete {folder} to resume from the checkpoint at step {max(earlier)}, or start the run again"
+               if earlier else "start the run again")
+        return InputError(
+            f"the checkpoint at step {step} in {self.directory} is damaged ({detail}); {fix} with --force "
+            "instead of --resume"
+        )
 
     def save(self, step: int, states, history: list[dict[str, np.ndarray]]) -> None:
         """Save ``states`` and the history chunks (``{name: (rows, B)}`` each) as the checkpoint of ``step``."""

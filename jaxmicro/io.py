@@ -21,7 +21,9 @@ import logging
 import math
 import os
 import re
+import struct
 import tempfile
+import tokenize
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -332,6 +334,29 @@ def _truncated(path: Path, detail: str) -> InputError:
     )
 
 
+_MAX_EXPANSION = 4096
+"""Most bytes of pixels one byte of a file can decode to with the codecs of PNG and of common TIFFs (deflate at
+most 1032, LZW under 4096, PackBits 64): a header that declares more pixels than that is damaged."""
+
+
+def _check_declared_size(path: Path, shape: Sequence[int], bits: int, file_size: int, bounded: bool) -> None:
+    """Refuse a header that declares more pixels than the file can hold (``bounded``: its codec has a maximum
+    expansion) or than this machine's memory, before anything is allocated for them."""
+    declared = math.prod(int(s) for s in shape) * bits // 8
+    if bounded and declared > _MAX_EXPANSION * file_size + 2**16:
+        raise _truncated(
+            path, f"its header declares {_format_shape(shape)} pixels ({declared:,} bytes), more than a file of "
+            f"{file_size:,} bytes can hold"
+        )
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if declared > memory:
+        raise InputError(
+            f"{path} declares an image of {_format_shape(shape)} pixels ({declared / 2**30:,.1f} GiB), more than "
+            f"this machine's memory ({memory / 2**30:.0f} GiB); if the file is not damaged, crop it or split the "
+            "volume into smaller stacks"
+        )
+
+
 def _read_tiff(path: Path, notes: list[str]) -> tuple[np.ndarray, int | None]:
     import tifffile
 
@@ -356,6 +381,9 @@ def _read_tiff(path: Path, notes: list[str]) -> tuple[np.ndarray, int | None]:
                             path, f"image data runs to byte {offset + count} but the file has {file_size} bytes"
                         )
             series = tif.series[0]
+            bounded = {"NONE", "ADOBE_DEFLATE", "DEFLATE", "LZW", "PACKBITS"}
+            _check_declared_size(path, series.shape, 8 * np.dtype(series.dtype).itemsize, file_size,
+                                 all(getattr(page.compression, "name", None) in bounded for page in pages))
             if len(tif.series) > 1:
                 notes.append(f"the TIFF holds {len(tif.series)} image series; read the first, shape {series.shape}")
             array = series.asarray()
@@ -397,12 +425,15 @@ def _read_png(path: Path, notes: list[str]) -> tuple[np.ndarray, int | None]:
         notes.append("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: a truncated PNG could go unnoticed")
     try:
         with Image.open(path) as image:
+            _check_declared_size(path, image.size[::-1], 1, path.stat().st_size, True)  # PNG: deflate
             image.load()
             image_mode = image.mode
             if image_mode == "P":
                 notes.append("palette PNG: the palette indices are used as the pixel values")
             array = np.array(image)
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
+    except InputError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, MemoryError) as error:
         raise _truncated(path, f"{type(error).__name__}: {error}") from error
     except Image.DecompressionBombError as error:
         raise InputError(f"{path} is too large to read safely ({error})") from error
@@ -418,16 +449,67 @@ def _read_png(path: Path, notes: list[str]) -> tuple[np.ndarray, int | None]:
     return array, channel_axis
 
 
+_NPY_HEADER_LIMIT = 10_000
+"""Longest NPY header numpy itself reads without ``allow_pickle`` (``numpy.lib.format``'s safety limit)."""
+
+# What numpy's NPY header parser raises on a damaged header: ast.literal_eval gives SyntaxError, ValueError,
+# TypeError ({[]: 1}), MemoryError or RecursionError (deep nesting); its fallback for Python 2 headers runs the
+# tokenizer, which gives tokenize.TokenError (unterminated brackets or strings).
+_NPY_HEADER_ERRORS = (ValueError, SyntaxError, TypeError, tokenize.TokenError, MemoryError, RecursionError)
+
+
+def _npy_header(stream: IO[bytes], available: int) -> tuple[np.dtype, tuple[int, ...], bool]:
+    """Read and check the header of an NPY file or zip member (``available`` bytes from its start).
+
+    Returns ``(dtype, shape, fortran_order)`` and leaves ``stream`` at the start of the data. Raises ValueError
+    saying what is wrong when the header is damaged or declares other data than the bytes that follow it, so
+    that no absurd declared size is ever allocated.
+    """
+    version = np.lib.format.read_magic(stream)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(
+            f"NPY format version {version[0]}.{version[1]}; jaxmicro reads versions 1.0 and 2.0, which np.save "
+            "writes for every numeric array"
+        )
+    length_format = "<H" if version == (1, 0) else "<I"
+    length_field = stream.read(struct.calcsize(length_format))
+    if len(length_field) < struct.calcsize(length_format):
+        raise ValueError("the file ends inside the header")
+    (header_length,) = struct.unpack(length_format, length_field)
+    if header_length > min(_NPY_HEADER_LIMIT, available):
+        raise ValueError(f"the header declares a length of {header_length:,} bytes")
+    stream.seek(stream.tell() - len(length_field))
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:
+        shape, fortran_order, dtype = reader(stream)
+    except _NPY_HEADER_ERRORS as error:
+        raise ValueError(f"cannot parse the header ({type(error).__name__}: {str(error)[:120]})") from error
+    if any(side < 0 for side in shape):
+        raise ValueError(f"the header declares a negative shape {shape}")
+    declared = math.prod(shape) * dtype.itemsize
+    present = available - stream.tell()
+    if declared != present and not dtype.hasobject:
+        raise ValueError(
+            f"the header declares {_format_shape(shape) if shape else 'a scalar'} values of type {dtype} "
+            f"({declared:,} bytes) but {present:,} bytes of data follow it"
+        )
+    return dtype, tuple(shape), fortran_order
+
+
 def _read_npy(path: Path, notes: list[str]) -> tuple[np.ndarray, int | None]:
     try:
-        array = np.load(path, allow_pickle=False)
+        with open(path, "rb") as file:
+            dtype, _, _ = _npy_header(file, path.stat().st_size)
+            if dtype.hasobject:
+                raise InputError(
+                    f"{path} holds Python objects, not numbers; save a numeric array with np.save(path, array)"
+                )
+            file.seek(0)
+            array = np.lib.format.read_array(file, allow_pickle=False)
+    except InputError:
+        raise
     except ValueError as error:
-        message = str(error)
-        if "allow_pickle" in message or "Object arrays" in message:
-            raise InputError(
-                f"{path} holds Python objects, not numbers; save a numeric array with np.save(path, array)"
-            ) from error
-        raise _truncated(path, message) from error
+        raise _truncated(path, str(error)) from error
     except (OSError, EOFError) as error:
         raise _truncated(path, f"{type(error).__name__}: {error}") from error
     if not isinstance(array, np.ndarray):  # pragma: no cover - np.load of .npy always gives an array

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from jaxmicro.errors import WeightsError
+from jaxmicro.io import _npy_header
 
 __all__ = [
     "LAYER_NAMES",
@@ -495,9 +496,13 @@ def _read_npz(path: Path, name: str) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise WeightsError(f"weights {name!r} not found at {path}. " + _fix_hint(name, corrupt=False))
     try:
+        with zipfile.ZipFile(path) as archive:  # each member's header must match its size before numpy allocates
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    _npy_header(member, info.file_size)
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
-    except Exception as error:  # truncated zip, CRC error, object arrays, ...
+    except Exception as error:  # truncated zip, CRC error, damaged header, object arrays, ...
         raise WeightsError(
             f"weights {name!r} at {path} are unreadable (truncated or corrupt: {type(error).__name__}: {error}). "
             + _fix_hint(name, corrupt=True)
