@@ -36,8 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxmicro import io as jio
-from jaxmicro import weights as jweights
+from jaxmicro import io as jio, weights as jweights
 from jaxmicro.errors import InputError, WeightsError
 
 IMAGE_FORMATS = ("tiff-2d", "tiff-3d", "png", "npy")
