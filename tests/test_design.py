@@ -231,3 +231,24 @@ def test_volumes_and_stiffness_targets_run_through_the_same_loop():
     assert result.labels.shape == (1, 8, 8, 8) and set(record["achieved"]) == {"k_zz", "C_3333"}
     assert record["achieved"]["k_zz"] >= 3 * 0.99 and record["achieved"]["C_3333"] >= 40 * 0.99
     assert record["reached"]
+
+
+def test_design_command_resumes_from_its_checkpoint_with_the_saved_options(tmp_path, capsys):
+    import tifffile
+
+    path = tmp_path / "exemplar.npy"
+    np.save(path, blobs((32, 32), fraction=0.4).astype(np.uint8))
+    out = tmp_path / "d"
+    argv = ["design", path, "--shape", "16x16", "--conductivity", "1,10", "--target", "k_xx=2:4:2", "--target",
+            "k_xx/k_yy>=1", "--statistics-weight", "0", "--count", "1", "--steps", "40", "--checkpoint-every", "20",
+            "--out", out, "--quiet"]
+    code, _, stderr = run_in_process(capsys, *argv)
+    assert code == 0, stderr
+    first = [tifffile.imread(out / f"design_{i:03d}.tif") for i in range(2)]
+    assert (out / "checkpoints" / "20").is_dir()
+    code, _, stderr = run_in_process(capsys, "design", "--resume", out, "--quiet")  # options from run.json
+    assert code == 0, stderr
+    for i in range(2):
+        np.testing.assert_array_equal(tifffile.imread(out / f"design_{i:03d}.tif"), first[i])
+    code, _, stderr = run_in_process(capsys, "design", "--resume", out, "--steps", "50", "--quiet")
+    assert code == 2 and "different run" in stderr
