@@ -39,3 +39,16 @@ def real_params():
     from jaxmicro.weights import load_vgg19_params
 
     return load_vgg19_params(fetch=True, progress=False)
+
+
+def run_in_process(capsys, *argv):
+    """The command line's parser and handlers in this process: (exit code, stdout, stderr); argparse's own
+    errors exit through SystemExit."""
+    from jaxmicro.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from jaxmicro.cli import main
 from jaxmicro.examples import level_cut_microstructure
+
+from conftest import run_in_process
 
 pytestmark = pytest.mark.real_weights
 SMALL = ["--shape", "32x32", "--count", "2", "--steps", "12", "--layers", "relu1_2,relu2_1", "--quiet"]
@@ -31,16 +32,6 @@ def run_cli(*argv, cwd=None, env=None):
     process = subprocess.run([sys.executable, "-m", "jaxmicro", *map(str, argv)], capture_output=True, text=True,
                              cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
     return process.returncode, process.stdout, process.stderr
-
-
-def run_in_process(capsys, *argv):
-    """The same parser and handlers in this process (argparse's own errors exit through SystemExit)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_help_of_every_command_has_examples():

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from jaxmicro import inverse_design as D, physics, vgg
-from jaxmicro.cli import main
 from jaxmicro.errors import InputError
 
-from conftest import TINY_WIDTHS
+from conftest import TINY_WIDTHS, run_in_process
 from test_reconstruct import TAPS, blobs
 
 
@@ -144,15 +143,6 @@ def test_a_design_whose_solver_fails_is_marked_not_raised():
                       steps=5, statistics_weight=0.0, max_iterations=1, tol=1e-12)
     assert result.status_names == ["non_finite", "non_finite"]
     assert np.all(np.isnan(result.loss_history))
-
-
-def run_in_process(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_design_command_writes_designs_json_pareto_and_figure(tmp_path, capsys):

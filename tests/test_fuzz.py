@@ -21,9 +21,10 @@ from PIL import Image
 import jaxmicro.reconstruction as R
 from jaxmicro import vgg, weights
 from jaxmicro.checkpoint import Checkpointer
-from jaxmicro.cli import main
 from jaxmicro.errors import InputError, WeightsError
 from jaxmicro.io import read_microstructure
+
+from conftest import run_in_process
 
 _spec = importlib.util.spec_from_file_location(
     "fuzz_inputs", Path(__file__).resolve().parents[1] / "benchmarks" / "fuzz_inputs.py"
@@ -51,15 +52,6 @@ def test_mutations_are_read_or_refused_with_a_message_that_names_the_file(fmt, t
     assert counts["refused"] >= CASES[fmt] // 4, counts  # the mutations do reach the checks
 
 
-def _run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def _one_clear_line(err: str, *words) -> None:
     assert "Traceback" not in err and "internal error" not in err, err
     errors = [line for line in err.splitlines() if "error:" in line]
@@ -83,7 +75,8 @@ def test_refused_images_exit_2_from_the_command_line_and_write_nothing(tmp_path,
         if fuzz.read_image_case(path) != "refused":
             continue
         refused += 1
-        code, _, err = _run(capsys, "describe", path, "--json", tmp_path / "d.json", "--figure", tmp_path / "d.png")
+        code, _, err = run_in_process(capsys, "describe", path, "--json", tmp_path / "d.json",
+                                      "--figure", tmp_path / "d.png")
         assert code == 2, (path, err)
         _one_clear_line(err, path)
         assert not (tmp_path / "d.json").exists() and not (tmp_path / "d.png").exists()
@@ -292,7 +285,8 @@ def test_intact_checkpoint_restores_exactly(saved_run):
 def test_out_of_range_option_values_are_one_clear_line(tmp_path, capsys, option, value, words):
     exemplar = tmp_path / "exemplar.npy"
     np.save(exemplar, fuzz._labels((16, 16)))
-    code, _, err = _run(capsys, "reconstruct", exemplar, f"{option}={value}", "--out", tmp_path / "out", "--quiet")
+    code, _, err = run_in_process(capsys, "reconstruct", exemplar, f"{option}={value}", "--out", tmp_path / "out",
+                                  "--quiet")
     assert code == 2
     _one_clear_line(err, *words)
     assert not (tmp_path / "out").exists()
@@ -317,7 +311,7 @@ def test_damaged_or_foreign_run_json_is_one_clear_line(tmp_path, capsys, content
     folder.mkdir()
     (folder / "run.json").write_bytes(content if isinstance(content, bytes) else content.encode())
     before = sorted(folder.rglob("*"))
-    code, _, err = _run(capsys, "reconstruct", "--resume", folder)
+    code, _, err = run_in_process(capsys, "reconstruct", "--resume", folder)
     assert code == 2
     _one_clear_line(err, folder / "run.json", *words)
     assert sorted(folder.rglob("*")) == before
@@ -330,7 +324,7 @@ def test_resume_without_checkpoints_writes_nothing(tmp_path, capsys, monkeypatch
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "run.json").write_text(json.dumps({"exemplar": str(exemplar), "layers": "relu1_1", "count": 1}))
-    code, _, err = _run(capsys, "reconstruct", "--resume", folder)
+    code, _, err = run_in_process(capsys, "reconstruct", "--resume", folder)
     assert code == 2
     _one_clear_line(err, "nothing to resume", folder)
     assert [p.name for p in folder.iterdir()] == ["run.json"]
@@ -346,7 +340,7 @@ def test_command_line_never_resumes_from_a_damaged_checkpoint(tmp_path, capsys, 
     exemplar = tmp_path / "exemplar.npy"
     np.save(exemplar, (np.indices((24, 24)).sum(0) // 4 % 2).astype(np.uint8))
     out = tmp_path / "run"
-    code, _, err = _run(capsys, "reconstruct", exemplar, "--shape", "16x16", "--count", "1", "--steps", "10",
+    code, _, err = run_in_process(capsys, "reconstruct", exemplar, "--shape", "16x16", "--count", "1", "--steps", "10",
                         "--layers", "relu1_1", "--levels", "1", "--checkpoint-every", "5", "--out", out, "--quiet")
     assert code == 0, err
     for name in ("reconstruction_000.tif", "metrics.json", "comparison.png"):  # as if killed after step 5
@@ -356,7 +350,7 @@ def test_command_line_never_resumes_from_a_damaged_checkpoint(tmp_path, capsys, 
     data[len(data) // 2] ^= 0x01
     manifest.write_bytes(bytes(data))
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    code, _, err = _run(capsys, "reconstruct", "--resume", out, "--quiet")
+    code, _, err = run_in_process(capsys, "reconstruct", "--resume", out, "--quiet")
     assert code == 2
     _one_clear_line(err, "is damaged", out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written
