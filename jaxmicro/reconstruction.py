@@ -38,16 +38,7 @@ import numpy as np
 import optax
 
 from jaxmicro import encoding, optimise, statistics, terms as T, vgg
-from jaxmicro.descriptors import (
-    TARGET_SLICES,
-    Descriptors,
-    correlation_window,
-    exemplar_descriptors,
-    fields_from_exemplar,
-    make_describe,
-    make_network,
-    slices,
-)
+from jaxmicro.descriptors import Descriptors, exemplar_descriptors, make_describe
 from jaxmicro.errors import InputError
 from jaxmicro.optimise import OptimisationState, decoded_phases, make_optimizer
 from jaxmicro.status import Status, status_labels
@@ -65,7 +56,6 @@ Gram term reaches only the sampled slices). Exemplars with features finer than 4
 TERM_NAMES = ("gram", "correlation", "volume_fraction", "interface")
 ReconstructionState = OptimisationState
 ReconstructionTargets = Descriptors
-__all__ = ["TARGET_SLICES", "correlation_window", "fields_from_exemplar", "make_network", "slices"]
 
 
 class ReconstructionConfig(NamedTuple):
@@ -145,18 +135,17 @@ def make_objective(config: ReconstructionConfig, targets: Descriptors,
     )
 
 
-def make_field_loss(config: ReconstructionConfig, extra_terms: Mapping[str, T.Term] | None = None) -> Callable:
+def make_field_loss(config: ReconstructionConfig) -> Callable:
     """``loss(params, fields, objective, key=None) -> (total, {name: value})``: smooth in the fields (phase
     probabilities or intensity, ``(*shape, channels)``) of one sample. ``key`` picks the sampled slices of a
     volume (``slices_per_step``); without it every slice counts."""
-    return T.make_loss(make_describe(config), {**make_terms(config), **(extra_terms or {})}, lambda f: f)
+    return T.make_loss(make_describe(config), make_terms(config), lambda fields: fields)
 
 
-def make_loss(config: ReconstructionConfig, extra_terms: Mapping[str, T.Term] | None = None) -> Callable:
+def make_loss(config: ReconstructionConfig) -> Callable:
     """``loss(params, logits, objective, key=None) -> (total, {name: value})`` for one sample: the terms on the
     decoded phases, with the straight-through gradient to the logits."""
-    return T.make_loss(make_describe(config), {**make_terms(config), **(extra_terms or {})},
-                       functools.partial(fields_from_logits, config))
+    return T.make_loss(make_describe(config), make_terms(config), functools.partial(fields_from_logits, config))
 
 
 # --- the loop ---------------------------------------------------------------------------------------------
@@ -170,17 +159,15 @@ def init_state(config: ReconstructionConfig, optimizer, key: jax.Array, logits=N
     return optimise.init_state(optimizer, key, logits)
 
 
-def make_step(config: ReconstructionConfig, optimizer, total_steps: int,
-              extra_terms: Mapping[str, T.Term] | None = None) -> Callable:
+def make_step(config: ReconstructionConfig, optimizer, total_steps: int) -> Callable:
     """``step(params, state, objective) -> (state, (loss, {name: value}))`` for one sample."""
-    return optimise.make_step(make_loss(config, extra_terms), optimizer, total_steps)
+    return optimise.make_step(make_loss(config), optimizer, total_steps)
 
 
-def make_run_chunk(config: ReconstructionConfig, optimizer, total_steps: int, chunk: int,
-                   extra_terms: Mapping[str, T.Term] | None = None) -> Callable:
+def make_run_chunk(config: ReconstructionConfig, optimizer, total_steps: int, chunk: int) -> Callable:
     """``run_chunk(params, states, objective) -> (states, (losses, {name: values}))``: one jit of ``chunk``
     steps over the batch (``jaxmicro.optimise.make_run_chunk``)."""
-    return optimise.make_run_chunk(make_step(config, optimizer, total_steps, extra_terms), total_steps, chunk)
+    return optimise.make_run_chunk(make_step(config, optimizer, total_steps), total_steps, chunk)
 
 
 # --- the result -------------------------------------------------------------------------------------------
@@ -398,7 +385,6 @@ def reconstruct(
     levels: int | None = None,
     coarse_steps: int | None = None,
     weights: Mapping[str, Any] | None = None,
-    extra_terms: Mapping[str, tuple[T.Term, Any]] | None = None,
     **options,
 ) -> ReconstructionResult:
     """Reconstruct ``count`` new microstructures statistically equivalent to ``exemplar``.
@@ -418,8 +404,7 @@ def reconstruct(
     ``levels``, ``coarse_steps``, ``correlation_weight`` (and for volumes ``slices_per_step``) follow
     ``IMAGE_SCHEDULE`` or ``VOLUME_SCHEDULE`` (``resolve_schedule``).
     ``weights``: objective weights by term name (``TERM_NAMES``), a number or one value per sample, overriding
-    the defaults at full size. ``extra_terms``: ``{name: (term, target)}`` added at full size (design's property
-    terms), the target a pytree with one leading entry per sample; its weight comes from ``weights`` (default 1).
+    the defaults at full size.
 
     Returns a ReconstructionResult; per-sample failure is reported in ``status``, never raised.
     """
@@ -456,18 +441,14 @@ def reconstruct(
     exemplar_index = np.repeat(np.arange(len(groups)), count)
     targets = jax.tree.map(lambda *xs: jnp.stack(xs)[exemplar_index], *per_exemplar)
     batch = exemplar_index.size
-    extra_terms = dict(extra_terms or {})
-    objective = make_objective(config, targets, {**{name: 1.0 for name in extra_terms}, **(weights or {})})
-    objective = T.Objective(
-        targets={**objective.targets, **{name: target for name, (_, target) in extra_terms.items()}},
-        weights={name: jnp.broadcast_to(w, (batch,)) for name, w in objective.weights.items()},
-    )
+    objective = make_objective(config, targets, weights)
+    objective = objective._replace(weights={name: jnp.broadcast_to(w, (batch,))
+                                            for name, w in objective.weights.items()})
 
     tx = make_optimizer(optimizer, learning_rate, steps)
     keys = jax.random.split(jax.random.PRNGKey(seed), batch)
     states = jax.vmap(functools.partial(init_state, config, tx))(keys, initial_logits)
-    run_chunk = make_run_chunk(config, tx, steps, min(chunk, steps),
-                               {name: term for name, (term, _) in extra_terms.items()})
+    run_chunk = make_run_chunk(config, tx, steps, min(chunk, steps))
     states, history = optimise.run(run_chunk, params, states, objective, steps, checkpoint=checkpoint,
                                    callback=callback)
     return finish(config, states, history, exemplar_index, seed)

@@ -7,6 +7,7 @@ from jax.test_util import check_grads
 
 import jaxmicro.reconstruction as R
 from jaxmicro import statistics as st, vgg
+from jaxmicro.descriptors import correlation_window
 from jaxmicro.errors import InputError
 
 from conftest import TINY_WIDTHS
@@ -300,7 +301,7 @@ def test_default_two_point_window_reaches_every_distance_the_report_judges():
     config, _ = R.make_config(blobs((32, 32)), shape=(16, 16), layers=TAPS)
     assert config.correlation_radius == st.default_max_distance((16, 16)) == 8  # report.compare's 0..8
     displacement_map = jnp.arange(16 * 16).reshape(16, 16, 1)  # entry = the flat index of its displacement
-    window = R.correlation_window(displacement_map, config.correlation_radius)
+    window = correlation_window(displacement_map, config.correlation_radius)
     centre = config.correlation_radius
     for dy, dx in [(0, 8), (8, 0), (8, 8), (-3, 5)]:  # half-side ones (the old radius, 7, missed them), one inside
         assert window[centre + dy, centre + dx, 0] == displacement_map[dy % 16, dx % 16, 0]

@@ -8,7 +8,7 @@ from jax.test_util import check_grads
 
 import jaxmicro.reconstruction as R
 from jaxmicro import terms as T, vgg
-from jaxmicro.descriptors import Descriptors, interface_measure
+from jaxmicro.descriptors import Descriptors, correlation_window, interface_measure, make_network
 from jaxmicro.physics import HomogenisationResult
 from jaxmicro.statistics import two_point_correlation
 
@@ -27,7 +27,7 @@ def test_reconstruction_loss_as_terms_equals_the_three_term_formula(params):
     config, exemplar = setup(n_phases=3, correlation_weight=7.0, volume_fraction_weight=3.0)
     fields = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(4), (16, 16, 3)), axis=-1)
     ex_fields = jax.nn.one_hot(exemplar, 3)
-    features = R.make_network(config)
+    features = make_network(config)
 
     def grams(f):
         return {tap: vgg.gram_matrix(x[0]) for tap, x in features(params, vgg_rgb(f)).items()}
@@ -37,7 +37,7 @@ def test_reconstruction_loss_as_terms_equals_the_three_term_formula(params):
         return encoding.encode(f)[None]
 
     def window(f):
-        return R.correlation_window(two_point_correlation(f), config.correlation_radius)
+        return correlation_window(two_point_correlation(f), config.correlation_radius)
 
     def rel(a, b):
         return float(jnp.sum((a - b) ** 2) / jnp.sum(b**2))
