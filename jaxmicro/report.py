@@ -455,8 +455,8 @@ def describe_figure(labels, path, *, max_distance: int | None = None) -> Path:
 
 
 def design_figure(exemplar, designs, checked: dict, path) -> Path:
-    """Write a PNG of a design run: the exemplar and up to 5 designs (the first of each target, 2D or middle
-    slices), the achieved value of the first property against its target, and the trade-off between property
+    """Write a PNG of a design run: a corner of the exemplar at the designs' size (the same scale) and up to 5
+    designs (the first of each target, 2D or middle slices), the achieved value of the first property against its target, and the trade-off between property
     error and S2 error (the non-dominated front joined). ``designs``: the labels of every design, in the order of
     ``checked["designs"]`` (``jaxmicro.inverse_design.design_records``). Written atomically."""
     ex = _labels(exemplar, "exemplar")
@@ -467,7 +467,9 @@ def design_figure(exemplar, designs, checked: dict, path) -> Path:
     columns = max(len(shown) + 1, 4)
     figure = _new_figure(2.6 * columns, 5.6)
     grid = figure.add_gridspec(2, columns)
-    _show_image(figure.add_subplot(grid[0, 0]), ex, n, "exemplar")
+    window = tuple(slice(0, min(e, d)) for e, d in zip(ex.shape, np.shape(designs[0])))
+    _show_image(figure.add_subplot(grid[0, 0]), ex[window], n,
+                "exemplar" + (" (a corner at the designs' size)" if ex[window].shape != ex.shape else ""))
     for column, k in enumerate(shown, 1):
         name = next(iter(records[k]["achieved"]))
         _show_image(figure.add_subplot(grid[0, column]), np.asarray(designs[k]), n,
