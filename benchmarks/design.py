@@ -10,8 +10,9 @@ design's own fractions (arithmetic for max: laminates along x; harmonic for min:
 statistics: the shared ceramics, alloy and NMC (2D) images, 64x64 designs, conductivities 1, 10 (NMC: pore 1,
 particles 10, carbon-binder 3.16), targets at -20, -10, +10, +20 % of the exemplar's own k_xx (the whole image),
 each target a batch of 4 seeds, all 16 designs of an image in one batch. Needs ../shared/data.
-speed: wall time of one 64x64 design with the statistics and the solver in the loop, of a 16-target sweep as one
-batch, and the time of one loss-and-gradient evaluation split into network (Gram), two-point and solver terms.
+speed: wall time of one 64x64 design (default schedule) with the statistics and the solver in the loop; one
+design against a 16-target sweep as one batch (--sweep-steps design steps each, no coarse start); the time of
+one loss-and-gradient evaluation split into network (Gram), two-point and solver terms.
 Every run prints the device, versions and the command's settings.
 """
 
@@ -109,14 +110,19 @@ def speed(args):
                   hold_fraction=True)
     params = R.load_network_params(R.make_config(exemplar, shape=(args.size,) * 2, layers=args.layers)[0],
                                    progress=False)
+    start = time.perf_counter()
+    D.design(exemplar, targets={"k_xx": 1.1 * own}, count=1, params=params, **common)
+    print(f"one design, default schedule ({D.COARSE_STEPS} statistics steps at half size, {args.steps} design "
+          f"steps): {time.perf_counter() - start:.1f} s, compilation included", flush=True)
     walls = {}
     for label, targets in (("one design", {"k_xx": 1.1 * own}),
                            ("16-target sweep", {"k_xx": list(np.linspace(0.8, 1.2, 16) * own)})):
         start = time.perf_counter()
-        result = D.design(exemplar, targets=targets, count=1, params=params, **common)
+        result = D.design(exemplar, targets=targets, count=1, params=params, **{**common, "steps": args.sweep_steps},
+                          coarse_steps=0)
         walls[label] = time.perf_counter() - start
-        print(f"{label}: {walls[label]:.1f} s for {len(result.labels)} design(s) x {args.steps} steps "
-              f"(compilation included)", flush=True)
+        print(f"{label}: {walls[label]:.1f} s for {len(result.labels)} design(s) x {args.sweep_steps} design steps "
+              f"(no coarse start; compilation included)", flush=True)
     print(f"sweep / one design: {walls['16-target sweep'] / walls['one design']:.2f}x")
 
     # one loss-and-gradient evaluation, each term alone (jit, steady state, median of 20)
@@ -153,6 +159,7 @@ def main():
     parser.add_argument("--count", type=int, default=4, help="seeds per target")
     parser.add_argument("--steps", type=int, default=D.DESIGN_STEPS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sweep-steps", type=int, default=200, help="speed: design steps of the sweep comparison")
     parser.add_argument("--layers", default="default")
     parser.add_argument("--statistics-weight", type=float, default=1.0)
     parser.add_argument("--no-hold-fraction", dest="hold_fraction", action="store_false")

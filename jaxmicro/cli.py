@@ -138,10 +138,12 @@ def _reconstruct(args) -> int:
                                               image, resolved_shape=shape, **options)
 
     # 3. Run, with a progress bar; Ctrl-C saves a checkpoint between chunks and exits cleanly.
-    outcome = _run_interruptibly(args, out, checkpointer, "reconstructing", lambda callback, chunk: R.reconstruct(
+    total = args.steps + (args.levels - 1) * (args.coarse_steps or args.steps)
+    outcome = _run_interruptibly(args, out, checkpointer, "reconstructing", total, shape, lambda callback, progress,
+                                 chunk: R.reconstruct(
         image, shape=shape, count=args.count, steps=args.steps, seed=args.seed, layers=taps,
         optimizer=args.optimizer, learning_rate=args.learning_rate, grayscale=grayscale, dtype=args.dtype,
-        params=params, chunk=chunk, callback=callback, checkpoint=checkpointer,
+        params=params, chunk=chunk, callback=callback, progress=progress, checkpoint=checkpointer,
         levels=args.levels, coarse_steps=args.coarse_steps, slices_per_step=args.slices_per_step, **options,
     ))
     if outcome is None:
@@ -218,11 +220,12 @@ def _design(args) -> int:
                                               DESIGN_OPTIONS, image, resolved_shape=shape)
 
     # 3. Run.
-    outcome = _run_interruptibly(args, out, checkpointer, "designing", lambda callback, chunk: D.design(
+    coarse = (D.COARSE_STEPS if args.coarse_steps is None else args.coarse_steps) if uses_network else 0
+    outcome = _run_interruptibly(args, out, checkpointer, "designing", args.steps + coarse, shape, lambda callback,
+                                 progress, chunk: D.design(
         image, **request, count=args.count, seed=args.seed, steps=args.steps, coarse_steps=args.coarse_steps,
-        property_weight=args.property_weight,
-        filter_radius=args.filter_radius, learning_rate=args.learning_rate, params=params, chunk=chunk,
-        callback=callback, checkpoint=checkpointer))
+        property_weight=args.property_weight, filter_radius=args.filter_radius, learning_rate=args.learning_rate,
+        params=params, chunk=chunk, callback=callback, progress=progress, checkpoint=checkpointer))
     if outcome is None:
         return EXIT_INTERRUPTED
     result, elapsed = outcome
@@ -297,18 +300,34 @@ def _prepare_run_folder(args, out, outputs, option_names, image, **resolved):
     return saved, Checkpointer(out, args.checkpoint_every, fingerprint, resume=bool(args.resume))
 
 
-def _run_interruptibly(args, out, checkpointer, description, run):
-    """``run(callback, chunk)`` with a progress bar over ``args.steps``; Ctrl-C saves a checkpoint at the end of
-    the chunk and returns None (the message says how to resume), else ``(result, seconds)``."""
+def _run_interruptibly(args, out, checkpointer, description, total_steps, shape, run):
+    """``run(callback, progress, chunk)`` with a progress bar over the ``total_steps`` of every level (the level
+    in its description). The first Ctrl-C stops at the end of the chunk, saving a checkpoint at full size
+    ``shape``, and returns None (the message says how to resume); a second Ctrl-C ends the process at once.
+    Else returns ``(result, seconds)``."""
     import numpy as np
     from tqdm.auto import tqdm
 
     interrupted = []
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    bar = tqdm(total=args.steps, unit="step", disable=args.quiet, dynamic_ncols=True, desc=description)
+
+    def on_interrupt(*_):
+        interrupted.append(True)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C ends the process at once
+
+    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+    bar = tqdm(total=total_steps, unit="step", disable=args.quiet, dynamic_ncols=True, desc=description)
+    level = {"shape": None, "offset": 0, "steps": 0}
+
+    def on_progress(level_shape, done, steps):
+        if level_shape != level["shape"]:  # a new level: coarse ones first, the full size last
+            offset = total_steps - steps if tuple(level_shape) == tuple(shape) else level["offset"] + level["steps"]
+            level.update(shape=level_shape, offset=offset, steps=steps)
+            bar.set_description(f"{description} {'x'.join(map(str, level_shape))}")
+        bar.update(level["offset"] + done - bar.n)
+        if interrupted and tuple(level_shape) != tuple(shape):
+            raise KeyboardInterrupt  # nothing to save before the full-size level
 
     def on_chunk(done, states, history):
-        bar.update(done - bar.n)
         bar.set_postfix(loss=f"{np.nanmedian(history[-1]['loss'][-1]):.3g}")
         if interrupted:
             checkpointer.save(done, states, history)
@@ -319,11 +338,16 @@ def _run_interruptibly(args, out, checkpointer, description, run):
     chunk = 50 if not every else math.gcd(every, 50) if math.gcd(every, 50) >= 10 else every
     started = time.perf_counter()
     try:
-        result = run(on_chunk, min(chunk, args.steps))
+        result = run(on_chunk, on_progress, min(chunk, args.steps))
     except KeyboardInterrupt:
         bar.close()
-        print(f"interrupted; checkpoint at step {checkpointer.latest_step()} in {out}. Continue with: "
-              f"jaxmicro {args.command} --resume {out}", file=sys.stderr)
+        step = checkpointer.latest_step()
+        if step is None:
+            print(f"interrupted before the first checkpoint: nothing to resume in {out}; run the command again "
+                  "(with --force)", file=sys.stderr)
+        else:
+            print(f"interrupted; checkpoint at step {step} in {out}. Continue with: "
+                  f"jaxmicro {args.command} --resume {out}", file=sys.stderr)
         return None
     finally:
         signal.signal(signal.SIGINT, previous_handler)

@@ -375,6 +375,7 @@ def design(
     filter_radius: float | None = None,
     chunk: int = 50,
     callback: Callable | None = None,
+    progress: Callable | None = None,
     checkpoint=None,
     **options,
 ) -> DesignResult:
@@ -391,7 +392,7 @@ def design(
     (pixels; default ``DEFAULT_FILTER_RADIUS`` without statistics, where nothing else sets a length scale,
     else none). ``coarse_steps``: with statistics terms, that many statistics-only steps at half size start the
     design (default ``COARSE_STEPS``; 0: start from noise). ``property_weight``: default ``PROPERTY_WEIGHT``
-    for targets, ``OPTIMUM_WEIGHT`` for max / min.
+    for targets, ``OPTIMUM_WEIGHT`` for max / min. ``callback`` and ``progress`` as for ``reconstruct``.
 
     Returns a DesignResult; check and summarise it with ``design_records`` (the solver on the labels).
     """
@@ -451,13 +452,15 @@ def design(
     if use_network and coarse_steps and not resuming:  # the statistics first, at half size (coarse to fine)
         coarse = R.reconstruct([R.subsample(images[0])], shape=tuple(s // 2 for s in config.shape), count=batch,
                                steps=coarse_steps, seed=seed, layers=config.taps, params=params, levels=1,
-                               chunk=chunk, **{k: v for k, v in options.items() if k != "correlation_radius"})
+                               chunk=chunk, progress=progress,
+                               **{k: v for k, v in options.items() if k != "correlation_radius"})
         start = jax.image.resize(coarse.logits, (batch, *config.shape, config.channels), "nearest")
     states = jax.vmap(lambda key, logits: R.init_state(config, tx, key, logits))(keys, start)
     labels = lambda logits: optimise.decoded_phases(smooth(logits, filter_radius))  # noqa: E731
     run_chunk = optimise.make_run_chunk(optimise.make_step(loss, tx, steps, labels), steps, min(chunk, steps))
+    level_progress = None if progress is None else functools.partial(progress, config.shape)
     states, history = optimise.run(run_chunk, params, states, objective, steps, checkpoint=checkpoint,
-                                   callback=callback)
+                                   callback=callback, progress=level_progress)
     states = states._replace(logits=jax.vmap(smooth, (0, None))(states.logits, filter_radius))  # what was decoded
     finished = R.finish(config, states, history, np.zeros(batch, int), seed)
     asked = [{t.name: (t.relation if t.relation in ("max", "min") else

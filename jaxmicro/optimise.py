@@ -128,12 +128,13 @@ def make_run_chunk(step: Callable, total_steps: int, chunk: int) -> Callable:
 
 
 def run(run_chunk: Callable, params, states, objective, total_steps: int, *, checkpoint=None,
-        callback: Callable | None = None) -> tuple[Any, dict[str, np.ndarray]]:
+        callback: Callable | None = None, progress: Callable | None = None) -> tuple[Any, dict[str, np.ndarray]]:
     """Call ``run_chunk`` until ``total_steps``: ``(states, history)`` with ``history[name]`` of shape
     ``(B, steps)`` for ``'loss'`` (the total) and every term.
 
     ``checkpoint`` (a ``jaxmicro.checkpoint.Checkpointer``) restores a previous run first and saves between
-    chunks; ``callback(steps_done, states, history_chunks)`` runs after each chunk (progress, interruption).
+    chunks; ``progress(steps_done, total_steps)``, then ``callback(steps_done, states, history_chunks)``, run
+    after each chunk (a progress bar; checkpoints on interruption).
     """
     history: list[dict[str, np.ndarray]] = []
     if checkpoint is not None:
@@ -147,6 +148,8 @@ def run(run_chunk: Callable, params, states, objective, total_steps: int, *, che
         history.append({name: np.asarray(v)[: done - previous] for name, v in {"loss": losses, **values}.items()})
         if checkpoint is not None:
             checkpoint.maybe_save(done, total_steps, states, history)
+        if progress is not None:
+            progress(done, total_steps)
         if callback is not None:
             callback(done, states, history)
     return states, stack_history(history, states.step.shape[0], total_steps)

@@ -381,6 +381,7 @@ def reconstruct(
     params: dict | None = None,
     chunk: int = 50,
     callback: Callable | None = None,
+    progress: Callable | None = None,
     checkpoint=None,
     levels: int | None = None,
     coarse_steps: int | None = None,
@@ -396,7 +397,8 @@ def reconstruct(
     ('default', 'mcrpy', 'gatys', 'shallow') or tap names. ``params``: network weights (default: the real
     normalised VGG19, fetched on first use). ``options``: further ReconstructionConfig fields
     (``correlation_weight``, ``correlation_radius``, ``volume_fraction_weight``, ...).
-    ``callback(steps_done, states, history)`` runs between chunks of ``chunk`` steps (progress, checkpoints);
+    ``callback(steps_done, states, history)`` runs between chunks of ``chunk`` steps at full size (checkpoints);
+    ``progress(shape, steps_done, steps)`` after every chunk of every level, coarse ones included (progress bars);
     ``checkpoint``: a ``jaxmicro.checkpoint.Checkpointer`` to save to and resume from.
     ``levels`` > 1 runs coarse to fine: level k reconstructs at 1/2^k of the size from the exemplar subsampled
     by 2^k, for ``coarse_steps`` steps, and its upsampled logits start the next level;
@@ -431,7 +433,8 @@ def reconstruct(
             [subsample(e) for e in images], shape=tuple(s // 2 for s in config.shape), count=count,
             steps=coarse_steps or steps, seed=seed, layers=config.taps, layer_weights=layer_weights,
             optimizer=optimizer, learning_rate=learning_rate, grayscale=grayscale, per_direction=per_direction,
-            dtype=dtype, params=params, chunk=chunk, levels=levels - 1, coarse_steps=coarse_steps, **options,
+            dtype=dtype, params=params, chunk=chunk, levels=levels - 1, coarse_steps=coarse_steps, progress=progress,
+            **options,
         )
         initial_logits = jax.image.resize(coarse.logits, (coarse.logits.shape[0], *config.shape,
                                                           config.channels), "nearest")
@@ -449,6 +452,7 @@ def reconstruct(
     keys = jax.random.split(jax.random.PRNGKey(seed), batch)
     states = jax.vmap(functools.partial(init_state, config, tx))(keys, initial_logits)
     run_chunk = make_run_chunk(config, tx, steps, min(chunk, steps))
+    level_progress = None if progress is None else functools.partial(progress, config.shape)
     states, history = optimise.run(run_chunk, params, states, objective, steps, checkpoint=checkpoint,
-                                   callback=callback)
+                                   callback=callback, progress=level_progress)
     return finish(config, states, history, exemplar_index, seed)

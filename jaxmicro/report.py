@@ -456,9 +456,10 @@ def describe_figure(labels, path, *, max_distance: int | None = None) -> Path:
 
 def design_figure(exemplar, designs, checked: dict, path) -> Path:
     """Write a PNG of a design run: a corner of the exemplar at the designs' size (the same scale) and up to 5
-    designs (the first of each target, 2D or middle slices), the achieved value of the first property against its target, and the trade-off between property
-    error and S2 error (the non-dominated front joined). ``designs``: the labels of every design, in the order of
-    ``checked["designs"]`` (``jaxmicro.inverse_design.design_records``). Written atomically."""
+    designs (the first of each target, 2D or middle slices), the achieved value of the first property against
+    its target, and the trade-off between property error and S2 error (the non-dominated front joined).
+    ``designs``: the labels of every design, in the order of ``checked["designs"]``
+    (``jaxmicro.inverse_design.design_records``). Written atomically."""
     ex = _labels(exemplar, "exemplar")
     n = int(ex.max()) + 1
     records = checked["designs"]
