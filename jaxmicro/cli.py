@@ -207,6 +207,8 @@ def _design(args) -> int:
                    poisson=args.poisson, hold_fraction=args.hold_fraction, statistics_weight=args.statistics_weight,
                    layers=args.layers)
     plan = D.prepare(image, **request)
+    for note in plan.notes:
+        _say(args, f"note: {note}")
     batch = plan.n_targets * len(plan.statistics_weights) * args.count
     out = Path(args.resume or args.out)
     names = [f"design_{i:03d}.tif" for i in range(batch)]
@@ -240,7 +242,8 @@ def _design(args) -> int:
         "options": saved, "seed": args.seed, "shape": list(shape), "elapsed_seconds": round(elapsed, 3),
         "exemplar": {"file": str(args.exemplar or "built-in"), "shape": list(image.shape),
                      "volume_fractions": plan.fractions.tolist(), "mapping": exemplar.mapping},
-        "reached": int(sum(d["reached"] for d in checked["designs"])), "count": len(names), **checked,
+        "reached": int(sum(d["reached"] for d in checked["designs"])), "count": len(names), "notes": plan.notes,
+        **checked,
     }
     io.write_json(out / "design.json", summary)
     io.write_json(out / "pareto.json", {"objectives": ["property_error", "s2_max_abs_error"],

@@ -325,6 +325,7 @@ class DesignPlan(NamedTuple):
     statistics_weights: tuple[float, ...]
     n_targets: int  # swept target values (1 without a sweep)
     fractions: np.ndarray  # the exemplar's phase fractions
+    notes: list[str]  # targets that are feasible but conflict with the statistics (see anisotropy_notes)
 
 
 def prepare(exemplar, *, targets, shape=None, conductivity=None, young=None, poisson=None, hold_fraction=False,
@@ -348,8 +349,31 @@ def prepare(exemplar, *, targets, shape=None, conductivity=None, young=None, poi
     sweep = {len(t.values) for t in property_targets if len(t.values) > 1}
     if len(sweep) > 1:
         raise InputError(f"swept targets must have the same number of values, got {sorted(sweep)}")
+    notes = anisotropy_notes(property_targets, phases, dim, fractions) if max(weights_swept) > 0 else []
     return DesignPlan(config, images, property_targets, phases, weights_swept, sweep.pop() if sweep else 1,
-                      fractions)
+                      fractions, notes)
+
+
+def anisotropy_notes(targets: Sequence[PropertyTarget], phases: PhaseProperties, dim: int,
+                     fractions: np.ndarray) -> list[str]:
+    """Conductivity targets outside the Hashin-Shtrikman bounds at the exemplar's fractions: feasible, but only
+    for anisotropic structures (layers, aligned channels), so they pull against statistics that are isotropic."""
+    if phases.conductivity is None:
+        return []
+    lower, upper = (float(b) for b in physics.hashin_shtrikman_bounds(fractions, phases.conductivity, dim))
+    notes = []
+    for target in targets:
+        if not (target.name.startswith("k_") and _is_diagonal(target.name)) or target.relation not in ("=", ">=",
+                                                                                                        "<="):
+            continue
+        outside = [v for v in target.values if (v < lower and target.relation != ">=")
+                   or (v > upper and target.relation != "<=")]
+        if outside:
+            notes.append(f"{target.name} targets {', '.join(f'{v:.4g}' for v in outside)} lie outside the "
+                         f"Hashin-Shtrikman bounds {lower:.4g} .. {upper:.4g} at the exemplar's fractions: only an "
+                         "anisotropic structure reaches them, so they pull against isotropic statistics and may be "
+                         "missed or change the fractions")
+    return notes
 
 
 def design(

@@ -77,6 +77,10 @@ def test_infeasible_targets_are_refused_before_any_work():
         D.prepare(exemplar, targets=["k_xx=2:4:3", "k_yy=2:4:4"], **request)
     plan = D.prepare(exemplar, targets=["k_xx=4.6", "k_xx/k_yy=2"], hold_fraction=True, **request)
     assert plan.n_targets == 1 and plan.fractions == pytest.approx([0.6, 0.4], abs=0.01)
+    # feasible, but below the Hashin-Shtrikman lower bound (about 1.97 at f = 0.4): only layers reach it
+    plan = D.prepare(exemplar, targets=["k_xx=1.8"], hold_fraction=True, shape=(16, 16), conductivity=[1.0, 10.0])
+    assert len(plan.notes) == 1 and "Hashin-Shtrikman" in plan.notes[0] and "1.8" in plan.notes[0]
+    assert not D.prepare(exemplar, targets=["k_xx=3"], shape=(16, 16), conductivity=[1.0, 10.0]).notes
 
 
 def test_bounds_at_a_fraction_are_the_laminates():
