@@ -129,7 +129,8 @@ def test_a_tiny_design_hits_a_conductivity_target_with_statistics(params):
     own = float(physics.effective_conductivity(exemplar, [1.0, 10.0]).tensor[0, 0])
     targets = [0.8 * own, 1.2 * own]
     result = D.design(exemplar, targets={"k_xx": targets}, shape=(16, 16), conductivity=[1.0, 10.0], count=1,
-                      steps=300, seed=1, layers=TAPS, params=params, widths=TINY_WIDTHS, correlation_radius=4)
+                      steps=300, coarse_steps=100, seed=1, layers=TAPS, params=params, widths=TINY_WIDTHS,
+                      correlation_radius=4)
     checked = D.design_records(result, exemplar, reach_tolerance=0.02)
     assert [r["target"]["k_xx"] for r in checked["designs"]] == pytest.approx(targets)
     for record in checked["designs"]:
