@@ -45,6 +45,17 @@ class PropertyTarget(NamedTuple):
     relation: str  # '=', '>=', '<=', 'max', 'min'
     values: tuple[float, ...]  # () for max / min
 
+    def value(self, index: int) -> float:
+        """The target value of swept target number ``index`` (the one value without a sweep; 1 for max / min)."""
+        values = self.values or (1.0,)
+        return values[index] if len(values) > 1 else values[0]
+
+    def asked(self, index: int) -> float | str:
+        """What design ``index`` of a sweep is asked for: a number, ``'>=4'`` / ``'<=4'``, or ``'max'`` / ``'min'``."""
+        if self.relation in ("max", "min"):
+            return self.relation
+        return self.value(index) if self.relation == "=" else f"{self.relation}{self.value(index):g}"
+
     def describe(self, value: float | None = None) -> str:
         if self.relation in ("max", "min"):
             return f"{self.name}={self.relation}"
@@ -453,9 +464,7 @@ def design(
     property_terms = make_property_terms(property_targets, phases, dim)
     per_design_targets = {}
     for target in property_targets:
-        values = target.values or (1.0,)
-        per_design_targets[target.name] = jnp.asarray(
-            [values[i] if len(values) > 1 else values[0] for i in target_index], jnp.float32)
+        per_design_targets[target.name] = jnp.asarray([target.value(i) for i in target_index], jnp.float32)
         weight = property_weight if property_weight is not None else (
             OPTIMUM_WEIGHT if target.relation in ("max", "min") else PROPERTY_WEIGHT)
         weights[target.name] = np.full(batch, weight, np.float32)
@@ -487,10 +496,7 @@ def design(
                                    callback=callback, progress=level_progress)
     states = states._replace(logits=jax.vmap(smooth, (0, None))(states.logits, filter_radius))  # what was decoded
     finished = R.finish(config, states, history, np.zeros(batch, int), seed)
-    asked = [{t.name: (t.relation if t.relation in ("max", "min") else
-                       (float(per_design_targets[t.name][b]) if t.relation == "=" else
-                        f"{t.relation}{float(per_design_targets[t.name][b]):g}"))
-              for t in property_targets} for b in range(batch)]
+    asked = [{t.name: t.asked(i) for t in property_targets} for i in target_index]
     return DesignResult(finished.labels, finished.logits, finished.loss_history, finished.term_history,
                         finished.status, asked, stat_weight, target_index, seed, config, property_targets, phases)
 
@@ -501,15 +507,10 @@ def design(
 def achieved_properties(labels: np.ndarray, phases: PhaseProperties, kinds: set[str], *,
                         tol: float | None = None) -> dict[str, Any]:
     """The FFT solver on the decoded labels of every design (batched): ``{kind: HomogenisationResult}``."""
-    labels = jnp.asarray(labels, jnp.int32)
-    result = {}
-    if "conductivity" in kinds:
-        result["conductivity"] = jax.vmap(lambda one: physics.effective_conductivity(
-            one, phases.conductivity.tolist(), tol=tol, throw=False))(labels)
-    if "stiffness" in kinds:
-        result["stiffness"] = jax.vmap(lambda one: physics.effective_stiffness(
-            one, **phases.elastic, tol=tol, throw=False))(labels)
-    return jax.tree.map(np.asarray, result)
+    predictors = make_predictors(phases, kinds, tol=tol)
+    solved = jax.vmap(lambda one: {kind: predict(one) for kind, predict in predictors.items()})(
+        jnp.asarray(labels, jnp.int32))
+    return jax.tree.map(np.asarray, solved)
 
 
 def design_records(result: DesignResult, exemplar: np.ndarray, *, reach_tolerance: float = 0.01,
@@ -542,14 +543,13 @@ def design_records(result: DesignResult, exemplar: np.ndarray, *, reach_toleranc
             kind, select = component(target.name, dim)
             value = float(select(solved[kind].tensor[b]))
             achieved[target.name] = value
-            asked = result.targets[b][target.name]
             if target.relation in ("max", "min"):
                 lo, hi = component_bounds(target, result.phases, dim, fractions)
                 bound = hi if target.relation == "max" else lo
                 errors[target.name] = abs(value - bound) / abs(bound)
                 reached.append(errors[target.name] <= reach_tolerance)
                 continue
-            goal = float(str(asked).lstrip("<>=")) if isinstance(asked, str) else float(asked)
+            goal = target.value(result.target_index[b])
             gap = (value - goal) / abs(goal)
             errors[target.name] = abs(gap)
             if target.relation == ">=":

@@ -82,8 +82,8 @@ RELATIONS = ("=", ">=", "<=", "max", "min")
 
 
 def property_term(source: str, select: Callable, relation: str = "=", scale: float = 1.0) -> Term:
-    """A property target: ``select(descriptors.properties[source])`` (a component, a ratio, a tensor) against the
-    term's target.
+    """A property target: ``select(descriptors.properties[source])`` (a component or a ratio) against the term's
+    target.
 
     ``relation``: ``'='`` (relative squared error), ``'>='`` / ``'<='`` (relative squared shortfall, zero once
     the bound holds), ``'max'`` / ``'min'`` (the value over ``scale``, negated to maximise; no target). A
