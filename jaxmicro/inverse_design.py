@@ -495,7 +495,7 @@ def design(
     states, history = optimise.run(run_chunk, params, states, objective, steps, checkpoint=checkpoint,
                                    callback=callback, progress=level_progress)
     states = states._replace(logits=jax.vmap(smooth, (0, None))(states.logits, filter_radius))  # what was decoded
-    finished = R.finish(config, states, history, np.zeros(batch, int), seed)
+    finished = R.finish(config, states, history, np.zeros(batch, int), seed, cleanup=False)
     asked = [{t.name: t.asked(i) for t in property_targets} for i in target_index]
     return DesignResult(finished.labels, finished.logits, finished.loss_history, finished.term_history,
                         finished.status, asked, stat_weight, target_index, seed, config, property_targets, phases)

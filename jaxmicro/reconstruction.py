@@ -39,7 +39,9 @@ import optax
 
 from jaxmicro import encoding, optimise, statistics, terms as T, vgg
 from jaxmicro.descriptors import Descriptors, exemplar_descriptors, make_describe
+from jaxmicro.cleanup import remove_isolated
 from jaxmicro.errors import InputError
+from jaxmicro.initial import INITIAL_FIELDS, field_correlation, gaussian_logits
 from jaxmicro.optimise import OptimisationState, decoded_phases, make_optimizer
 from jaxmicro.status import Status, status_labels
 
@@ -53,7 +55,7 @@ VOLUME_SCHEDULE = {"steps": 100, "levels": 3, "coarse_steps": 200, "slices_per_s
 direction through the network per step, and a heavier two-point term (every voxel feels it every step, while the
 Gram term reaches only the sampled slices). Exemplars with features finer than 4 pixels get 2 levels
 (``resolve_schedule``). See docs/results.md."""
-TERM_NAMES = ("gram", "correlation", "volume_fraction", "interface")
+TERM_NAMES = ("gram", "correlation", "volume_fraction", "interface", "lineal_path", "short_chords")
 ReconstructionState = OptimisationState
 ReconstructionTargets = Descriptors
 
@@ -73,6 +75,8 @@ class ReconstructionConfig(NamedTuple):
     correlation_radius: int = 32
     volume_fraction_weight: float = 10.0
     interface_weight: float = 0.0
+    lineal_path_weight: float = 0.0
+    short_chords_weight: float = 0.0
     pooling: str = "average"
     padding: str = "periodic"
     dtype: Any = jnp.float32
@@ -113,7 +117,8 @@ def directions(config: ReconstructionConfig) -> tuple[int, ...]:
 def make_terms(config: ReconstructionConfig) -> dict[str, T.Term]:
     """The reconstruction terms by name (``TERM_NAMES``)."""
     return {"gram": T.gram(dict(zip(config.taps, config.weights))), "correlation": T.two_point(),
-            "volume_fraction": T.fractions(), "interface": T.interface()}
+            "volume_fraction": T.fractions(), "interface": T.interface(), "lineal_path": T.lineal_path(),
+            "short_chords": T.short_chords()}
 
 
 def make_targets(config: ReconstructionConfig, params, exemplars: Sequence) -> Descriptors:
@@ -126,11 +131,15 @@ def make_objective(config: ReconstructionConfig, targets: Descriptors,
     """The objective of one sample (or a batch, with batched ``targets``): the exemplar descriptors as the
     terms' targets, and the weights: the configuration's defaults, overridden by ``weights``."""
     defaults = {"gram": 1.0, "correlation": config.correlation_weight,
-                "volume_fraction": config.volume_fraction_weight, "interface": config.interface_weight}
+                "volume_fraction": config.volume_fraction_weight, "interface": config.interface_weight,
+                "lineal_path": config.lineal_path_weight, "short_chords": config.short_chords_weight}
+    if config.grayscale:  # products of intensities are no lineal path
+        defaults.update(lineal_path=0.0, short_chords=0.0)
     defaults.update(weights or {})
     return T.Objective(
         targets={"gram": targets.grams, "correlation": targets.correlation,
-                 "volume_fraction": targets.fractions, "interface": targets.interface},
+                 "volume_fraction": targets.fractions, "interface": targets.interface,
+                 "lineal_path": targets.lineal_path, "short_chords": targets.lineal_path},
         weights={name: jnp.asarray(value, jnp.float32) for name, value in defaults.items()},
     )
 
@@ -192,8 +201,9 @@ class ReconstructionResult(NamedTuple):
 
 
 def finish(config: ReconstructionConfig, states: OptimisationState, history: Mapping[str, np.ndarray],
-           exemplar_index: np.ndarray, seed: int, rtol: float = 1e-2) -> ReconstructionResult:
-    """Decode the final states and classify each sample.
+           exemplar_index: np.ndarray, seed: int, rtol: float = 1e-2, cleanup: bool = True) -> ReconstructionResult:
+    """Decode the final states and classify each sample; with ``cleanup``, isolated pixels leave the labels
+    (``jaxmicro.cleanup.remove_isolated``: fractions kept).
 
     ``undecided_fraction``: pixels whose phase changed during the last tenth of the run (0 for grayscale).
     converged: finite, loss changed by less than ``rtol`` (relative) over the last tenth of the steps, and at
@@ -209,6 +219,8 @@ def finish(config: ReconstructionConfig, states: OptimisationState, history: Map
         labels = np.asarray(decoded_phases(states.logits)).astype(np.uint8)
         axes = tuple(range(1, labels.ndim))
         undecided = np.mean(labels != np.asarray(states.reference), axis=axes).astype(np.float32)
+        if cleanup:
+            labels = np.stack([remove_isolated(a, b) for a, b in zip(labels, np.asarray(states.logits))])
     steps = history.shape[1]
     window = max(steps // 10, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -386,6 +398,8 @@ def reconstruct(
     levels: int | None = None,
     coarse_steps: int | None = None,
     weights: Mapping[str, Any] | None = None,
+    initial: str = "gaussian",
+    cleanup: bool = True,
     **options,
 ) -> ReconstructionResult:
     """Reconstruct ``count`` new microstructures statistically equivalent to ``exemplar``.
@@ -406,7 +420,10 @@ def reconstruct(
     ``levels``, ``coarse_steps``, ``correlation_weight`` (and for volumes ``slices_per_step``) follow
     ``IMAGE_SCHEDULE`` or ``VOLUME_SCHEDULE`` (``resolve_schedule``).
     ``weights``: objective weights by term name (``TERM_NAMES``), a number or one value per sample, overriding
-    the defaults at full size.
+    the defaults at full size. ``initial``: the start of the coarsest level, 'gaussian' (a Gaussian random field
+    with the exemplar's two-point statistics and fractions, ``jaxmicro.initial``) or 'noise' (white noise).
+    ``cleanup``: give isolated pixels of the final labels their neighbours' phase, fractions kept
+    (``jaxmicro.cleanup``).
 
     Returns a ReconstructionResult; per-sample failure is reported in ``status``, never raised.
     """
@@ -421,6 +438,8 @@ def reconstruct(
             raise InputError(f"{name} must be a positive integer, got {value!r}")
     if int(levels) != levels or levels < 1:
         raise InputError(f"levels must be a positive integer, got {levels!r}")
+    if initial not in INITIAL_FIELDS:
+        raise InputError(f"unknown initial field {initial!r}; use one of {', '.join(INITIAL_FIELDS)}")
     config, images = make_config(exemplar, shape=shape, layers=layers, layer_weights=layer_weights,
                                  grayscale=grayscale, dtype=dtype, **options)
     if params is None:
@@ -434,7 +453,7 @@ def reconstruct(
             steps=coarse_steps or steps, seed=seed, layers=config.taps, layer_weights=layer_weights,
             optimizer=optimizer, learning_rate=learning_rate, grayscale=grayscale, per_direction=per_direction,
             dtype=dtype, params=params, chunk=chunk, levels=levels - 1, coarse_steps=coarse_steps, progress=progress,
-            **options,
+            initial=initial, **options,
         )
         initial_logits = jax.image.resize(coarse.logits, (coarse.logits.shape[0], *config.shape,
                                                           config.channels), "nearest")
@@ -450,9 +469,13 @@ def reconstruct(
 
     tx = make_optimizer(optimizer, learning_rate, steps)
     keys = jax.random.split(jax.random.PRNGKey(seed), batch)
+    if initial_logits is None and initial == "gaussian" and not config.grayscale and not resuming:
+        correlations = jnp.stack([field_correlation(g, config.n_phases, config.shape) for g in groups])[exemplar_index]
+        initial_logits = jax.vmap(gaussian_logits)(jax.vmap(jax.random.fold_in, (0, None))(keys, 1), correlations,
+                                                   targets.fractions)
     states = jax.vmap(functools.partial(init_state, config, tx))(keys, initial_logits)
     run_chunk = make_run_chunk(config, tx, steps, min(chunk, steps))
     level_progress = None if progress is None else functools.partial(progress, config.shape)
     states, history = optimise.run(run_chunk, params, states, objective, steps, checkpoint=checkpoint,
                                    callback=callback, progress=level_progress)
-    return finish(config, states, history, exemplar_index, seed)
+    return finish(config, states, history, exemplar_index, seed, cleanup=cleanup)

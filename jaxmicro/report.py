@@ -72,6 +72,13 @@ def _chord_summary(counts: np.ndarray) -> dict:
     return {"count": number.tolist(), "mean": mean.tolist(), "std": std.tolist()}
 
 
+def one_pixel_chord_fraction(counts: np.ndarray) -> np.ndarray:
+    """``(n,)`` share of one-pixel chords among all chords of each phase, all axes together, from
+    ``(ndim, n, L + 1)`` chord counts: isolated pixels, one-pixel necks and rough interfaces raise it."""
+    pooled = counts.sum(axis=0)
+    return pooled[:, 1] / np.maximum(pooled.sum(axis=1), 1)
+
+
 def _statistics(labels: np.ndarray, n_phases: int, max_distance: int) -> dict:
     """numpy arrays of every statistic of one label image."""
     profiles = st.two_point_profiles(labels, max_distance=max_distance, n_phases=n_phases)
@@ -120,6 +127,7 @@ def describe(labels, n_phases: int | None = None, *, max_distance: int | None = 
         "lineal_path_per_axis": s["lineal_path"].tolist(),
         "chord_length": chords,
         "chord_length_mean": np.mean([c["mean"] for c in chords], axis=0).tolist(),
+        "one_pixel_chord_fraction": one_pixel_chord_fraction(s["chords"]).tolist(),
         "specific_surface": s["surface"].tolist(),
         "specific_surface_pairs": s["surface_pairs"].tolist(),
         "specific_surface_total": float(s["surface"].sum() / 2),
@@ -253,6 +261,7 @@ def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, ma
             "specific_surface": s["surface"].tolist(),
             "specific_surface_relative_error": ((s["surface"] - ex_surface) / ex_surface).tolist(),
             "chord_length_mean": np.mean(chords, axis=0).tolist(),
+            "one_pixel_chord_fraction": one_pixel_chord_fraction(s["chords"]).tolist(),
             "copy_agreement": copy,
             "copy_baseline": rec_baseline,
             "copy_excess": float(excess),

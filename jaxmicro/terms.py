@@ -128,3 +128,32 @@ def make_loss(describe: Callable, terms: Mapping[str, Term], decode: Callable, *
         return total, values
 
     return loss
+
+
+def lineal_path() -> Term:
+    """Relative squared error of the lineal path (every axis, distance and phase).
+    Target: ``Descriptors.lineal_path`` of the exemplar."""
+
+    def term(descriptors, fields, target):
+        return relative_error(descriptors.lineal_path, target)
+
+    return term
+
+
+def chord_distribution(path: jax.Array, longest: int) -> jax.Array:
+    """The share of chords of length ``1..longest`` among all chords, per axis and phase, from a lineal path
+    ``(axes, R + 1, C)``: ``count(l) = L(l - 1) - 2 L(l) + L(l + 1)`` and ``chords = L(0) - L(1)`` per pixel.
+    ``-> (axes, longest, C)``."""
+    counts = path[:, :longest] - 2.0 * path[:, 1:longest + 1] + path[:, 2:longest + 2]
+    return counts / jnp.maximum(path[:, :1] - path[:, 1:2], 1e-6)
+
+
+def short_chords(longest: int = 8) -> Term:
+    """Relative squared error of the share of chords of length 1..``longest`` pixels (the fine texture: isolated
+    pixels, one-pixel necks and rough interfaces show here first). Target: ``Descriptors.lineal_path``."""
+
+    def term(descriptors, fields, target):
+        size = min(longest, target.shape[1] - 2)
+        return relative_error(chord_distribution(descriptors.lineal_path, size), chord_distribution(target, size))
+
+    return term

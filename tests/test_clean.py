@@ -1,0 +1,141 @@
+"""Clean reconstructions: the lineal-path and short-chord terms, the Gaussian start and the isolated-pixel cleanup,
+against the report's independent numpy statistics, exact cases and finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxmicro.reconstruction as R
+from jaxmicro import statistics as st, terms as T
+from jaxmicro.cleanup import isolated, remove_isolated
+from jaxmicro.descriptors import lineal_path, volume_lineal_path
+from jaxmicro.initial import autocovariance, field_correlation, gaussian_labels
+from jaxmicro.report import one_pixel_chord_fraction
+
+from conftest import TINY_WIDTHS
+
+
+def blobs(size, n, seed=0):
+    """A smooth random n-phase structure: periodically smoothed noise cut at n - 1 quantiles."""
+    rng = np.random.default_rng(seed)
+    k = np.fft.fftfreq(size)[:, None] ** 2 + np.fft.fftfreq(size)[None, :] ** 2
+    field = np.fft.ifft2(np.fft.fft2(rng.normal(size=(size, size))) * np.exp(-k * 200)).real
+    return np.searchsorted(np.quantile(field, np.linspace(0, 1, n + 1)[1:-1]), field).astype(np.int32)
+
+
+@pytest.mark.parametrize("shape,n", [((24, 20), 2), ((12, 10, 8), 3)])
+def test_lineal_path_descriptor_equals_the_chord_count_statistic(shape, n):
+    labels = np.random.default_rng(1).integers(0, n, shape)
+    labels[2:6] = 0  # long chords too
+    radius = min(shape) // 2
+    expected = st.lineal_path(labels, n, max_distance=radius)  # from chord counts, numpy
+    got = lineal_path(jax.nn.one_hot(labels, n), radius)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_chord_distribution_from_the_lineal_path_counts_the_chords():
+    labels = blobs(32, 2, seed=3)
+    path = lineal_path(jax.nn.one_hot(labels, 2), 10)
+    shares = T.chord_distribution(path, 4)  # (axes, 4, n)
+    counts = st.chord_length_distribution(labels, 2)  # (axes, n, L + 1)
+    # chords that are whole periodic lines have no end: the lineal path cannot count them
+    expected = counts[:, :, 1:5] / counts[:, :, :32].sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.moveaxis(shares, 1, 2), expected, atol=1e-5)
+
+
+def test_one_pixel_chord_fraction_of_a_laminate_and_of_speckle():
+    laminate = np.tile((np.arange(16) % 4 < 2).astype(int), (16, 1))  # chords of 2 across, whole lines along
+    np.testing.assert_allclose(one_pixel_chord_fraction(st.chord_length_distribution(laminate, 2)), [0, 0])
+    speckle = np.zeros((16, 16), int)
+    speckle[::4, ::4] = 1  # isolated pixels: every chord of phase 1 has length 1
+    assert one_pixel_chord_fraction(st.chord_length_distribution(speckle, 2))[1] == 1.0
+
+
+def test_volume_lineal_path_from_sections():
+    a, b, c = (jnp.full((2, 4, 1), v) + jnp.array([0.0, 1.0])[:, None, None] for v in (0.0, 10.0, 20.0))
+    isotropic = volume_lineal_path([a])
+    np.testing.assert_allclose(isotropic, jnp.broadcast_to(a.mean(0), (3, 4, 1)))
+    # the section normal to d holds the volume axes other than d, in order: axis 0 is in sections 1 and 2
+    per_direction = volume_lineal_path([a, b, c])
+    np.testing.assert_allclose(per_direction[0], (b[0] + c[0]) / 2)
+    np.testing.assert_allclose(per_direction[1], (a[0] + c[1]) / 2)
+    np.testing.assert_allclose(per_direction[2], (a[1] + b[1]) / 2)
+
+
+@pytest.mark.parametrize("name", ["lineal_path", "short_chords"])
+def test_morphology_terms_match_finite_differences(name):
+    labels = blobs(16, 2, seed=5)
+    target = lineal_path(jax.nn.one_hot(labels, 2), 6)
+    term = {"lineal_path": T.lineal_path(), "short_chords": T.short_chords(3)}[name]
+
+    def loss(fields):
+        from jaxmicro.descriptors import Descriptors
+        d = Descriptors((), (), fields.mean((0, 1)), jnp.zeros(2), lineal_path=lineal_path(fields, 6))
+        return term(d, fields, target)
+
+    fields = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(2), (16, 16, 2)), axis=-1)
+    check_grads(loss, (fields,), order=1, modes=["rev"], atol=5e-3, rtol=5e-3, eps=1e-3)
+    assert float(loss(jax.nn.one_hot(labels, 2))) == 0.0  # the exemplar itself matches exactly
+
+
+def test_gaussian_start_has_the_fractions_and_the_feature_size():
+    three = blobs(64, 3, seed=7)
+    fractions = np.bincount(three.ravel(), minlength=3) / three.size
+    covariance = autocovariance([three], 3, (48, 48))
+    np.testing.assert_allclose(covariance[:, 0, 0], fractions * (1 - fractions), rtol=1e-5)  # C(0) = f(1 - f)
+    labels = np.asarray(gaussian_labels(jax.random.PRNGKey(0), jnp.asarray(field_correlation([three], 3, (48, 48))),
+                                        jnp.asarray(fractions)))
+    np.testing.assert_allclose(np.bincount(labels.ravel(), minlength=3) / labels.size, fractions, atol=0.02)
+    # a level cut of a Gaussian field (what blobs are) comes back with its feature size, not white noise (~1 px)
+    two = blobs(64, 2, seed=7)
+    sizes = []
+    for seed in range(4):
+        labels = gaussian_labels(jax.random.PRNGKey(seed), jnp.asarray(field_correlation([two], 2, (48, 48))),
+                                 jnp.asarray([0.5, 0.5]))
+        sizes.append(st.mean_chord_length(st.chord_length_distribution(np.asarray(labels), 2).sum(0)))
+    real = st.mean_chord_length(st.chord_length_distribution(two, 2).sum(0))
+    np.testing.assert_allclose(np.mean(sizes, axis=0), real, rtol=0.35)
+
+
+def test_gaussian_start_of_a_volume_from_a_2d_image_is_isotropic():
+    covariance = autocovariance([blobs(32, 2, seed=1)], 2, (16, 16, 16))
+    np.testing.assert_allclose(covariance[:, 3, 0, 0], covariance[:, 0, 0, 3], rtol=1e-6)
+    np.testing.assert_allclose(covariance[:, 0, 3, 0], covariance[:, 0, 0, 3], rtol=1e-6)
+
+
+def test_cleanup_removes_an_isolated_pixel_without_moving_the_fractions():
+    labels = np.zeros((12, 12), np.uint8)
+    labels[2:7, 2:7] = 1
+    labels[9, 9] = 1  # isolated
+    logits = np.zeros((12, 12, 2), np.float32)
+    logits[..., 1] = np.where(labels == 1, 1.0, -1.0)
+    logits[7, 4, 1] = 0.5  # the least sure solid pixel at the square's border: it becomes phase 1
+    cleaned = remove_isolated(labels, logits)
+    assert cleaned[9, 9] == 0 and cleaned[7, 4] == 1
+    assert (cleaned != labels).sum() == 2 and cleaned.sum() == labels.sum()
+    assert not isolated(cleaned).any()
+
+
+def test_cleanup_in_3d_and_with_three_phases_keeps_every_count():
+    labels = np.random.default_rng(0).integers(0, 3, (10, 10, 10)).astype(np.uint8)
+    logits = np.random.default_rng(1).normal(size=(10, 10, 10, 3)).astype(np.float32)
+    cleaned = remove_isolated(labels, logits)
+    np.testing.assert_array_equal(np.bincount(cleaned.ravel(), minlength=3), np.bincount(labels.ravel(), minlength=3))
+    assert isolated(cleaned).sum() < isolated(labels).sum()
+
+
+def test_reconstruction_starts_from_the_gaussian_field_and_returns_clean_labels(tiny_params):
+    exemplar = blobs(32, 2, seed=2)
+    common = dict(shape=(24, 24), count=2, steps=4, layers=("relu1_1",), widths=TINY_WIDTHS, levels=1,
+                  params={"conv1_1": tiny_params["conv1_1"]}, seed=3)
+    noise = R.reconstruct(exemplar, initial="noise", cleanup=False, **common)
+    gaussian = R.reconstruct(exemplar, **common)
+    assert isolated(gaussian.labels[0]).sum() == 0
+    # after 4 small steps each start is still visible: white noise has far shorter chords than the field
+    mean = [st.mean_chord_length(st.chord_length_distribution(r.labels[0], 2).sum(0)).min()
+            for r in (noise, gaussian)]
+    assert mean[1] > 2 * mean[0]
+    with pytest.raises(Exception, match="initial field"):
+        R.reconstruct(exemplar, initial="sky", **common)
