@@ -8,6 +8,7 @@ Common entry points (see docs/ for the guide):
     jaxmicro.effective_conductivity(labels, [1.0, 10.0])                           # FFT homogenisation
     jaxmicro.read_microstructure("sample.tif")                                     # files -> phases
     jaxmicro.enable_compilation_cache()                          # later runs of the same shapes skip compiling
+    with jaxmicro.use_devices(4): ...                            # split the batch over 4 devices (or all: None)
 """
 
 from jaxmicro.compilation import enable_compilation_cache
@@ -31,6 +32,7 @@ from jaxmicro.reconstruction import (
     reconstruct,
 )
 from jaxmicro.report import compare, describe
+from jaxmicro.sharding import use_devices
 from jaxmicro.statistics import (
     chord_length_distribution,
     copy_agreement,
@@ -96,6 +98,7 @@ __all__ = [
     "specific_surface",
     "two_point_correlation",
     "two_point_profiles",
+    "use_devices",
     "verify_weights",
     "volume_fractions",
     "write_labels_tiff",

@@ -5,6 +5,12 @@ loss and every named term per step) and
 a fingerprint of the run (exemplar, configuration, seed, optimiser). orbax writes each checkpoint into a
 temporary folder and renames it when complete, so a run killed at any moment leaves the previous checkpoint
 intact; resuming replays nothing and, on the same device, ends bitwise where an uninterrupted run ends.
+
+Sharded states (``jaxmicro.sharding``) are written shard by shard, each process its own, and never gathered to
+one host. A checkpoint records the real number of samples (``batch``) beside the padded one, so it resumes on
+another number of devices (another padding): the arrays are read straight into the new layout (a shorter or
+longer batch axis, padding rows filled again with copies of sample 0) and the real samples go on exactly where
+they stopped.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxmicro import sharding
 from jaxmicro.errors import InputError
 
 
@@ -64,10 +71,10 @@ def _refuse_damaged(restore):
     shapes, dtypes or step), raises an InputError naming it instead of being resumed from."""
 
     @functools.wraps(restore)
-    def checked(self: Checkpointer, template_states):
+    def checked(self: Checkpointer, template_states, batch: int | None = None):
         step = self._manager.latest_step() if self.resume else None
         try:
-            restored = restore(self, template_states)
+            restored = restore(self, template_states, batch)
         except InputError:
             raise
         except (*_DAMAGE, AttributeError) as error:
@@ -84,12 +91,23 @@ def _refuse_damaged(restore):
                     (f"{len(found)} arrays", f"{len(expected)}")]
                 raise self._damaged(step, f"it holds arrays that do not fit this run: {pairs[0][0]} where the run "
                                           f"has {pairs[0][1]}")
-            steps = np.unique(np.asarray(getattr(restored[0], "step", step)))
+            steps = np.unique(sharding.local_rows(getattr(restored[0], "step", np.asarray([step])), batch))
             if steps.tolist() != [step]:
                 raise self._damaged(step, f"it holds the state after step {steps.tolist()}, not after step {step}")
         return restored
 
     return checked
+
+
+def _shapes_by_path(tree, rows: int | None = None) -> dict[tuple[str, ...], tuple]:
+    """``{path: (shape, dtype)}`` of a tree's arrays, paths as orbax stores them (named tuples become dicts);
+    ``rows`` replaces the leading axis."""
+    def name(key):
+        return str(getattr(key, "name", getattr(key, "key", getattr(key, "idx", key))))
+
+    return {tuple(map(name, path)): ((*(() if rows is None else (rows,)), *tuple(a.shape)[rows is not None:]),
+                                     str(np.dtype(a.dtype)))
+            for path, a in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 class Checkpointer:
@@ -110,8 +128,12 @@ class Checkpointer:
         return self._manager.latest_step()
 
     @_refuse_damaged
-    def restore(self, template_states) -> tuple[Any, list[dict[str, np.ndarray]]] | None:
+    def restore(self, template_states, batch: int | None = None) -> tuple[Any, list[dict[str, np.ndarray]]] | None:
         """The latest checkpoint of this run as ``(states, [history])``, or None when starting fresh.
+
+        ``template_states``: arrays of the shapes, dtypes and (for jax arrays) shardings to restore into, batch
+        first; ``batch``: the real samples among its rows (default: all), the rest padding. A checkpoint written
+        with another padding (another device count) is read into this one.
 
         Raises InputError when the folder holds a checkpoint of a different run.
         """
@@ -126,14 +148,37 @@ class Checkpointer:
                 f"{self.directory} holds a checkpoint of a different run (other exemplar, options or seed); "
                 "resume with exactly the options of the original run, or start a new run in another --out folder"
             )
+        rows = int(template_states.step.shape[0])
+        batch = rows if batch is None else batch
+        if meta["batch"] != batch:
+            raise self._damaged(step, f"it holds {meta['batch']} samples where the run has {batch}")
+        saved_rows = int(meta.get("rows", meta["batch"]))
+        if saved_rows != rows:  # another padding: only the batch axis may differ
+            saved = ocp.StandardCheckpointHandler().metadata(self.directory / "checkpoints" / str(step) / "state")
+            found = _shapes_by_path(saved.tree["states"])
+            expected = _shapes_by_path(template_states, rows=saved_rows)
+            if found != expected:
+                difference = sorted(set(found.items()) ^ set(expected.items()))[0][0]
+                raise self._damaged(step, f"its arrays do not fit this run (at {'/'.join(difference)})")
+
+        def target(a):
+            if isinstance(a, jax.Array):
+                return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding)
+            return np.asarray(a)
+
         template = {
-            "states": jax.tree.map(np.asarray, template_states),
+            "states": jax.tree.map(target, template_states),
             "history": {name: np.zeros((meta["history_rows"], meta["batch"]), np.float32)
                         for name in meta["history_names"]},
         }
-        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template)))
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(template, strict=saved_rows == rows)))
         state = restored["state"]
-        states = jax.tree.map(jax.numpy.asarray, state["states"])
+        states = jax.tree.map(lambda a: a if isinstance(a, jax.Array) else jax.numpy.asarray(a), state["states"])
+        if saved_rows != rows and isinstance(template_states.step, jax.Array) \
+                and isinstance(template_states.step.sharding, jax.sharding.NamedSharding):
+            mesh = template_states.step.sharding.mesh
+            states = sharding.refill_padding(states, sharding.BatchLayout(mesh, batch, rows))
         self.last_saved = step
         return states, [{name: np.asarray(rows) for name, rows in state["history"].items()}]
 
@@ -147,18 +192,24 @@ class Checkpointer:
             "instead of --resume"
         )
 
-    def save(self, step: int, states, history: list[dict[str, np.ndarray]]) -> None:
-        """Save ``states`` and the history chunks (``{name: (rows, B)}`` each) as the checkpoint of ``step``."""
+    def save(self, step: int, states, history: list[dict[str, np.ndarray]], batch: int | None = None) -> None:
+        """Save ``states`` and the history chunks (``{name: (rows, B)}`` each) as the checkpoint of ``step``.
+
+        ``batch``: the real samples among the states' rows (default: the history's columns, else every row);
+        sharded states are written by every process, each its own shards."""
         if step == self.last_saved:
             return
-        batch = int(states.step.shape[0])
+        rows_saved = int(states.step.shape[0])
+        batch = batch if batch is not None else history[0]["loss"].shape[1] if history else rows_saved
         names = list(history[0]) if history else ["loss"]
         rows = {name: np.concatenate([h[name] for h in history], axis=0) if history
                 else np.zeros((0, batch), np.float32) for name in names}
         meta = {"fingerprint": self.fingerprint, "step": step, "history_rows": int(rows[names[0]].shape[0]),
-                "batch": batch, "history_names": names}
+                "batch": batch, "rows": rows_saved, "history_names": names}
         self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave({"states": jax.tree.map(np.asarray, states), "history": rows}),
+            state=ocp.args.StandardSave({
+                "states": jax.tree.map(lambda a: a if isinstance(a, jax.Array) else np.asarray(a), states),
+                "history": rows}),
             meta=ocp.args.JsonSave(meta),
         ), force=True)
         self._manager.wait_until_finished()

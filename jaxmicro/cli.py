@@ -85,6 +85,15 @@ def _read(path, args):
                                gray_from_rgb=getattr(args, "gray_from_rgb", False))
 
 
+def _add_device_options(p):
+    p.add_argument("--devices", type=_positive_int, metavar="N",
+                   help="split the batch over N devices of each process (default: all its devices)")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="several processes: address of process 0 (not needed under SLURM, which sets it)")
+    p.add_argument("--num-processes", type=_positive_int, metavar="N", help="several processes: how many")
+    p.add_argument("--process-id", type=_non_negative_int, metavar="I", help="several processes: this one, 0..N-1")
+
+
 def _add_reading_options(p):
     p.add_argument("--grayscale", action="store_true", help="treat the image as a grayscale micrograph")
     p.add_argument("--phases", type=_positive_int, metavar="N",
@@ -97,6 +106,8 @@ def _add_reading_options(p):
 
 RUN_OPTIONS = ("exemplar", "shape", "count", "steps", "seed", "optimizer", "learning_rate", "layers", "dtype",
                "grayscale", "phases", "gray_from_rgb", "checkpoint_every", "levels", "coarse_steps", "slices_per_step")
+# what run.json records beside the options: not options (a run resumes on any devices), so --resume skips them
+RECORDS = ("devices_used",)
 
 
 def _reconstruct(args) -> int:
@@ -104,9 +115,10 @@ def _reconstruct(args) -> int:
     import numpy as np
 
     import jaxmicro.reconstruction as R
-    from jaxmicro import estimate, io, report
+    from jaxmicro import estimate, io, report, sharding
 
     # 1. Everything that can be checked is checked before anything is written.
+    mesh = _start_devices(args)
     exemplar = _exemplar(args)
     grayscale = exemplar.kind == "grayscale"
     image = exemplar.gray if grayscale else exemplar.labels
@@ -125,7 +137,7 @@ def _reconstruct(args) -> int:
     taps = config.taps
     out = Path(args.resume or args.out)
     plan = estimate.estimate(shape, args.count, args.steps, taps, args.dtype, args.slices_per_step, args.levels,
-                             args.coarse_steps)
+                             args.coarse_steps, devices=mesh.devices.size)
     estimate.check_fits(plan)
     names = [f"reconstruction_{i:03d}.tif" for i in range(args.count)]
     if args.resume and not (out / "checkpoints").is_dir():
@@ -135,12 +147,12 @@ def _reconstruct(args) -> int:
 
     # 2. The output folder: refuse to overwrite a finished run, create it, record the options for --resume.
     saved, checkpointer = _prepare_run_folder(args, out, names + ["metrics.json", "comparison.png"], RUN_OPTIONS,
-                                              image, resolved_shape=shape, **options)
+                                              image, mesh, resolved_shape=shape, **options)
 
     # 3. Run, with a progress bar; Ctrl-C saves a checkpoint between chunks and exits cleanly.
     total = args.steps + (args.levels - 1) * (args.coarse_steps or args.steps)
-    outcome = _run_interruptibly(args, out, checkpointer, "reconstructing", total, shape, lambda callback, progress,
-                                 chunk: R.reconstruct(
+    outcome = _run_interruptibly(args, out, checkpointer, "reconstructing", total, shape, mesh, lambda callback,
+                                 progress, chunk: R.reconstruct(
         image, shape=shape, count=args.count, steps=args.steps, seed=args.seed, layers=taps,
         optimizer=args.optimizer, learning_rate=args.learning_rate, grayscale=grayscale, dtype=args.dtype,
         params=params, chunk=chunk, callback=callback, progress=progress, checkpoint=checkpointer,
@@ -150,11 +162,14 @@ def _reconstruct(args) -> int:
         return EXIT_INTERRUPTED
     result, elapsed = outcome
 
-    # 4. Outputs, each written atomically.
-    for name, labels in zip(names, result.labels):
-        io.write_labels_tiff(out / name, labels, n_phases=exemplar.n_phases)
+    # 4. Outputs, each written atomically: each process its own samples, process 0 the summary.
+    for index in sharding.owned_samples(args.count, mesh):
+        io.write_labels_tiff(out / names[index], result.labels[index], n_phases=exemplar.n_phases)
+    if jax.process_index() != 0:
+        return _finish_process()
     run = {
         "jaxmicro_version": _version(), "device": str(jax.devices()[0]), "jax_version": jax.__version__,
+        "devices_used": sharding.describe(mesh),
         "exemplar": {"file": str(args.exemplar or "built-in"), "shape": list(image.shape),
                      "mapping": exemplar.mapping},
         **{k: v for k, v in saved.items() if k != "exemplar"},
@@ -178,7 +193,7 @@ def _reconstruct(args) -> int:
                f"({', '.join(sorted(set(result.status_names)))}) written to {out}/ "
                f"({names[0]}{' ...' if len(names) > 1 else ''}, metrics.json"
                f"{'' if grayscale else ', comparison.png'})")
-    return 0
+    return _finish_process()
 
 
 # --- design -------------------------------------------------------------------------------------------------
@@ -193,9 +208,10 @@ def _design(args) -> int:
     import jax
 
     import jaxmicro.reconstruction as R
-    from jaxmicro import inverse_design as D, io, report
+    from jaxmicro import inverse_design as D, io, report, sharding
 
     # 1. Everything that can be checked is checked before anything is written.
+    mesh = _start_devices(args)
     if not args.target:
         raise InputError("give a property target, e.g. --target k_xx=4.2 (or k_xx>=4, k_xx=max, k_xx=3:6:16)")
     exemplar = _exemplar(args)
@@ -219,12 +235,12 @@ def _design(args) -> int:
 
     # 2. The output folder.
     saved, checkpointer = _prepare_run_folder(args, out, names + ["design.json", "pareto.json", "design.png"],
-                                              DESIGN_OPTIONS, image, resolved_shape=shape)
+                                              DESIGN_OPTIONS, image, mesh, resolved_shape=shape)
 
     # 3. Run.
     coarse = (D.COARSE_STEPS if args.coarse_steps is None else args.coarse_steps) if uses_network else 0
-    outcome = _run_interruptibly(args, out, checkpointer, "designing", args.steps + coarse, shape, lambda callback,
-                                 progress, chunk: D.design(
+    outcome = _run_interruptibly(args, out, checkpointer, "designing", args.steps + coarse, shape, mesh,
+                                 lambda callback, progress, chunk: D.design(
         image, **request, count=args.count, seed=args.seed, steps=args.steps, coarse_steps=args.coarse_steps,
         property_weight=args.property_weight, filter_radius=args.filter_radius, learning_rate=args.learning_rate,
         params=params, chunk=chunk, callback=callback, progress=progress, checkpoint=checkpointer))
@@ -232,12 +248,16 @@ def _design(args) -> int:
         return EXIT_INTERRUPTED
     result, elapsed = outcome
 
-    # 4. Check every design with the solver on its written labels, then write everything atomically.
-    for name, labels in zip(names, result.labels):
-        io.write_labels_tiff(out / name, labels, n_phases=exemplar.n_phases)
+    # 4. Check every design with the solver on its written labels, then write everything atomically: each
+    # process its own designs, process 0 the summary.
+    for index in sharding.owned_samples(batch, mesh):
+        io.write_labels_tiff(out / names[index], result.labels[index], n_phases=exemplar.n_phases)
+    if jax.process_index() != 0:
+        return _finish_process()
     checked = D.design_records(result, image, names=names)
     summary = {
         "jaxmicro_version": _version(), "jax_version": jax.__version__, "device": str(jax.devices()[0]),
+        "devices_used": sharding.describe(mesh),
         "command": "jaxmicro " + shlex.join(args.argv),
         "options": saved, "seed": args.seed, "shape": list(shape), "elapsed_seconds": round(elapsed, 3),
         "exemplar": {"file": str(args.exemplar or "built-in"), "shape": list(image.shape),
@@ -257,7 +277,7 @@ def _design(args) -> int:
                    + ("" if record["status"] == "converged" else f" ({record['status']})"))
     _say(args, f"done in {elapsed:.1f} s: {summary['reached']} of {len(names)} design(s) reached the target; "
                f"written to {out}/ (design_*.tif, design.json, pareto.json, design.png)")
-    return 0
+    return _finish_process()
 
 
 def _exemplar(args):
@@ -278,38 +298,87 @@ def _exemplar(args):
     return exemplar
 
 
-def _prepare_run_folder(args, out, outputs, option_names, image, **resolved):
+def _prepare_run_folder(args, out, outputs, option_names, image, mesh, **resolved):
     """Refuse to overwrite a finished run, create the folder, record the options for --resume (run.json); the
-    saved options and a Checkpointer whose fingerprint covers the exemplar, the options and ``resolved``."""
+    saved options and a Checkpointer whose fingerprint covers the exemplar, the options and ``resolved`` (not
+    the devices: a run resumes on any number of them). With several processes, process 0 prepares the folder
+    and the others wait for it."""
+    import jax
     import numpy as np
 
-    from jaxmicro import io
+    from jaxmicro import io, sharding
     from jaxmicro.checkpoint import Checkpointer, run_fingerprint
 
-    io.prepare_output_dir(out, force=args.force or bool(args.resume), expected=[] if args.resume else outputs)
-    old_checkpoints = out / "checkpoints"
-    if not args.resume and old_checkpoints.exists():
-        if not args.force:
-            raise InputError(f"{out} holds the checkpoints of an interrupted run: continue it with "
-                             f"'jaxmicro {args.command} --resume {out}', or start over with --force")
-        shutil.rmtree(old_checkpoints)
     saved = {k: getattr(args, k) for k in option_names}
     if args.exemplar is not None:
         saved["exemplar"] = str(Path(args.exemplar).resolve())
-    if not args.resume:
-        io.write_json(out / "run.json", saved)
+    problem = None
+    if jax.process_index() == 0:
+        try:
+            io.prepare_output_dir(out, force=args.force or bool(args.resume), expected=[] if args.resume else outputs)
+            old_checkpoints = out / "checkpoints"
+            if not args.resume and old_checkpoints.exists():
+                if not args.force:
+                    raise InputError(f"{out} holds the checkpoints of an interrupted run: continue it with "
+                                     f"'jaxmicro {args.command} --resume {out}', or start over with --force")
+                shutil.rmtree(old_checkpoints)
+            if not args.resume:
+                io.write_json(out / "run.json", {**saved, "devices_used": sharding.describe(mesh)})
+        except InputError as error:
+            problem = error
+    if jax.process_count() > 1:  # everyone learns whether process 0 prepared the folder
+        from jax.experimental import multihost_utils
+
+        if not int(multihost_utils.broadcast_one_to_all(np.int32(problem is None))):
+            raise problem or InputError(f"process 0 could not prepare {out}; see its message")
+    if problem is not None:
+        raise problem
     fingerprint = run_fingerprint(image=np.asarray(image), **{k: v for k, v in saved.items() if k != "exemplar"},
                                   **resolved)
     return saved, Checkpointer(out, args.checkpoint_every, fingerprint, resume=bool(args.resume))
 
 
-def _run_interruptibly(args, out, checkpointer, description, total_steps, shape, run):
+def _start_devices(args):
+    """Join the other processes (``--coordinator`` ..., or SLURM) and make the batch mesh of ``--devices``; every
+    process but process 0 is quiet (one progress bar, one report)."""
+    import jax
+
+    from jaxmicro import sharding
+
+    sharding.initialize(args.coordinator, args.num_processes, args.process_id)
+    if jax.process_index() != 0:
+        args.quiet = True
+    mesh = sharding.make_mesh(args.devices)
+    placement = sharding.describe(mesh)
+    if placement["devices"] > 1:
+        _say(args, f"{placement['devices']} {placement['platform'].upper()} devices"
+                   + (f" in {placement['processes']} processes" if placement["processes"] > 1 else "")
+                   + ": the batch is split across them")
+    return mesh
+
+
+def _finish_process() -> int:
+    """With several processes, wait until every one has written its files (process 0 hosts the coordinator)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxmicro: outputs written")
+    return 0
+
+
+def _run_interruptibly(args, out, checkpointer, description, total_steps, shape, mesh, run):
     """``run(callback, progress, chunk)`` with a progress bar over the ``total_steps`` of every level (the level
     in its description). The first Ctrl-C stops at the end of the chunk, saving a checkpoint at full size
     ``shape``, and returns None (the message says how to resume); a second Ctrl-C ends the process at once.
-    Else returns ``(result, seconds)``."""
+    Else returns ``(result, seconds)``. ``mesh``: the devices every run inside uses; with several processes
+    they agree after every chunk whether one was interrupted, so that all of them save and stop together."""
+    import jax
     import numpy as np
     from tqdm.auto import tqdm
+
+    from jaxmicro import sharding
 
     interrupted = []
 
@@ -321,18 +390,25 @@ def _run_interruptibly(args, out, checkpointer, description, total_steps, shape,
     bar = tqdm(total=total_steps, unit="step", disable=args.quiet, dynamic_ncols=True, desc=description)
     level = {"shape": None, "offset": 0, "steps": 0}
 
+    stop = [False]  # whether to stop after this chunk: with several processes, all of them agree on it
+
     def on_progress(level_shape, done, steps):
+        stop[0] = bool(interrupted)
+        if jax.process_count() > 1:  # every process, every chunk: one small collective
+            from jax.experimental import multihost_utils
+
+            stop[0] = bool(np.any(multihost_utils.process_allgather(np.int32(stop[0]))))
         if level_shape != level["shape"]:  # a new level: coarse ones first, the full size last
             offset = total_steps - steps if tuple(level_shape) == tuple(shape) else level["offset"] + level["steps"]
             level.update(shape=level_shape, offset=offset, steps=steps)
             bar.set_description(f"{description} {'x'.join(map(str, level_shape))}")
         bar.update(level["offset"] + done - bar.n)
-        if interrupted and tuple(level_shape) != tuple(shape):
+        if stop[0] and tuple(level_shape) != tuple(shape):
             raise KeyboardInterrupt  # nothing to save before the full-size level
 
     def on_chunk(done, states, history):
         bar.set_postfix(loss=f"{np.nanmedian(history[-1]['loss'][-1]):.3g}")
-        if interrupted:
+        if stop[0]:
             checkpointer.save(done, states, history)
             raise KeyboardInterrupt
 
@@ -341,7 +417,8 @@ def _run_interruptibly(args, out, checkpointer, description, total_steps, shape,
     chunk = 50 if not every else math.gcd(every, 50) if math.gcd(every, 50) >= 10 else every
     started = time.perf_counter()
     try:
-        result = run(on_chunk, on_progress, min(chunk, args.steps))
+        with sharding.use_devices(mesh):
+            result = run(on_chunk, on_progress, min(chunk, args.steps))
     except KeyboardInterrupt:
         bar.close()
         step = checkpointer.latest_step()
@@ -522,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its saved options")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     _add_reading_options(p)
+    _add_device_options(p)
     p.set_defaults(handler=_reconstruct)
 
     p = sub.add_parser("design", formatter_class=formatter, help="microstructures that reach a property target",
@@ -568,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", type=_positive_int, metavar="N",
                    help="segment a grayscale image into N phases (multi-level Otsu thresholds)")
     p.add_argument("--gray-from-rgb", action="store_true", help="convert an RGB image to gray (ITU-R 601 luma)")
+    _add_device_options(p)
     p.set_defaults(handler=_design)
 
     p = sub.add_parser("describe", formatter_class=formatter, help="statistics of one image",
@@ -630,6 +709,7 @@ def _saved_options(folder: str, parser: argparse.ArgumentParser, known: tuple[st
         raise InputError(f"{path} is damaged ({type(error).__name__}: {error}); {again}") from error
     if not isinstance(saved, dict):
         raise InputError(f"{path} holds a JSON {type(saved).__name__}, not the options of a run; {again}")
+    saved = {k: v for k, v in saved.items() if k not in RECORDS}
     unknown = sorted(set(saved) - set(known))
     if unknown:
         raise InputError(f"{path} records options this version of jaxmicro does not know ({', '.join(unknown)}): "

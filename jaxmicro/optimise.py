@@ -102,57 +102,83 @@ def make_step(loss_fn: Callable, optimizer, total_steps: int, labels: Callable =
 
 
 def make_run_chunk(step: Callable, total_steps: int, chunk: int) -> Callable:
-    """``run_chunk(params, states, objective) -> (states, (losses (chunk, B), {name: (chunk, B)}))``: one jit of
-    ``chunk`` steps, vmapped over the batch (``params`` shared; ``states`` and ``objective`` per sample).
+    """``run_chunk(params, states, objective, start=None) -> (states, (losses (chunk, B), {name: (chunk, B)}))``:
+    one jit of ``chunk`` steps, vmapped over the batch (``params`` shared; ``states`` and ``objective`` per
+    sample).
 
     The chunk length never changes, so a run compiles once, and the objective is an argument, so new targets or
     weights do not recompile; steps past ``total_steps`` leave a sample untouched (NaN in the history, dropped).
+    ``start``: the steps every sample has taken before the chunk (an int32 scalar, the same on every device, so
+    that deciding whether a step still runs reads no sample's state across devices); without it, sample 0's.
     Splitting a run into chunks, or stopping and resuming between them, gives bitwise the same result on the
     same device.
     """
     batched_step = jax.vmap(step, in_axes=(None, 0, 0))
 
     @functools.partial(jax.jit, donate_argnums=1)
-    def run_chunk(params, states, objective):
+    def run_chunk(params, states, objective, start=None):
         def skipped(carry):
             _, shapes = jax.eval_shape(batched_step, params, carry, objective)
             return carry, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
 
-        def body(carry, _):
-            active = carry.step[0] < total_steps
+        def body(carry, index):
+            active = (carry.step[0] if start is None else start + index) < total_steps
             return jax.lax.cond(active, lambda c: batched_step(params, c, objective), skipped, carry)
 
-        return jax.lax.scan(body, states, None, length=chunk)
+        return jax.lax.scan(body, states, jnp.arange(chunk, dtype=jnp.int32))
 
     return run_chunk
 
 
 def run(run_chunk: Callable, params, states, objective, total_steps: int, *, checkpoint=None,
-        callback: Callable | None = None, progress: Callable | None = None) -> tuple[Any, dict[str, np.ndarray]]:
+        callback: Callable | None = None, progress: Callable | None = None,
+        mesh=None) -> tuple[Any, dict[str, np.ndarray]]:
     """Call ``run_chunk`` until ``total_steps``: ``(states, history)`` with ``history[name]`` of shape
     ``(B, steps)`` for ``'loss'`` (the total) and every term.
 
     ``checkpoint`` (a ``jaxmicro.checkpoint.Checkpointer``) restores a previous run first and saves between
     chunks; ``progress(steps_done, total_steps)``, then ``callback(steps_done, states, history_chunks)``, run
     after each chunk (a progress bar; checkpoints on interruption).
+
+    ``mesh`` (default: that of ``jaxmicro.sharding.use_devices``, if any) spreads the batch over its devices:
+    ``states`` and ``objective`` (batch first, whole on every process) are padded to a multiple of the device
+    count and split along the batch, ``params`` replicated; ``callback`` and checkpoints see the padded, sharded
+    states (checkpoints are written shard by shard, by every process); the returned states are the ``B`` real
+    samples, gathered once at the end, and the history holds only them.
     """
+    from jaxmicro import sharding
+
+    mesh = mesh if mesh is not None else sharding.current_mesh()
+    batch = int(states.step.shape[0])
+    done = int(np.asarray(states.step)[0])  # the states come whole, on every process
+    if mesh is not None:
+        layout = sharding.batch_layout(mesh, batch)
+        states = sharding.place(sharding.pad(states, layout.padded), layout.rows)
+        objective = sharding.place(sharding.pad(objective, layout.padded), layout.rows)
+        params = sharding.replicate(params, layout)
+        run_chunk = sharding.shard_run_chunk(run_chunk, layout)
+        start = lambda steps: sharding.place(np.int32(steps), layout.replicated)  # noqa: E731
+    else:
+        start = np.int32
     history: list[dict[str, np.ndarray]] = []
     if checkpoint is not None:
-        restored = checkpoint.restore(states)
+        restored = checkpoint.restore(states, batch=batch)
         if restored is not None:
-            states, history = restored
-    done = int(states.step[0])
+            (states, history), done = restored, checkpoint.last_saved
     while done < total_steps:
-        states, (losses, values) = run_chunk(params, states, objective)
-        previous, done = done, int(states.step[0])
-        history.append({name: np.asarray(v)[: done - previous] for name, v in {"loss": losses, **values}.items()})
+        states, (losses, values) = run_chunk(params, states, objective, start(done))
+        previous, done = done, min(done + losses.shape[0], total_steps)
+        rows = sharding.to_host({"loss": losses, **values})
+        history.append({name: v[: done - previous, :batch] for name, v in rows.items()})
         if checkpoint is not None:
             checkpoint.maybe_save(done, total_steps, states, history)
         if progress is not None:
             progress(done, total_steps)
         if callback is not None:
             callback(done, states, history)
-    return states, stack_history(history, states.step.shape[0], total_steps)
+    if mesh is not None:
+        states = jax.tree.map(lambda x: jnp.asarray(x[:batch]), sharding.to_host(states))
+    return states, stack_history(history, batch, total_steps)
 
 
 def stack_history(chunks: list[dict[str, np.ndarray]], batch: int, steps: int) -> dict[str, np.ndarray]:
