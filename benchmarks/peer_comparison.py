@@ -216,8 +216,8 @@ def main():
     print("\nmedian over images and seeds (max in brackets)")
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
-        print(f"{method:20s} " + " ".join(f"{k} {np.median([r[k] for r in mine]):.3f} ({np.max([r[k] for r in mine]):.3f})"
-                                          for k in ["wall_s", *TARGETS]))
+        values = {k: [r[k] for r in mine] for k in ["wall_s", *TARGETS]}
+        print(f"{method:20s} " + " ".join(f"{k} {np.median(v):.3f} ({np.max(v):.3f})" for k, v in values.items()))
 
 
 if __name__ == "__main__":

@@ -78,10 +78,12 @@ def _positive_float(text: str) -> float:
 
 
 def _read(path, args):
+    """The image; with --grayscale its intensities (--phases N then only sets the judge's segmentation)."""
     from jaxmicro.io import read_microstructure
 
-    return read_microstructure(path, mode="grayscale" if getattr(args, "grayscale", False) else "auto",
-                               phases=getattr(args, "phases", None),
+    grayscale = getattr(args, "grayscale", False)
+    return read_microstructure(path, mode="grayscale" if grayscale else "auto",
+                               phases=None if grayscale else getattr(args, "phases", None),
                                gray_from_rgb=getattr(args, "gray_from_rgb", False))
 
 
@@ -94,10 +96,22 @@ def _add_device_options(p):
     p.add_argument("--process-id", type=_non_negative_int, metavar="I", help="several processes: this one, 0..N-1")
 
 
+def _judge_phases(args) -> int:
+    """The phases of the multi-Otsu segmentation that judges grayscale images (--phases, default 2), checked."""
+    from jaxmicro.io import MAX_PHASES
+
+    phases = 2 if args.phases is None else args.phases
+    if not 2 <= phases <= MAX_PHASES:
+        raise InputError(f"--phases {phases}: with --grayscale it sets the phases of the multi-Otsu segmentation "
+                         f"that judges the intensities, a whole number from 2 to {MAX_PHASES}")
+    return phases
+
+
 def _add_reading_options(p):
     p.add_argument("--grayscale", action="store_true", help="treat the image as a grayscale micrograph")
     p.add_argument("--phases", type=_positive_int, metavar="N",
-                   help="segment a grayscale image into N phases (multi-level Otsu thresholds)")
+                   help="segment a grayscale image into N phases (multi-level Otsu thresholds); with --grayscale, "
+                        "the phases whose statistics judge the intensities (default 2)")
     p.add_argument("--gray-from-rgb", action="store_true", help="convert an RGB image to gray (ITU-R 601 luma)")
 
 
@@ -112,7 +126,6 @@ RECORDS = ("devices_used",)
 
 def _reconstruct(args) -> int:
     import jax
-    import numpy as np
 
     import jaxmicro.reconstruction as R
     from jaxmicro import estimate, io, report, sharding
@@ -122,6 +135,7 @@ def _reconstruct(args) -> int:
     exemplar = _exemplar(args)
     grayscale = exemplar.kind == "grayscale"
     image = exemplar.gray if grayscale else exemplar.labels
+    judge_phases = _judge_phases(args) if grayscale else None
     shape = io.parse_shape(args.shape) if args.shape else tuple(image.shape)
     # unset schedule options follow R.IMAGE_SCHEDULE / R.VOLUME_SCHEDULE; the resolved values go into run.json
     options = R.resolve_schedule(image, shape=shape, layers=args.layers, grayscale=grayscale, steps=args.steps,
@@ -177,22 +191,18 @@ def _reconstruct(args) -> int:
         "status": result.status_names, "undecided_fraction": result.undecided_fraction.tolist(),
         "final_loss": result.loss_history[:, -1].tolist(),
     }
-    if grayscale:
-        metrics = {"run": run, "intensity_mean": [float(sample.mean() / 255) for sample in result.labels],
-                   "exemplar_intensity_mean": float(np.mean(image))}
-    else:
-        metrics = report.compare(image, list(result.labels), names=names)
-        for entry, status, undecided in zip(metrics["reconstructions"], run["status"], run["undecided_fraction"]):
-            entry.update(status=status, undecided_fraction=undecided)
-        metrics["run"] = run
-        report.comparison_figure(image, list(result.labels), out / "comparison.png", names=names)
+    # grayscale: uint8 intensities, judged on intensities and on the exemplar's multi-Otsu phases
+    judged = dict(grayscale=True, n_phases=judge_phases) if grayscale else {}
+    metrics = report.compare(image, list(result.labels), names=names, **judged)
+    for entry, status, undecided in zip(metrics["reconstructions"], run["status"], run["undecided_fraction"]):
+        entry.update(status=status, undecided_fraction=undecided)
+    metrics["run"] = run
+    report.comparison_figure(image, list(result.labels), out / "comparison.png", names=names, **judged)
     io.write_json(out / "metrics.json", metrics)
-    if not grayscale:
-        _say(args, report.format_comparison(metrics))
+    _say(args, report.format_comparison(metrics))
     _say(args, f"done in {elapsed:.1f} s: {len(names)} reconstruction(s) "
                f"({', '.join(sorted(set(result.status_names)))}) written to {out}/ "
-               f"({names[0]}{' ...' if len(names) > 1 else ''}, metrics.json"
-               f"{'' if grayscale else ', comparison.png'})")
+               f"({names[0]}{' ...' if len(names) > 1 else ''}, metrics.json, comparison.png)")
     return _finish_process()
 
 
@@ -442,33 +452,38 @@ def _describe(args) -> int:
     from jaxmicro import io, report
 
     image = _read(args.image, args)
-    if image.kind != "labels":
-        raise InputError("describe needs phases: add --phases N to segment the grayscale image")
-    description = report.describe(image.labels, image.n_phases)
+    if image.kind == "grayscale":
+        phases = _judge_phases(args)
+        description = report.describe(image.gray, phases, grayscale=True)
+    else:
+        description = report.describe(image.labels, image.n_phases)
     description["file"], description["mapping"] = str(args.image), image.mapping
     print(report.format_description(description))
     if args.json:
         io.write_json(args.json, description)
     if args.figure:
-        report.describe_figure(image.labels, args.figure)
+        if image.kind == "grayscale":
+            report.describe_figure(image.gray, args.figure, grayscale=True, n_phases=phases)
+        else:
+            report.describe_figure(image.labels, args.figure)
     return 0
 
 
 def _compare(args) -> int:
     from jaxmicro import io, report
 
+    judged = dict(grayscale=True, n_phases=_judge_phases(args)) if args.grayscale else {}
     exemplar = _read(args.exemplar, args)
     recons = [_read(p, args) for p in args.reconstructions]
-    if exemplar.kind != "labels" or any(r.kind != "labels" for r in recons):
-        raise InputError("compare needs phase label images: add --phases N to segment grayscale images")
-    comparison = report.compare(exemplar.labels, [r.labels for r in recons],
-                                names=[str(p) for p in args.reconstructions], max_distance=args.max_distance)
+    images = [r.array for r in recons]
+    comparison = report.compare(exemplar.array, images, names=[str(p) for p in args.reconstructions],
+                                max_distance=args.max_distance, **judged)
     print(report.format_comparison(comparison))
     if args.json:
         io.write_json(args.json, comparison)
     if args.figure:
-        report.comparison_figure(exemplar.labels, [r.labels for r in recons], args.figure,
-                                 names=[Path(p).name for p in args.reconstructions])
+        report.comparison_figure(exemplar.array, images, args.figure, max_distance=args.max_distance,
+                                 names=[Path(p).name for p in args.reconstructions], **judged)
     return 0
 
 
@@ -479,7 +494,7 @@ def _property(args) -> int:
 
     image = _read(args.image, args)
     if image.kind != "labels":
-        raise InputError("property needs phases: add --phases N to segment the grayscale image")
+        raise InputError("property needs phases: segment the grayscale image with --phases N (without --grayscale)")
     if not (args.conductivity or args.young or args.bulk):
         raise InputError("give phase properties: --conductivity K0,K1,... and/or --young E0,E1 --poisson nu0,nu1 "
                          "(or --bulk K0,K1 --shear G0,G1)")

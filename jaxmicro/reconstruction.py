@@ -38,8 +38,8 @@ import numpy as np
 import optax
 
 from jaxmicro import encoding, optimise, statistics, terms as T, vgg
-from jaxmicro.descriptors import Descriptors, exemplar_descriptors, make_describe
 from jaxmicro.cleanup import remove_isolated
+from jaxmicro.descriptors import Descriptors, exemplar_descriptors, make_describe
 from jaxmicro.errors import InputError
 from jaxmicro.initial import INITIAL_FIELDS, field_correlation, gaussian_logits
 from jaxmicro.optimise import OptimisationState, decoded_phases, make_optimizer

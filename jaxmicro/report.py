@@ -17,6 +17,7 @@ Comparison rules (see docs/statistics.md):
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,8 @@ import numpy as np
 from jaxmicro import statistics as st
 from jaxmicro.errors import InputError
 
-__all__ = ["describe", "format_description", "compare", "format_comparison", "comparison_figure", "describe_figure"]
+__all__ = ["describe", "format_description", "compare", "format_comparison", "comparison_figure", "describe_figure",
+           "describe_grayscale", "compare_grayscale", "format_grayscale_description", "format_grayscale_comparison"]
 
 LIKELY_COPY_EXCESS = 0.9
 """``likely_copy`` is set when (agreement - baseline) / (1 - baseline) reaches this (a heuristic)."""
@@ -98,8 +100,9 @@ def _statistics(labels: np.ndarray, n_phases: int, max_distance: int) -> dict:
 # describe
 
 
-def describe(labels, n_phases: int | None = None, *, max_distance: int | None = None) -> dict:
-    """Statistics of one label image as a JSON-ready dict.
+def describe(labels, n_phases: int | None = None, *, max_distance: int | None = None, grayscale: bool = False) -> dict:
+    """Statistics of one label image (or, with ``grayscale=True``, intensity image: see ``describe_grayscale``)
+    as a JSON-ready dict.
 
     Keys: ``shape``, ``ndim``, ``n_phases``, ``volume_fractions`` (n), ``max_distance`` (cut-off, default half
     the smallest side), ``distance`` (0..R), ``s2_per_axis`` (ndim x (R+1) x n), ``s2_radial`` ((R+1) x n),
@@ -109,6 +112,8 @@ def describe(labels, n_phases: int | None = None, *, max_distance: int | None = 
     (n x n), ``specific_surface_total`` (all interfaces, faces per pixel), ``largest_cluster_fraction`` (n, the
     fraction of each phase in its largest face-connected cluster, non-periodic).
     """
+    if grayscale:
+        return describe_grayscale(labels, 2 if n_phases is None else n_phases, max_distance=max_distance)
     array = _labels(labels, "image")
     n = int(n_phases) if n_phases is not None else int(array.max()) + 1
     _check_phases(array, n, "image")
@@ -136,7 +141,9 @@ def describe(labels, n_phases: int | None = None, *, max_distance: int | None = 
 
 
 def format_description(d: dict) -> str:
-    """A readable text table of ``describe``'s dict."""
+    """A readable text table of ``describe``'s dict (of either kind)."""
+    if d.get("kind") == "grayscale":
+        return format_grayscale_description(d)
     shape = " x ".join(map(str, d["shape"]))
     lines = [
         f"image {shape} ({d['ndim']}D), {d['n_phases']} phases, profiles up to {d['max_distance']} px, "
@@ -177,8 +184,10 @@ def _middle_slices(volume: np.ndarray) -> list[np.ndarray]:
     return [np.take(volume, volume.shape[a] // 2, axis=a) for a in range(3)]
 
 
-def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, max_distance: int | None = None) -> dict:
-    """Compare reconstructions with their exemplar.
+def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, max_distance: int | None = None,
+            grayscale: bool = False, n_phases: int | None = None) -> dict:
+    """Compare reconstructions with their exemplar (label images; with ``grayscale=True`` intensity images, see
+    ``compare_grayscale``, ``n_phases`` the phases of its segmentation).
 
     Args:
         exemplar: ``(*spatial)`` label image, 2D or 3D.
@@ -201,17 +210,17 @@ def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, ma
         exemplar), the like-for-like reference, since the fraction falls as the window grows.
 
     Raises:
-        InputError: a 3D exemplar with a 2D reconstruction, a different number of phases, an empty phase,
-            a bad cut-off, or names that do not match the reconstructions.
+        InputError: a 3D exemplar with a 2D reconstruction, a different number of phases (also than
+            ``n_phases``, when given), an empty phase, a bad cut-off, or names that do not match the reconstructions.
     """
+    if grayscale:
+        return compare_grayscale(exemplar, reconstructions, names=names, max_distance=max_distance,
+                                 n_phases=2 if n_phases is None else n_phases)
     ex = _labels(exemplar, "exemplar")
-    recs = _as_list(reconstructions)
-    if not recs:
-        raise InputError("no reconstructions to compare")
-    names = [f"reconstruction_{k}" for k in range(len(recs))] if names is None else [str(n) for n in names]
-    if len(names) != len(recs):
-        raise InputError(f"{len(names)} names for {len(recs)} reconstructions")
+    recs, names = _named(reconstructions, names)
     n = int(ex.max()) + 1
+    if n_phases is not None and int(n_phases) != n:
+        raise InputError(f"the exemplar has {n} phases, not n_phases={n_phases}")
     _check_phases(ex, n, "exemplar")
     arrays = []
     for name, rec in zip(names, recs):
@@ -220,14 +229,32 @@ def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, ma
             raise InputError(f"{name} is 2D but the exemplar is 3D; a 2D image cannot be compared with a 3D exemplar")
         _check_phases(array, n, name)
         arrays.append(array)
-    limit = min(min(a.shape) for a in [ex, *arrays]) // 2
+    return _compare_labels(ex, arrays, names, n, _cut_off(max_distance, [ex, *arrays]))
+
+
+def _named(reconstructions, names) -> tuple[list, list[str]]:
+    recs = _as_list(reconstructions)
+    if not recs:
+        raise InputError("no reconstructions to compare")
+    names = [f"reconstruction_{k}" for k in range(len(recs))] if names is None else [str(n) for n in names]
+    if len(names) != len(recs):
+        raise InputError(f"{len(names)} names for {len(recs)} reconstructions")
+    return recs, names
+
+
+def _cut_off(max_distance, arrays) -> int:
+    """The profiles' cut-off: ``max_distance`` checked, by default half the smallest side of the smallest image."""
+    limit = min(min(a.shape) for a in arrays) // 2
     if max_distance is None:
-        max_distance = limit
-    elif not 0 <= int(max_distance) <= limit:
+        return limit
+    if not 0 <= int(max_distance) <= limit:
         raise InputError(f"max_distance={max_distance} must lie between 0 and {limit} "
                          "(half the smallest side of the smallest image)")
-    max_distance = int(max_distance)
+    return int(max_distance)
 
+
+def _compare_labels(ex: np.ndarray, arrays: list[np.ndarray], names: list[str], n: int, max_distance: int) -> dict:
+    """``compare``'s dict for checked label images (a reconstruction's phase may be empty)."""
     summary = describe(ex, n, max_distance=max_distance)
     ex_fractions = np.asarray(summary["volume_fractions"])
     ex_s2 = np.asarray(summary["s2_per_axis"])
@@ -281,7 +308,10 @@ def _per_phase(values) -> str:
 
 
 def format_comparison(d: dict) -> str:
-    """A text table of ``compare``'s dict: one row per reconstruction, then the largest-cluster fractions."""
+    """A text table of ``compare``'s dict (of either kind): one row per reconstruction, then the largest-cluster
+    fractions."""
+    if d.get("kind") == "grayscale":
+        return format_grayscale_comparison(d)
     ex = d["exemplar"]
     fractions = " / ".join(f"{f:.3f}" for f in ex["volume_fractions"])
     lines = [
@@ -297,20 +327,273 @@ def format_comparison(d: dict) -> str:
             f"{r['file'][:24]:<24} {shape:>13} {r['volume_fraction_error']:>7.4f} {r['s2_max_abs_error']:>7.4f} "
             f"{r['lineal_path_max_abs_error']:>7.4f} {r['copy_agreement']:>6.3f} {r['copy_baseline']:>6.3f}  {note}"
         )
+    lines += _cluster_lines(ex, d["reconstructions"])
     lines.append("")
-    lines.append("largest-cluster fraction of each phase (phases separated by /; face-connected, non-periodic):")
-    lines.append(f"  {'exemplar':<24} {ex['ndim']}D {_per_phase(ex['largest_cluster_fraction'])}")
-    for r in d["reconstructions"]:
+    lines.append("|dVf|, |dS2|, |dL|: largest absolute error of volume fraction, S2 and lineal path over phases, axes "
+                 "and distances; copy: best pixel agreement over shifts/flips/transposes; "
+                 "base: that of independent structures")
+    return "\n".join(lines)
+
+
+def _cluster_lines(ex: dict, reconstructions: list[dict]) -> list[str]:
+    lines = ["", "largest-cluster fraction of each phase (phases separated by /; face-connected, non-periodic):",
+             f"  {'exemplar':<24} {ex['ndim']}D {_per_phase(ex['largest_cluster_fraction'])}"]
+    for r in reconstructions:
         row = f"  {r['file'][:24]:<24} {len(r['shape'])}D {_per_phase(r['largest_cluster_fraction'])}"
         if "largest_cluster_fraction_slices" in r:
             row += "   2D slices, mean per axis: " + "  ".join(
                 f"ax{a} {_per_phase(v)}" for a, v in enumerate(r["largest_cluster_fraction_slices"]))
         row += f"   exemplar at this size: {_per_phase(r['exemplar_largest_cluster_fraction_same_size'])}"
         lines.append(row)
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------------------
+# grayscale
+
+
+def _gray(image, name: str) -> np.ndarray:
+    """A checked float64 intensity image in 0..1 (uint8 / uint16 scaled by their full range)."""
+    array = np.asarray(image)
+    if array.ndim not in (2, 3):
+        raise InputError(f"{name}: a grayscale image must be 2D or 3D, got shape {array.shape}")
+    if min(array.shape) < 2:
+        raise InputError(f"{name}: every side must be at least 2 pixels, got shape {array.shape}")
+    try:
+        array = st._intensity_array(array, name)
+    except InputError as error:
+        raise InputError(f"{name}: {error}") from None
+    if array.min() == array.max():
+        raise InputError(f"{name} holds a single intensity ({array.flat[0]:g}): it has no texture to describe")
+    return array
+
+
+def _segmentation(thresholds: np.ndarray) -> dict:
+    return {"method": f"multi-level Otsu on a {st.HISTOGRAM_BINS}-bin histogram of the exemplar's intensities "
+                      "(0..1), the same thresholds applied to every image",
+            "n_phases": len(thresholds) + 1, "order": "dark to bright", "thresholds": thresholds.tolist()}
+
+
+def _intensity_summary(gray: np.ndarray, max_distance: int) -> dict:
+    profiles = st.autocovariance_profiles(gray, max_distance=max_distance)
+    per_axis = np.asarray(profiles.per_axis, np.float64)
+    radial = np.asarray(profiles.radial, np.float64)
+    return {
+        "intensity_mean": float(gray.mean()),
+        "intensity_std": float(gray.std()),
+        "intensity_range": [float(gray.min()), float(gray.max())],
+        "autocovariance_per_axis": per_axis.tolist(),
+        "autocovariance_radial": radial.tolist(),
+        "correlation_length_per_axis": [st.correlation_length(p) for p in per_axis],
+        "correlation_length": st.correlation_length(radial),
+    }
+
+
+def _describe_intensities(gray: np.ndarray, thresholds: np.ndarray, max_distance: int, phases: dict) -> dict:
+    histogram = st.intensity_histogram(gray)
+    return {
+        "kind": "grayscale",
+        "shape": list(gray.shape),
+        "ndim": gray.ndim,
+        **_intensity_summary(gray, max_distance),
+        "histogram_bins": st.HISTOGRAM_BINS,
+        "intensity_bin_centres": ((np.arange(histogram.size) + 0.5) / histogram.size).tolist(),
+        "intensity_histogram": histogram.tolist(),
+        "max_distance": max_distance,
+        "distance": list(range(max_distance + 1)),
+        "segmentation": _segmentation(thresholds),
+        "phases": phases,
+    }
+
+
+def describe_grayscale(gray, n_phases: int = 2, *, max_distance: int | None = None) -> dict:
+    """Statistics of one intensity image as a JSON-ready dict.
+
+    ``gray``: intensities in 0..1 (uint8 / uint16 are divided by 255 / 65535), 2D or 3D. Keys: ``kind``
+    (``"grayscale"``), ``shape``, ``ndim``, ``intensity_mean``, ``intensity_std``, ``intensity_range``,
+    ``autocovariance_per_axis`` (ndim x (R+1), normalised: 1 at r = 0), ``autocovariance_radial`` (R+1),
+    ``correlation_length_per_axis`` / ``correlation_length`` (px where it falls to 1/e; null if it does not),
+    ``histogram_bins``, ``intensity_bin_centres`` and ``intensity_histogram`` (fractions of pixels),
+    ``max_distance``, ``distance``, ``segmentation`` (``method``, ``n_phases``, ``order``, ``thresholds``: the
+    multi-Otsu cuts in 0..1) and ``phases``: ``describe`` of the segmented labels.
+    """
+    array = _gray(gray, "image")
+    max_distance = st._check_max_distance(max_distance, array.shape)
+    thresholds = st.otsu_thresholds(array, n_phases)
+    labels = st.segment_intensities(array, thresholds)
+    return _describe_intensities(array, thresholds, max_distance, describe(labels, len(thresholds) + 1,
+                                                                           max_distance=max_distance))
+
+
+def _crop_corners(shape, crop) -> list[tuple[int, ...]]:
+    """The distinct corners of the windows of ``crop`` shape at the corners of an image of ``shape``."""
+    return sorted(set(itertools.product(*[(0, s - c) for s, c in zip(shape, crop)])))
+
+
+def _crop_reference(ex: np.ndarray, crop: tuple[int, ...], ex_covariance: np.ndarray, max_distance: int) -> dict:
+    """The intensity measures of the exemplar's corner windows of a reconstruction's size against the whole
+    exemplar: what an honest sample of the same size scores."""
+    corners = _crop_corners(ex.shape, crop)
+    distances, errors = [], []
+    for corner in corners:
+        window = ex[tuple(slice(c, c + s) for c, s in zip(corner, crop))]
+        distances.append(st.intensity_wasserstein_distance(window, ex))
+        covariance = np.asarray(st.autocovariance_profiles(window, max_distance=max_distance).per_axis)
+        errors.append(float(np.abs(covariance - ex_covariance).max()))
+    return {"shape": list(crop), "corners": [list(c) for c in corners],
+            "intensity_histogram_distance": distances, "autocovariance_max_abs_error": errors}
+
+
+def compare_grayscale(exemplar, reconstructions, *, names: Sequence[str] | None = None,
+                      max_distance: int | None = None, n_phases: int = 2) -> dict:
+    """Compare intensity reconstructions with their intensity exemplar.
+
+    The exemplar is segmented into ``n_phases`` phases by multi-level Otsu thresholds and the same thresholds cut
+    every reconstruction, so the phase statistics compare like with like (a reconstruction's phase may come out
+    empty). Rules as for ``compare`` (cut-off, axes, 3D reconstructions of a 2D exemplar, middle slices for the
+    copy check).
+
+    Args:
+        exemplar: ``(*spatial)`` intensities in 0..1 (uint8 / uint16 scaled), 2D or 3D.
+        reconstructions: an intensity image or a sequence of them (e.g. ``ReconstructionResult.labels``, uint8).
+        names, max_distance: as for ``compare``.
+        n_phases: phases of the segmentation (2..16).
+
+    Returns:
+        JSON-ready dict: ``kind`` (``"grayscale"``), ``exemplar`` (``describe_grayscale``), ``max_distance``,
+        ``segmentation``, ``baseline`` (``sum_i f_i^2`` of the segmented exemplar) and ``reconstructions``, one
+        dict each: ``file``, ``shape``, ``intensity_mean``, ``intensity_std``, ``intensity_range``,
+        ``intensity_mean_error``, ``intensity_std_error`` (signed), ``intensity_histogram_distance`` (Wasserstein-1
+        to the exemplar's intensities, in 0..1 units), ``autocovariance_per_axis`` / ``_radial``,
+        ``correlation_length``, ``autocovariance_max_abs_error`` (over axes and distances 0..R; the counterpart
+        of the S2 error) with ``..._per_axis``, ``copy_correlation`` (best normalised correlation over shifts
+        and symmetries), ``copy_baseline`` (``copy_correlation_baseline``), ``copy_excess``, ``likely_copy``,
+        ``exemplar_crops`` (for a smaller image of the exemplar's dimension: the histogram distance and
+        autocovariance error of the exemplar's corner windows of this size against the whole exemplar; else
+        null), and ``phases``: ``compare``'s entry for the segmented images.
+
+    Raises:
+        InputError: values outside 0..1, a constant image, a 3D exemplar with a 2D reconstruction, a bad
+            cut-off, names that do not match, or an exemplar with fewer intensity levels than ``n_phases``.
+    """
+    ex = _gray(exemplar, "exemplar")
+    recs, names = _named(reconstructions, names)
+    arrays = []
+    for name, rec in zip(names, recs):
+        array = _gray(rec, name)
+        if array.ndim < ex.ndim:
+            raise InputError(f"{name} is 2D but the exemplar is 3D; a 2D image cannot be compared with a 3D exemplar")
+        arrays.append(array)
+    max_distance = _cut_off(max_distance, [ex, *arrays])
+    thresholds = st.otsu_thresholds(ex, n_phases)
+    n = len(thresholds) + 1
+    phases = _compare_labels(st.segment_intensities(ex, thresholds),
+                             [st.segment_intensities(a, thresholds) for a in arrays], names, n, max_distance)
+    summary = _describe_intensities(ex, thresholds, max_distance, phases["exemplar"])
+    ex_covariance = np.asarray(summary["autocovariance_per_axis"])
+    crops: dict[tuple[int, ...], dict] = {}
+    results = []
+    for name, array, phase_entry in zip(names, arrays, phases["reconstructions"]):
+        own = _intensity_summary(array, max_distance)
+        if array.ndim == ex.ndim:
+            target = ex_covariance
+            copy = float(st.copy_correlation(ex, array))
+            baseline = st.copy_correlation_baseline(ex, array)
+        else:  # 3D reconstruction of a 2D exemplar: every axis against the exemplar's in-plane mean
+            target = np.repeat(ex_covariance.mean(0, keepdims=True), 3, axis=0)
+            pieces = _middle_slices(array)
+            copy = max(float(st.copy_correlation(ex, piece)) for piece in pieces)
+            baseline = max(st.copy_correlation_baseline(ex, piece) for piece in pieces)
+        error = np.abs(np.asarray(own["autocovariance_per_axis"]) - target).max(axis=1)
+        excess = (copy - baseline) / max(1.0 - baseline, 1e-12)
+        fits = array.ndim == ex.ndim and array.shape != ex.shape and all(
+            r <= e for r, e in zip(array.shape, ex.shape))
+        if fits and array.shape not in crops:
+            crops[array.shape] = _crop_reference(ex, array.shape, ex_covariance, max_distance)
+        results.append({
+            "file": name,
+            "shape": list(array.shape),
+            **own,
+            "intensity_mean_error": own["intensity_mean"] - summary["intensity_mean"],
+            "intensity_std_error": own["intensity_std"] - summary["intensity_std"],
+            "intensity_histogram_distance": st.intensity_wasserstein_distance(array, ex),
+            "autocovariance_max_abs_error": float(error.max()),
+            "autocovariance_max_abs_error_per_axis": error.tolist(),
+            "copy_correlation": copy,
+            "copy_baseline": baseline,
+            "copy_excess": float(excess),
+            "likely_copy": bool(excess >= LIKELY_COPY_EXCESS),
+            "exemplar_crops": crops.get(array.shape) if fits else None,
+            "phases": {k: v for k, v in phase_entry.items() if k not in ("file", "shape")},
+        })
+    return {"kind": "grayscale", "exemplar": summary, "max_distance": max_distance,
+            "segmentation": summary["segmentation"], "baseline": phases["baseline"], "reconstructions": results}
+
+
+def _number(value, spec: str) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else format(value, spec)
+
+
+def format_grayscale_description(d: dict) -> str:
+    """A readable text table of ``describe_grayscale``'s dict."""
+    shape = " x ".join(map(str, d["shape"]))
+    thresholds = ", ".join(f"{t:.3f}" for t in d["segmentation"]["thresholds"])
+    lengths = "  ".join(f"ax{a} {_number(v, '.2f')}" for a, v in enumerate(d["correlation_length_per_axis"]))
+    quarter = d["max_distance"] // 4
+    lines = [
+        f"grayscale image {shape} ({d['ndim']}D): intensity mean {d['intensity_mean']:.4f}, std "
+        f"{d['intensity_std']:.4f}, range {d['intensity_range'][0]:.3f}..{d['intensity_range'][1]:.3f}",
+        f"normalised autocovariance: correlation length (1/e) {_number(d['correlation_length'], '.2f')} px radial, "
+        f"{lengths}; at r = {quarter} px: "
+        + "  ".join(f"ax{a} {p[quarter]:.4f}" for a, p in enumerate(d["autocovariance_per_axis"])),
+        f"segmented into {d['segmentation']['n_phases']} phases (multi-Otsu, dark to bright) at {thresholds}:",
+        "",
+        format_description(d["phases"]),
+    ]
+    return "\n".join(lines)
+
+
+def format_grayscale_comparison(d: dict) -> str:
+    """A text table of ``compare_grayscale``'s dict: intensity measures, the segmented phases' measures, the
+    exemplar's own corner windows for scale, then the largest-cluster fractions."""
+    ex = d["exemplar"]
+    phases = ex["phases"]
+    thresholds = ", ".join(f"{t:.3f}" for t in d["segmentation"]["thresholds"])
+    lines = [
+        f"grayscale exemplar {' x '.join(map(str, ex['shape']))}: intensity mean {ex['intensity_mean']:.4f}, std "
+        f"{ex['intensity_std']:.4f}, correlation length {_number(ex['correlation_length'], '.2f')} px; "
+        f"profiles compared up to {d['max_distance']} px",
+        f"segmented at {thresholds} (multi-Otsu of the exemplar) into {phases['n_phases']} phases, fractions "
+        + " / ".join(f"{f:.3f}" for f in phases["volume_fractions"]),
+        "",
+        f"{'file':<24} {'shape':>11} {'|dHist|':>8} {'|dC|':>7} {'copy r':>7} {'base':>6}  "
+        f"{'|dVf|':>7} {'|dS2|':>7} {'|dL|':>7}  note",
+    ]
+    for r in d["reconstructions"]:
+        p = r["phases"]
+        note = "LIKELY A COPY of the exemplar" if r["likely_copy"] else ""
+        lines.append(
+            f"{r['file'][:24]:<24} {'x'.join(map(str, r['shape'])):>11} {r['intensity_histogram_distance']:>8.4f} "
+            f"{r['autocovariance_max_abs_error']:>7.4f} {r['copy_correlation']:>7.3f} {r['copy_baseline']:>6.3f}  "
+            f"{p['volume_fraction_error']:>7.4f} {p['s2_max_abs_error']:>7.4f} {p['lineal_path_max_abs_error']:>7.4f}"
+            f"  {note}")
+    seen = set()
+    for r in d["reconstructions"]:
+        crops = r["exemplar_crops"]
+        if crops and tuple(crops["shape"]) not in seen:
+            seen.add(tuple(crops["shape"]))
+            lines.append(
+                f"{'exemplar corner windows':<24} {'x'.join(map(str, crops['shape'])):>11} "
+                f"{min(crops['intensity_histogram_distance']):.4f}-{max(crops['intensity_histogram_distance']):.4f}"
+                f" {min(crops['autocovariance_max_abs_error']):.4f}-{max(crops['autocovariance_max_abs_error']):.4f}"
+                f"   ({len(crops['corners'])} windows against the whole exemplar, for scale)")
+    lines += _cluster_lines(phases, [{"file": r["file"], "shape": r["shape"], **r["phases"]}
+                                     for r in d["reconstructions"]])
     lines.append("")
-    lines.append("|dVf|, |dS2|, |dL|: largest absolute error of volume fraction, S2 and lineal path over phases, axes "
-                 "and distances; copy: best pixel agreement over shifts/flips/transposes; "
-                 "base: that of independent structures")
+    lines.append("|dHist|: Wasserstein-1 distance of the intensity distributions (0..1 units); |dC|: largest absolute "
+                 "error of the normalised intensity autocovariance over axes and distances; copy r: best normalised "
+                 "correlation over shifts/flips/transposes; base: that of an independent field with the same "
+                 "autocovariance; |dVf|, |dS2|, |dL|: the segmented phases' volume fraction, S2 and lineal path errors")
     return "\n".join(lines)
 
 
@@ -336,9 +619,13 @@ def _new_figure(width: float, height: float):
     return figure
 
 
-def _show_image(ax, labels: np.ndarray, n_phases: int, title: str) -> None:
+def _show_image(ax, labels: np.ndarray, n_phases: int | None, title: str) -> None:
+    """A label image (viridis, one colour per phase) or, with ``n_phases=None``, intensities (gray, 0..1)."""
     image = labels if labels.ndim == 2 else labels[labels.shape[0] // 2]
-    ax.imshow(image, cmap="viridis", vmin=0, vmax=max(n_phases - 1, 1), interpolation="nearest")
+    if n_phases is None:
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(image, cmap="viridis", vmin=0, vmax=max(n_phases - 1, 1), interpolation="nearest")
     ax.set_title(title + (" (middle slice)" if labels.ndim == 3 else ""), fontsize=9)
     ax.set_axis_off()
 
@@ -351,18 +638,21 @@ def _chord_probability(counts: np.ndarray, max_distance: int) -> np.ndarray:
     return clipped / np.maximum(clipped.sum(-1, keepdims=True), 1)
 
 
-def _band_panel(ax, title: str, reference: np.ndarray, values: list[np.ndarray], label: str = "exemplar") -> None:
-    """The exemplar's ``(n, R + 1)`` profile of each phase against the reconstructions' (mean, min-max band)."""
-    distance = np.arange(reference.shape[-1])
+def _band_panel(ax, title: str, reference: np.ndarray, values: list[np.ndarray], label: str = "exemplar", *,
+                x: np.ndarray | None = None, xlabel: str = "distance (pixels)", series: str = "phase {i}") -> None:
+    """The exemplar's ``(n, R + 1)`` profile of each phase (``series``) against the reconstructions' (mean,
+    min-max band)."""
+    distance = np.arange(reference.shape[-1]) if x is None else x
     for i in range(reference.shape[0]):
-        ax.plot(distance, reference[i], color=f"C{i}", lw=2, label=f"{label} phase {i}")
+        name = series.format(i=i)
+        ax.plot(distance, reference[i], color=f"C{i}", lw=2, label=f"{label} {name}".strip())
         if values:
             stacked = np.stack([v[i] for v in values])
             ax.plot(distance, stacked.mean(0), color=f"C{i}", ls="--", lw=1.2,
-                    label=f"reconstructions phase {i} (mean, min-max)")
+                    label=f"reconstructions {name} (mean, min-max)".replace("  ", " "))
             ax.fill_between(distance, stacked.min(0), stacked.max(0), color=f"C{i}", alpha=0.2, lw=0)
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel("distance (pixels)")
+    ax.set_xlabel(xlabel)
 
 
 _PROFILES = {
@@ -381,7 +671,7 @@ def _profile_panels(axes, ex_stats: dict, rec_stats: list[dict], max_distance: i
 
 
 def comparison_figure(exemplar, reconstructions, path, *, names: Sequence[str] | None = None,
-                      max_distance: int | None = None) -> Path:
+                      max_distance: int | None = None, grayscale: bool = False, n_phases: int | None = None) -> Path:
     """Write a PNG comparing reconstructions with their exemplar. Written atomically; returns the path.
 
     2D reconstructions: the exemplar (middle slice for 3D) and up to 4 reconstructions, then S2, lineal path and
@@ -389,7 +679,14 @@ def comparison_figure(exemplar, reconstructions, path, *, names: Sequence[str] |
     With 3D reconstructions: the exemplar and the three orthogonal middle slices of the first volume; S2 along
     each axis of the volumes against the exemplar's (its in-plane mean for a 2D exemplar, the same axis for a
     3D one); then lineal path and chord-length distributions as for 2D. Same validation and cut-off as ``compare``.
+
+    ``grayscale=True``: intensity images in the same layout, the panels being the intensity histogram (with the
+    exemplar's multi-Otsu thresholds into ``n_phases``, default 2), the normalised autocovariance (per axis for
+    volumes) and S2 of the segmented phases.
     """
+    if grayscale:
+        return _grayscale_comparison_figure(exemplar, reconstructions, path, names, max_distance,
+                                            2 if n_phases is None else n_phases)
     ex = _labels(exemplar, "exemplar")
     recs = [_labels(r, f"reconstruction {k}") for k, r in enumerate(_as_list(reconstructions))]
     names = [f"reconstruction_{k}" for k in range(len(recs))] if names is None else list(names)
@@ -438,9 +735,14 @@ def comparison_figure(exemplar, reconstructions, path, *, names: Sequence[str] |
     return _save_atomically(figure, path)
 
 
-def describe_figure(labels, path, *, max_distance: int | None = None) -> Path:
+def describe_figure(labels, path, *, max_distance: int | None = None, grayscale: bool = False,
+                    n_phases: int | None = None) -> Path:
     """Write a PNG of one label image (middle slice for 3D) with its S2 and lineal path per axis and its
-    chord-length probability. Written atomically; returns the path."""
+    chord-length probability; with ``grayscale=True`` of one intensity image with its histogram (and multi-Otsu
+    thresholds into ``n_phases``, default 2), normalised autocovariance per axis and radial, and the S2 of the
+    segmented phases. Written atomically; returns the path."""
+    if grayscale:
+        return _grayscale_describe_figure(labels, path, max_distance, 2 if n_phases is None else n_phases)
     array = _labels(labels, "image")
     n = int(array.max()) + 1
     _check_phases(array, n, "image")
@@ -460,6 +762,115 @@ def describe_figure(labels, path, *, max_distance: int | None = None) -> Path:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("distance (pixels)")
     axes[1].legend(fontsize=7)
+    return _save_atomically(figure, path)
+
+
+FIGURE_BINS = 64
+"""Intensity bins of the histogram panels (coarser than the 256 of the statistics, so that 128x128 images are
+not drawn as noise)."""
+
+
+def _gray_figure_statistics(gray: np.ndarray, thresholds: np.ndarray, max_distance: int) -> dict:
+    labels = st.segment_intensities(gray, thresholds)
+    profiles = st.two_point_profiles(labels, max_distance=max_distance, n_phases=len(thresholds) + 1)
+    histogram = np.bincount(st._intensity_bins(gray, FIGURE_BINS).ravel(), minlength=FIGURE_BINS) / gray.size
+    return {"histogram": histogram[None] * FIGURE_BINS,  # a probability density on 0..1
+            "autocovariance": np.asarray(st.autocovariance_profiles(gray, max_distance=max_distance).per_axis),
+            "s2": np.asarray(profiles.per_axis, np.float64)}
+
+
+def _gray_panels(axes, ex_stats: dict, rec_stats: list[dict], thresholds: np.ndarray, kinds: Sequence[str]) -> None:
+    """The bottom panels of a grayscale figure: intensity histogram, autocovariance (mean over axes), S2 of the
+    segmented phases (mean over axes)."""
+    for ax, kind in zip(axes, kinds):
+        if kind == "histogram":
+            centres = (np.arange(FIGURE_BINS) + 0.5) / FIGURE_BINS
+            _band_panel(ax, "intensity histogram (dotted: thresholds)", ex_stats["histogram"],
+                        [s["histogram"] for s in rec_stats], x=centres, xlabel="intensity", series="")
+            for threshold in thresholds:
+                ax.axvline(threshold, color="0.4", ls=":", lw=1)
+            ax.set_yscale("log", nonpositive="mask")  # micrographs: peaks orders of magnitude above the tails
+            ax.set_ylabel("probability density (log)")
+        elif kind == "autocovariance":
+            _band_panel(ax, "intensity autocovariance (mean over axes)",
+                        ex_stats["autocovariance"].mean(0)[None],
+                        [s["autocovariance"].mean(0)[None] for s in rec_stats], series="")
+            ax.axhline(0, color="0.6", lw=0.8)
+        else:
+            _band_panel(ax, "S2 of segmented phases (mean over axes)", ex_stats["s2"].mean(0).T,
+                        [s["s2"].mean(0).T for s in rec_stats])
+        ax.legend(fontsize=7)
+
+
+def _grayscale_comparison_figure(exemplar, reconstructions, path, names, max_distance, n_phases: int) -> Path:
+    ex = _gray(exemplar, "exemplar")
+    recs, names = _named(reconstructions, names)
+    recs = [_gray(r, name) for r, name in zip(recs, names)]
+    for name, r in zip(names, recs):
+        if r.ndim < ex.ndim:
+            raise InputError(f"{name} is 2D but the exemplar is 3D")
+    max_distance = _cut_off(max_distance, [ex, *recs])
+    thresholds = st.otsu_thresholds(ex, n_phases)
+    ex_stats = _gray_figure_statistics(ex, thresholds, max_distance)
+    rec_stats = [_gray_figure_statistics(r, thresholds, max_distance) for r in recs]
+    volumes = [k for k, r in enumerate(recs) if r.ndim == 3]
+    if not volumes:
+        shown = recs[:4]
+        columns = max(1 + len(shown), 3)
+        figure = _new_figure(3.2 * columns, 6.4)
+        grid = figure.add_gridspec(2, columns)
+        _show_image(figure.add_subplot(grid[0, 0]), ex, None, "exemplar")
+        for k, r in enumerate(shown):
+            _show_image(figure.add_subplot(grid[0, k + 1]), r, None, str(names[k]))
+        edges = np.linspace(0, columns, 4).round().astype(int)
+        axes = [figure.add_subplot(grid[1, edges[k] : edges[k + 1]]) for k in range(3)]
+        _gray_panels(axes, ex_stats, rec_stats, thresholds, ("histogram", "autocovariance", "s2"))
+        return _save_atomically(figure, path)
+
+    figure = _new_figure(12.8, 9.6)
+    grid = figure.add_gridspec(3, 12)
+    _show_image(figure.add_subplot(grid[0, 0:3]), ex, None, "exemplar")
+    first = recs[volumes[0]]
+    for a in range(3):
+        piece = np.take(first, first.shape[a] // 2, axis=a)
+        _show_image(figure.add_subplot(grid[0, 3 * a + 3 : 3 * a + 6]), piece, None,
+                    f"{names[volumes[0]]}\nmiddle slice normal to axis {a}")
+    for a in range(3):
+        own = ex_stats["autocovariance"]
+        reference = own.mean(0) if ex.ndim == 2 else own[a]
+        ax = figure.add_subplot(grid[1, 4 * a : 4 * a + 4])
+        _band_panel(ax, f"intensity autocovariance along axis {a} (3D reconstructions)", reference[None],
+                    [rec_stats[k]["autocovariance"][a][None] for k in volumes],
+                    "exemplar (in-plane mean)" if ex.ndim == 2 else "exemplar", series="")
+        if a == 0:
+            ax.legend(fontsize=7)
+    axes = [figure.add_subplot(grid[2, 0:6]), figure.add_subplot(grid[2, 6:12])]
+    _gray_panels(axes, ex_stats, rec_stats, thresholds, ("histogram", "s2"))
+    return _save_atomically(figure, path)
+
+
+def _grayscale_describe_figure(gray, path, max_distance, n_phases: int) -> Path:
+    array = _gray(gray, "image")
+    max_distance = st._check_max_distance(max_distance, array.shape)
+    thresholds = st.otsu_thresholds(array, n_phases)
+    s = _gray_figure_statistics(array, thresholds, max_distance)
+    radial = np.asarray(st.autocovariance_profiles(array, max_distance=max_distance).radial)
+    figure = _new_figure(14, 3.4)
+    axes = figure.subplots(1, 4)
+    _show_image(axes[0], array, None, "image")
+    _gray_panels(axes[1:2], s, [], thresholds, ("histogram",))
+    distance = np.arange(max_distance + 1)
+    styles = ["-", "--", ":"]
+    for a in range(array.ndim):
+        axes[2].plot(distance, s["autocovariance"][a], color="C0", ls=styles[a], label=f"axis {a}")
+        for i in range(len(thresholds) + 1):
+            axes[3].plot(distance, s["s2"][a, :, i], color=f"C{i}", ls=styles[a], label=f"phase {i}, axis {a}")
+    axes[2].plot(distance, radial, color="C1", lw=1.5, label="radial")
+    axes[2].axhline(0, color="0.6", lw=0.8)
+    for ax, title in zip(axes[2:], ["normalised intensity autocovariance", "S2 of the segmented phases"]):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("distance (pixels)")
+        ax.legend(fontsize=7)
     return _save_atomically(figure, path)
 
 

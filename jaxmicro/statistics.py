@@ -1,5 +1,7 @@
 """Microstructure statistics on periodic grids: volume fractions, two-point correlations, lineal path,
-chord lengths, specific surface and the copy check; and the (non-periodic) largest-cluster fraction.
+chord lengths, specific surface and the copy check; and the (non-periodic) largest-cluster fraction. For
+grayscale images: the intensity histogram and its Wasserstein-1 distance, the normalised intensity
+autocovariance, multi-Otsu segmentation and the copy check on intensities.
 
 Conventions (see docs/statistics.md):
 
@@ -51,6 +53,18 @@ __all__ = [
     "largest_cluster_fraction_tiles",
     "copy_agreement",
     "copy_baseline",
+    "HISTOGRAM_BINS",
+    "AutocovarianceProfiles",
+    "intensity_histogram",
+    "intensity_wasserstein_distance",
+    "intensity_autocovariance",
+    "autocovariance_profiles",
+    "correlation_length",
+    "otsu_thresholds",
+    "segment_intensities",
+    "copy_correlation",
+    "copy_correlation_baseline",
+    "phase_randomised_surrogate",
 ]
 
 
@@ -567,3 +581,258 @@ def copy_baseline(fractions_a, fractions_b=None):
     fa = jnp.asarray(fractions_a)
     fb = fa if fractions_b is None else jnp.asarray(fractions_b)
     return jnp.sum(fa * fb)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# grayscale: intensity distribution, autocovariance, multi-Otsu segmentation, intensity copy check
+
+HISTOGRAM_BINS = 256
+"""Equal bins on ``[0, 1]`` of the intensity histogram and of the multi-Otsu segmentation (one per 8-bit level)."""
+
+
+def _intensity_array(gray, name: str = "gray") -> np.ndarray:
+    """A concrete float64 numpy intensity image in ``0..1``, checked."""
+    array = np.asarray(gray)
+    if array.dtype == np.uint8 or array.dtype == np.uint16:
+        return array.astype(np.float64) / np.iinfo(array.dtype).max
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"{name} must hold intensities (floats in 0..1, or uint8 / uint16), got dtype {array.dtype}")
+    if array.ndim < 1 or array.size == 0:
+        raise InputError(f"{name} must be an image, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"{name} holds NaN or infinite intensities")
+    if array.min() < 0 or array.max() > 1:
+        raise InputError(f"{name} holds intensities outside 0..1 ({array.min():g}..{array.max():g}); "
+                         "scale them first (jaxmicro.io.read_microstructure(..., mode='grayscale') does)")
+    return array.astype(np.float64)
+
+
+def _intensity_bins(gray: np.ndarray, bins: int) -> np.ndarray:
+    """Bin index ``floor(g * bins)`` (the top edge 1.0 in the last bin) of every pixel; float64 arithmetic."""
+    return np.clip(np.floor(gray * bins), 0, bins - 1).astype(np.intp)
+
+
+def intensity_histogram(gray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """Intensity histogram: the fraction of pixels in each of ``bins`` equal bins on ``[0, 1]``.
+
+    Bin ``k`` holds ``k / bins <= g < (k + 1) / bins`` (1.0 in the last bin); with the default 256 bins every
+    8-bit level ``v / 255`` has a bin of its own. ``gray``: intensities in ``0..1`` (or uint8 / uint16, scaled
+    by their full range). Returns ``(bins,)`` float64 summing to 1. numpy.
+    """
+    array = _intensity_array(gray)
+    return np.bincount(_intensity_bins(array, int(bins)).ravel(), minlength=int(bins)) / array.size
+
+
+def intensity_wasserstein_distance(a, b) -> float:
+    """Wasserstein-1 (earth mover's) distance between the intensity distributions of two images.
+
+    ``W1 = integral |F_a(g) - F_b(g)| dg`` over the empirical cumulative distributions of the pixel values, in
+    intensity units (0..1): the mean distance each pixel's intensity must move to turn one histogram into the
+    other (a uniform offset ``d`` gives ``d``). Exact on the values (for 8-bit images the same as between their
+    256-level histograms); images of any sizes and dimensions; 0 for any rearrangement of the same pixels.
+    """
+    values_a = np.sort(_intensity_array(a, "a").ravel())
+    values_b = np.sort(_intensity_array(b, "b").ravel())
+    grid = np.concatenate([values_a, values_b])
+    grid.sort(kind="mergesort")
+    cdf_a = np.searchsorted(values_a, grid[:-1], side="right") / values_a.size
+    cdf_b = np.searchsorted(values_b, grid[:-1], side="right") / values_b.size
+    return float(np.sum(np.abs(cdf_a - cdf_b) * np.diff(grid)))
+
+
+def intensity_autocovariance(gray):
+    """Normalised periodic autocovariance of the intensity, by FFT.
+
+    ``C(r) = mean_x (g(x) - m)(g(x + r) - m) / var``, with the image's mean ``m`` and variance ``var``, so
+    ``C(0) = 1`` and ``C -> 0`` beyond the correlation length (the grayscale counterpart of the normalised S2,
+    ``(S2 - f^2) / (f - f^2)``). A constant image has no variance: NaN.
+
+    Args:
+        gray: ``(*spatial)`` intensities (2D or 3D).
+
+    Returns:
+        ``(*spatial)``, origin at index 0 as for ``two_point_correlation``. float32 (float64 for float64 input).
+        Differentiable, ``jit``/``vmap``-able.
+    """
+    x = jnp.asarray(gray)
+    return _autocovariance(x.astype(_float_dtype(x)))
+
+
+@jax.jit
+def _autocovariance(x):
+    centred = x - jnp.mean(x)
+    spectrum = jnp.fft.rfftn(centred)
+    covariance = jnp.fft.irfftn(spectrum.real**2 + spectrum.imag**2, s=x.shape) / x.size
+    return (covariance / covariance.reshape(-1)[0]).astype(x.dtype)
+
+
+class AutocovarianceProfiles(NamedTuple):
+    """Normalised intensity autocovariance profiles up to a cut-off ``R`` (a pytree).
+
+    Attributes:
+        distance: ``(R + 1,)`` distances 0..R in pixels.
+        per_axis: ``(ndim, R + 1)``: ``C`` at a shift of ``r`` pixels along axis ``a``.
+        radial: ``(R + 1,)``: ``C`` averaged over the shell ``round(|r|) = r`` of the shortest periodic shift.
+    """
+
+    distance: jax.Array
+    per_axis: jax.Array
+    radial: jax.Array
+
+
+def autocovariance_profiles(gray, *, max_distance: int | None = None) -> AutocovarianceProfiles:
+    """``intensity_autocovariance`` along each axis and radially averaged, up to a cut-off (default and largest:
+    half the smallest side), as ``two_point_profiles`` does for S2."""
+    x = jnp.asarray(gray)
+    return _autocovariance_profiles(x.astype(_float_dtype(x)), _check_max_distance(max_distance, x.shape))
+
+
+@partial(jax.jit, static_argnames=("max_distance",))
+def _autocovariance_profiles(x, max_distance: int) -> AutocovarianceProfiles:
+    covariance = _autocovariance(x)
+    spatial = covariance.shape
+    per_axis = []
+    for axis in range(len(spatial)):
+        index = [0] * len(spatial)
+        index[axis] = slice(0, max_distance + 1)
+        per_axis.append(covariance[tuple(index)])
+    return AutocovarianceProfiles(
+        distance=jnp.arange(max_distance + 1, dtype=covariance.dtype),
+        per_axis=jnp.stack(per_axis),
+        radial=_radial_average(covariance[..., None], max_distance)[:, 0],
+    )
+
+
+def correlation_length(profile, distance=None) -> float:
+    """The distance (pixels) at which a normalised autocovariance profile first falls to ``1/e``, linearly
+    interpolated between samples; NaN when it stays above ``1/e`` up to the cut-off."""
+    profile = np.asarray(profile, np.float64)
+    distance = np.arange(profile.size, dtype=np.float64) if distance is None else np.asarray(distance, np.float64)
+    below = np.flatnonzero(profile <= np.exp(-1.0))
+    if below.size == 0:
+        return float("nan")
+    k = int(below[0])
+    if k == 0:
+        return 0.0
+    y0, y1 = profile[k - 1], profile[k]
+    return float(distance[k - 1] + (y0 - np.exp(-1.0)) / (y0 - y1) * (distance[k] - distance[k - 1]))
+
+
+def otsu_thresholds(gray, n_phases: int, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """Multi-level Otsu thresholds of an intensity image: the ``n_phases - 1`` cuts of its ``bins``-bin histogram
+    on ``[0, 1]`` that maximise the between-class variance (exact dynamic programme,
+    ``jaxmicro.io.multi_otsu_thresholds``).
+
+    Returns ``(n_phases - 1,)`` increasing float64 thresholds, each a bin edge ``b / bins``: ``segment_intensities``
+    puts a pixel whose bin starts at or above threshold ``k`` in phase ``k + 1`` or brighter. Any edge in the empty
+    bins between two classes splits the image alike; the one halfway across them is taken, so that images cut at
+    another image's thresholds are split in the middle of its gaps. Raises InputError for fewer than 2 phases or
+    fewer occupied bins than phases.
+    """
+    from jaxmicro.io import MAX_PHASES, multi_otsu_thresholds
+
+    array = _intensity_array(gray)
+    if isinstance(n_phases, bool) or not isinstance(n_phases, (int, np.integer)) or not 2 <= n_phases <= MAX_PHASES:
+        raise InputError(f"the number of phases to segment into must be a whole number from 2 to {MAX_PHASES}, "
+                         f"not {n_phases!r}; e.g. --phases 3")
+    histogram = np.bincount(_intensity_bins(array, int(bins)).ravel(), minlength=int(bins))
+    occupied = np.count_nonzero(histogram)
+    if occupied < n_phases:
+        raise InputError(f"the image has only {occupied} distinct intensity levels (in {bins} bins), too few to "
+                         f"segment into {n_phases} phases; ask for at most {occupied}")
+    occupied = np.flatnonzero(histogram)
+    edges = [(occupied[occupied < b].max() + 1 + occupied[occupied >= b].min()) // 2
+             for b in multi_otsu_thresholds(histogram, int(n_phases))]
+    return np.asarray(edges, np.float64) / bins
+
+
+def segment_intensities(gray, thresholds, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """Phase labels ``0..len(thresholds)`` (dark to bright) of an intensity image cut at ``otsu_thresholds``
+    (of this image or of another, e.g. an exemplar's applied to its reconstructions). Compared on the same
+    ``bins`` as the thresholds, so the cut is exact. Returns int32 labels; a phase may be empty. numpy."""
+    array = _intensity_array(gray)
+    boundaries = np.round(np.asarray(thresholds, np.float64) * bins).astype(np.intp)
+    return np.searchsorted(boundaries, _intensity_bins(array, int(bins)), side="right").astype(np.int32)
+
+
+@jax.jit
+def _best_correlation(big, small):
+    """Highest normalised cross-correlation of ``small`` with every same-size periodic window of ``big``, each
+    standardised by its own mean and variance."""
+    small = small - jnp.mean(small)
+    small = small / jnp.maximum(jnp.sqrt(jnp.mean(small**2)), jnp.finfo(small.dtype).tiny)
+    spatial = big.shape
+    padding = [(0, b - s) for b, s in zip(spatial, small.shape)]
+    n = small.size
+    big = big - jnp.mean(big)
+    window = jnp.fft.rfftn(jnp.pad(jnp.ones_like(small), padding))
+
+    def correlate(x, kernel):  # sum_y kernel(y) x(y + s) for every periodic shift s
+        return jnp.fft.irfftn(jnp.fft.rfftn(x) * jnp.conj(kernel), s=spatial)
+
+    product = correlate(big, jnp.fft.rfftn(jnp.pad(small, padding)))
+    mean = correlate(big, window) / n
+    variance = correlate(big**2, window) / n - mean**2
+    floor = 1e-6 * jnp.mean(big**2)  # a flat window correlates with nothing
+    correlation = jnp.where(variance > floor, product / (n * jnp.sqrt(jnp.maximum(variance, floor))), 0.0)
+    return jnp.max(correlation)
+
+
+def copy_correlation(a, b):
+    """Copy check on intensities: the highest normalised cross-correlation (Pearson's r of the overlapping
+    pixels) between two intensity images over all periodic shifts, flips and transposes (8 symmetries in 2D,
+    48 in 3D).
+
+    1 means ``b`` is ``a`` moved or mirrored (also with its contrast or brightness changed); two independent
+    structures score about ``copy_correlation_baseline``. Different sizes as for ``copy_agreement``: the image
+    that fits inside the other is compared with every same-size periodic window of the larger one (each window
+    standardised on its own); if neither fits, ``b`` is cropped to the common size (its first corner).
+
+    Args:
+        a, b: ``(*spatial)`` intensity images with the same number of axes (2D or 3D).
+
+    Returns:
+        0-d float32 array in ``[-1, 1]``. The symmetries are taken in numpy (one compiled program per shape), so
+        the images must be concrete, not traced.
+    """
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    if a.ndim != b.ndim:
+        raise InputError(f"copy_correlation needs images with the same number of axes, got {a.ndim}D and {b.ndim}D")
+    best = []
+    for permutation, flips in _symmetries(a.ndim):
+        moved = np.transpose(b, permutation)
+        if flips:
+            moved = np.flip(moved, axis=flips)
+        if all(sb <= sa for sa, sb in zip(a.shape, moved.shape)):
+            big, small = a, moved
+        elif all(sa <= sb for sa, sb in zip(a.shape, moved.shape)):
+            big, small = moved, a
+        else:  # neither fits inside the other: crop b to the common size (its first corner)
+            big, small = a, moved[tuple(slice(0, min(sa, sb)) for sa, sb in zip(a.shape, moved.shape))]
+        best.append(_best_correlation(big, small))
+    return jnp.clip(jnp.max(jnp.stack(best)), -1.0, 1.0)
+
+
+def phase_randomised_surrogate(gray, key):
+    """An independent image with the same power spectrum, hence the same autocovariance, mean and variance, as
+    ``gray``: its Fourier amplitudes with the phases of white noise (a Gaussian random field; the histogram is not
+    kept). ``key``: a ``jax.random`` key. Returns ``(*spatial)`` float32."""
+    return _surrogate(jnp.asarray(gray, jnp.float32), key)
+
+
+@jax.jit
+def _surrogate(x, key):
+    amplitude = jnp.abs(jnp.fft.rfftn(x - jnp.mean(x)))
+    noise = jnp.fft.rfftn(jax.random.normal(key, x.shape, jnp.float32))
+    phases = noise / jnp.maximum(jnp.abs(noise), jnp.finfo(jnp.float32).tiny)
+    return jnp.mean(x) + jnp.fft.irfftn(amplitude * phases, s=x.shape)
+
+
+def copy_correlation_baseline(a, b, *, draws: int = 4, seed: int = 0) -> float:
+    """What ``copy_correlation(a, b)`` gives when ``b`` is independent of ``a``: its mean over ``draws``
+    phase-randomised surrogates of ``b`` (``phase_randomised_surrogate``: the same size and autocovariance as
+    ``b``, independent of ``a``). The maximum over every placement of two independent fields is well above 0
+    and grows with the correlation length, so this, not 0, is the reference. Deterministic for a ``seed``."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), draws)
+    return float(np.mean([float(copy_correlation(a, phase_randomised_surrogate(b, key))) for key in keys]))

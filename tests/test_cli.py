@@ -267,3 +267,78 @@ def test_estimate_grows_with_the_request():
                                    coarse_steps=50)
     assert two_levels.seconds == pytest.approx(sampled.seconds + coarse.seconds)
     assert two_levels.memory_bytes == sampled.memory_bytes
+
+
+@pytest.fixture(scope="module")
+def micrograph(tmp_path_factory):
+    """A 48x48 uint8 grayscale micrograph: dark blobs on a bright matrix, with noise."""
+    labels = level_cut_microstructure((48, 48), (0.6, 0.4), 3.0, seed=2)
+    noise = np.random.default_rng(2).normal(0, 12, labels.shape)
+    path = tmp_path_factory.mktemp("micrograph") / "gray.npy"
+    np.save(path, np.clip(200 - 130 * labels + noise, 0, 255).astype(np.uint8))
+    return path
+
+
+def test_grayscale_reconstruct_describe_and_compare(micrograph, tmp_path, capsys):
+    out = tmp_path / "gray"
+    code, stdout, stderr = run_in_process(capsys, "reconstruct", micrograph, "--grayscale", *SMALL, "--out", out)
+    assert code == 0, stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kind"] == "grayscale" and metrics["run"]["exemplar"]["mapping"]["kind"] == "grayscale"
+    entry = metrics["reconstructions"][0]
+    for key in ["intensity_histogram_distance", "autocovariance_max_abs_error", "copy_correlation", "copy_baseline",
+                "likely_copy", "exemplar_crops", "status"]:
+        assert key in entry, key
+    assert {"s2_max_abs_error", "lineal_path_max_abs_error", "specific_surface", "largest_cluster_fraction"} <= set(
+        entry["phases"])
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the written uint8 reconstruction compares as intensities again, with 3 phases for the judge
+    code, stdout, stderr = run_in_process(capsys, "compare", micrograph, out / "reconstruction_000.tif",
+                                          "--grayscale", "--phases", "3", "--json", tmp_path / "c.json",
+                                          "--figure", tmp_path / "c.png")
+    assert code == 0, stderr
+    comparison = json.loads((tmp_path / "c.json").read_text())
+    assert comparison["segmentation"]["n_phases"] == 3 and "|dHist|" in stdout
+    assert comparison["reconstructions"][0]["intensity_histogram_distance"] == pytest.approx(
+        entry["intensity_histogram_distance"])
+    code, stdout, stderr = run_in_process(capsys, "compare", micrograph, micrograph, "--grayscale")
+    assert code == 0 and "LIKELY A COPY" in stdout
+    code, stdout, stderr = run_in_process(capsys, "describe", micrograph, "--grayscale", "--json", tmp_path / "d.json",
+                                          "--figure", tmp_path / "d.png")
+    assert code == 0 and "grayscale image 48 x 48" in stdout
+    assert json.loads((tmp_path / "d.json").read_text())["kind"] == "grayscale"
+    assert (tmp_path / "d.png").exists()
+
+
+def test_bad_grayscale_options_give_one_clear_message(micrograph, tmp_path, capsys):
+    """(command, arguments, words the message must contain); nothing is written."""
+    rgb = tmp_path / "rgb.npy"
+    np.save(rgb, np.random.default_rng(0).integers(0, 255, (32, 32, 3)).astype(np.uint8))
+    np.save(tmp_path / "flat.npy", np.full((32, 32), 128, np.uint8))
+    np.save(tmp_path / "two_levels.npy", np.where(np.eye(32, dtype=bool), 40, 200).astype(np.uint8))
+    np.save(tmp_path / "volume.npy", np.random.default_rng(1).integers(0, 255, (24, 24, 24)).astype(np.uint8))
+    out = tmp_path / "never"
+    cases = [
+        ("describe", [micrograph, "--grayscale", "--phases", "1"], ["--phases 1", "from 2 to 16"]),
+        ("describe", [micrograph, "--grayscale", "--phases", "17"], ["from 2 to 16"]),
+        ("describe", [micrograph, "--grayscale", "--phases", "x"], ["positive integer"]),
+        ("describe", [micrograph], ["--grayscale"]),
+        ("describe", [tmp_path / "flat.npy", "--grayscale"], ["single"]),
+        ("describe", [rgb, "--grayscale"], ["--gray-from-rgb"]),
+        ("compare", [micrograph, micrograph, "--grayscale", "--max-distance", "30"], ["max_distance", "24"]),
+        ("compare", [tmp_path / "two_levels.npy", micrograph, "--grayscale", "--phases", "3"], ["2 distinct", "3"]),
+        ("compare", [tmp_path / "volume.npy", micrograph, "--grayscale"], ["3d"]),
+        ("compare", [micrograph, tmp_path / "missing.tif", "--grayscale"], ["no such file"]),
+        ("property", [micrograph, "--grayscale", "--conductivity", "1,2"], ["--phases"]),
+        ("reconstruct", [micrograph, "--grayscale", "--phases", "20", "--out", out], ["from 2 to 16"]),
+        ("reconstruct", [rgb, "--grayscale", "--out", out], ["--gray-from-rgb"]),
+    ]
+    for command, argv, words in cases:
+        code, stdout, stderr = run_in_process(capsys, command, *argv)
+        assert code == 2, (command, argv, stderr)
+        assert "Traceback" not in stderr and "error" in stderr, (command, argv, stderr)
+        for word in words:
+            assert word.lower() in stderr.lower(), (command, argv, word, stderr)
+        assert not out.exists()
+    code, stdout, stderr = run_in_process(capsys, "describe", rgb, "--grayscale", "--gray-from-rgb")
+    assert code == 0 and "grayscale image 32 x 32" in stdout

@@ -150,3 +150,108 @@ def test_comparison_figure_panels(tmp_path, monkeypatch):
         np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), own[a, :, 0], atol=1e-6)
     report.comparison_figure(ex, [blobs((48, 48), 19), blobs((48, 48), 20)], tmp_path / "2d.png")
     assert len(saved[-1].axes) == 6  # 2D unchanged: exemplar + 2 reconstructions, 3 profile panels
+
+
+# ------------------------------------------------------------------ grayscale
+
+
+def gray_blobs(shape, seed):
+    """A two-level micrograph-like intensity image: dark blobs on a bright matrix, with noise (0..1)."""
+    rng = np.random.default_rng(seed)
+    return np.clip(0.8 - 0.5 * blobs(shape, seed) + 0.05 * rng.normal(size=shape), 0, 1)
+
+
+def test_describe_grayscale_keys_and_json():
+    gray = gray_blobs((32, 40), 0)
+    d = report.describe(gray, grayscale=True)
+    json.dumps(d)
+    assert d["kind"] == "grayscale" and d["shape"] == [32, 40] and d["max_distance"] == 16
+    assert d["intensity_mean"] == pytest.approx(gray.mean()) and d["intensity_std"] == pytest.approx(gray.std())
+    assert len(d["intensity_histogram"]) == d["histogram_bins"] == 256 and sum(d["intensity_histogram"]) == \
+        pytest.approx(1.0)
+    assert np.asarray(d["autocovariance_per_axis"]).shape == (2, 17) and d["autocovariance_radial"][0] == \
+        pytest.approx(1.0)
+    assert 0 < d["correlation_length"] < 16
+    assert d["segmentation"]["n_phases"] == 2 and 0.3 < d["segmentation"]["thresholds"][0] < 0.8
+    assert d["phases"]["n_phases"] == 2  # describe() of the segmented image
+    assert d["phases"]["volume_fractions"][0] == pytest.approx(blobs((32, 40), 0).mean(), abs=0.01)
+    text = report.format_description(d)
+    assert "grayscale image 32 x 40" in text and "correlation length" in text and "phase" in text
+    assert report.describe(gray, 3, grayscale=True)["phases"]["n_phases"] == 3
+
+
+def test_compare_grayscale_copies_and_independent_images():
+    ex = gray_blobs((32, 32), 1)
+    moved = np.roll(np.flip(ex, 0), (7, 30), (0, 1))
+    other = gray_blobs((32, 32), 2)
+    crop = gray_blobs((24, 20), 3)
+    d = report.compare(ex, [moved, other, (crop * 255).round().astype(np.uint8)], grayscale=True,
+                       names=["moved", "other", "crop"])
+    json.dumps(d)
+    assert d["kind"] == "grayscale" and d["max_distance"] == 10 and d["segmentation"]["n_phases"] == 2
+    copy, indep, small = d["reconstructions"]
+    assert copy["intensity_histogram_distance"] == 0.0  # a moved copy: the same histogram
+    assert copy["autocovariance_max_abs_error"] == pytest.approx(0.0, abs=1e-5)
+    assert copy["copy_correlation"] == pytest.approx(1.0, abs=1e-5) and copy["likely_copy"]
+    assert copy["phases"]["s2_max_abs_error"] == pytest.approx(0.0, abs=1e-6)
+    assert copy["phases"]["copy_agreement"] == pytest.approx(1.0, abs=1e-5)
+    assert not indep["likely_copy"] and indep["copy_correlation"] < 0.8 and 0 < indep["copy_baseline"] < 0.8
+    assert 0 < indep["intensity_histogram_distance"] < 0.05 and indep["autocovariance_max_abs_error"] > 0
+    assert copy["exemplar_crops"] is None  # same size: no smaller window to compare with
+    crops = small["exemplar_crops"]
+    assert crops["shape"] == [24, 20] and len(crops["corners"]) == 4
+    assert len(crops["intensity_histogram_distance"]) == len(crops["autocovariance_max_abs_error"]) == 4
+    text = report.format_comparison(d)
+    assert "LIKELY A COPY" in text and "exemplar corner windows" in text and "|dHist|" in text
+    # the exemplar's thresholds cut every image, and a phase may come out empty
+    bright = report.compare(ex, [np.full((32, 32), 0.99) - 0.01 * (np.arange(32) % 2)], grayscale=True)
+    assert bright["reconstructions"][0]["phases"]["volume_fractions"][0] == 0.0
+
+
+def test_compare_grayscale_volume_of_a_2d_exemplar():
+    ex = gray_blobs((32, 32), 4)
+    volume = np.clip(0.8 - 0.5 * blobs((12, 12, 12), 5), 0, 1)
+    entry = report.compare(ex, volume, grayscale=True, n_phases=2)["reconstructions"][0]
+    assert len(entry["autocovariance_max_abs_error_per_axis"]) == 3 and entry["exemplar_crops"] is None
+    assert -1 <= entry["copy_correlation"] <= 1 and np.asarray(entry["phases"]["largest_cluster_fraction_slices"]) \
+        .shape == (3, 2)
+
+
+def test_grayscale_errors():
+    ex = gray_blobs((32, 32), 6)
+    cases = [
+        (dict(exemplar=ex + 1, reconstructions=[ex]), "outside 0..1"),
+        (dict(exemplar=np.full((32, 32), 0.5), reconstructions=[ex]), "single intensity"),
+        (dict(exemplar=ex, reconstructions=[np.full((32, 32), 0.5)]), "single intensity"),
+        (dict(exemplar=np.stack([ex] * 4), reconstructions=[ex]), "3D"),
+        (dict(exemplar=ex, reconstructions=[ex], max_distance=40), "max_distance"),
+        (dict(exemplar=ex, reconstructions=[ex], n_phases=1), "from 2 to 16"),
+        (dict(exemplar=(ex > 0.5) * 0.5 + 0.2, reconstructions=[ex], n_phases=3), "too few"),
+        (dict(exemplar=ex, reconstructions=[ex], names=["a", "b"]), "names"),
+        (dict(exemplar=ex.astype(np.int64), reconstructions=[ex]), "intensities"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(InputError, match=message):
+            report.compare(grayscale=True, **kwargs)
+    with pytest.raises(InputError, match="NaN"):
+        report.describe(np.where(ex > 0.5, np.nan, ex), grayscale=True)
+
+
+def test_grayscale_figures(tmp_path, monkeypatch):
+    saved = []
+    save = report._save_atomically
+    monkeypatch.setattr(report, "_save_atomically", lambda figure, path: saved.append(figure) or save(figure, path))
+    ex = gray_blobs((32, 32), 7)
+    path = report.comparison_figure(ex, [gray_blobs((32, 32), 8), gray_blobs((24, 20), 9)], tmp_path / "g.png",
+                                    grayscale=True)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    axes = saved[-1].axes  # the phase layout: exemplar + 2 reconstructions, then 3 panels
+    assert len(axes) == 6 and [ax.get_title().split(" (")[0] for ax in axes[3:]] == [
+        "intensity histogram", "intensity autocovariance", "S2 of segmented phases"]
+    assert axes[0].get_images()[0].get_cmap().name == "gray"
+    report.comparison_figure(ex, [np.clip(0.8 - 0.5 * blobs((12, 12, 12), 10), 0, 1)], tmp_path / "v.png",
+                             grayscale=True, n_phases=3)
+    assert len(saved[-1].axes) == 9  # exemplar + 3 slices, autocovariance per axis, histogram and S2
+    report.describe_figure(ex, tmp_path / "d.png", grayscale=True)
+    assert len(saved[-1].axes) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png", "g.png", "v.png"]

@@ -372,3 +372,112 @@ def test_copy_agreement_independent_structures_near_baseline():
     agreement = float(st.copy_agreement(a, b))
     # the maximum over 8 * 128^2 placements of noise sits a few standard deviations above the baseline
     assert baseline < agreement < baseline + 0.03
+
+
+# ------------------------------------------------------------------ grayscale
+
+
+def smooth_gray(shape, seed, width=0.1):
+    """A smooth random intensity field in 0..1 (periodic low-pass noise, min-max scaled)."""
+    rng = np.random.default_rng(seed)
+    frequencies = np.meshgrid(*[np.fft.fftfreq(s) for s in shape], indexing="ij")
+    k = np.sqrt(sum(f**2 for f in frequencies))
+    field = np.fft.ifftn(np.fft.fftn(rng.normal(size=shape)) * np.exp(-((k / width) ** 2))).real
+    return (field - field.min()) / (field.max() - field.min())
+
+
+def test_autocovariance_of_constant_plus_sinusoid_is_exact():
+    # g = c + A sin(2 pi k x / W) along axis 1: C(r) = cos(2 pi k r / W) along it, 1 along axis 0
+    height, width, k = 24, 40, 3
+    x = np.arange(width)
+    gray = np.broadcast_to(0.5 + 0.2 * np.sin(2 * np.pi * k * x / width), (height, width))
+    profiles = st.autocovariance_profiles(gray, max_distance=12)
+    np.testing.assert_allclose(profiles.per_axis[1], np.cos(2 * np.pi * k * np.arange(13) / width), atol=1e-6)
+    np.testing.assert_allclose(profiles.per_axis[0], 1.0, atol=1e-6)
+    # radial: the mean of cos(2 pi k dx / W) over the shell round(|(dy, dx)|) = r of shortest periodic shifts
+    dy, dx = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    dy, dx = np.minimum(dy, height - dy), np.minimum(dx, width - dx)
+    shell = np.round(np.hypot(dy, dx)).astype(int)
+    cosine = np.cos(2 * np.pi * k * dx / width)
+    expected = [cosine[shell == r].mean() for r in range(13)]
+    np.testing.assert_allclose(profiles.radial, expected, atol=1e-6)
+    # 3D, the wave along axis 0; scale and offset do not matter
+    volume = np.broadcast_to((2.0 + np.cos(2 * np.pi * np.arange(8) / 8))[:, None, None], (8, 6, 10)) / 3
+    covariance = st.intensity_autocovariance(volume)
+    np.testing.assert_allclose(covariance[:, 0, 0], np.cos(2 * np.pi * np.arange(8) / 8), atol=1e-6)
+    np.testing.assert_allclose(covariance[0], 1.0, atol=1e-6)
+
+
+def test_autocovariance_of_a_label_image_is_normalised_s2():
+    labels = (smooth_gray((32, 32), 0) > 0.5).astype(np.int32)
+    f = labels.mean()
+    s2 = st.two_point_profiles(labels, n_phases=2).per_axis[..., 1]
+    covariance = st.autocovariance_profiles(labels.astype(np.float32)).per_axis
+    np.testing.assert_allclose(covariance, (s2 - f**2) / (f - f**2), atol=1e-5)
+
+
+def test_intensity_histogram_and_wasserstein_distance():
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    np.testing.assert_allclose(st.intensity_histogram(levels), np.full(256, 1 / 256))  # one bin per 8-bit level
+    gray = smooth_gray((32, 24), 1)
+    assert st.intensity_histogram(gray).sum() == pytest.approx(1.0)
+    # a moved, mirrored copy has the same histogram: distance exactly 0
+    moved = np.flip(np.roll(gray, (5, 11), (0, 1)), 1).T
+    assert st.intensity_wasserstein_distance(gray, moved) == 0.0
+    # a uniform offset moves every pixel by d
+    assert st.intensity_wasserstein_distance(0.8 * gray, 0.8 * gray + 0.1) == pytest.approx(0.1, abs=1e-12)
+    other = np.random.default_rng(2).random((10, 7))
+    from scipy.stats import wasserstein_distance
+
+    assert st.intensity_wasserstein_distance(gray, other) == pytest.approx(
+        wasserstein_distance(gray.ravel(), other.ravel()), abs=1e-12)
+    with pytest.raises(InputError, match="outside 0..1"):
+        st.intensity_wasserstein_distance(gray, gray + 1)
+    with pytest.raises(InputError, match="intensities"):
+        st.intensity_histogram(np.ones((4, 4), np.int32))
+
+
+def test_otsu_thresholds_and_segmentation():
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 3, (32, 32))
+    gray = np.clip(np.array([0.15, 0.5, 0.85])[truth] + 0.03 * rng.normal(size=truth.shape), 0, 1)
+    thresholds = st.otsu_thresholds(gray, 3)
+    assert thresholds.shape == (2,) and 0.25 < thresholds[0] < 0.4 and 0.6 < thresholds[1] < 0.75
+    np.testing.assert_array_equal(st.segment_intensities(gray, thresholds), truth)
+    # the cut is exact on the bins: a value at a threshold belongs to the brighter phase
+    np.testing.assert_array_equal(st.segment_intensities(np.array([thresholds[0] - 1e-9, thresholds[0]]),
+                                                         thresholds), [0, 1])
+    for bad, message in [(1, "from 2 to 16"), (17, "from 2 to 16"), (True, "from 2 to 16")]:
+        with pytest.raises(InputError, match=message):
+            st.otsu_thresholds(gray, bad)
+    with pytest.raises(InputError, match="only 2 distinct intensity levels"):
+        st.otsu_thresholds(np.array([[0.1, 0.9], [0.9, 0.1]]), 3)
+
+
+def test_copy_correlation_detects_moved_copies_and_not_independent_fields():
+    a = smooth_gray((48, 40), 4)
+    moved = 0.5 * np.flip(np.roll(a, (5, 17), (0, 1)), 1).T + 0.2  # shifted, mirrored, transposed, contrast
+    assert float(st.copy_correlation(a, moved)) == pytest.approx(1.0, abs=1e-5)
+    window = np.roll(a, (9, 4), (0, 1))[:20, :30]  # a crop: each window is standardised on its own
+    assert float(st.copy_correlation(a, window)) == pytest.approx(1.0, abs=1e-5)
+    assert float(st.copy_correlation(window, a)) == pytest.approx(1.0, abs=1e-5)
+    volume = smooth_gray((8, 8, 8), 5, width=0.3)  # a cube: one compiled shape for all 48 symmetries
+    assert float(st.copy_correlation(volume, np.flip(np.transpose(volume, (2, 0, 1)), 0))) == pytest.approx(
+        1.0, abs=1e-5)
+    other = smooth_gray((48, 40), 6)
+    baseline = st.copy_correlation_baseline(a, other)
+    assert baseline == st.copy_correlation_baseline(a, other)  # deterministic
+    correlation = float(st.copy_correlation(a, other))
+    assert 0.1 < baseline < 0.8 and correlation < 0.8 and abs(correlation - baseline) < 0.25
+    surrogate = st.phase_randomised_surrogate(other, jax.random.PRNGKey(0))  # same autocovariance
+    np.testing.assert_allclose(st.intensity_autocovariance(surrogate), st.intensity_autocovariance(other),
+                               atol=0.02)
+
+
+def test_autocovariance_jit_vmap_and_gradient():
+    batch = np.stack([smooth_gray((12, 10), seed) for seed in range(3)]).astype(np.float32)
+    vmapped = jax.vmap(st.intensity_autocovariance)(batch)
+    np.testing.assert_allclose(vmapped, np.stack([st.intensity_autocovariance(g) for g in batch]), atol=1e-6)
+    with jax.enable_x64(True):
+        check_grads(lambda g: st.intensity_autocovariance(g)[:3, :3], (jnp.asarray(batch[0], jnp.float64),),
+                    order=1, modes=("rev",), eps=1e-5)
