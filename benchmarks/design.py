@@ -127,7 +127,7 @@ def speed(args):
 
     # one loss-and-gradient evaluation, each term alone (jit, steady state, median of 20)
     config, images = R.make_config(exemplar, shape=(args.size,) * 2, layers=args.layers,
-                                   correlation_weight=R.IMAGE_SCHEDULE["correlation_weight"])
+                                   correlation_weight=D.CORRELATION_WEIGHT)
     objective = R.make_objective(config, R.make_targets(config, params, images))
     objective = objective._replace(targets={**objective.targets, "k_xx": jnp.float32(own)})
     phases = D.phase_properties(2, 2, conductivity=[1.0, 10.0])

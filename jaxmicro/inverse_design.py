@@ -36,6 +36,7 @@ OPTIMUM_WEIGHT = 100.0  # weight of a max / min term (the value over its largest
 DESIGN_STEPS = 1000
 COARSE_STEPS = 1000  # statistics-only steps at half size before the design steps (with statistics terms)
 DEFAULT_FILTER_RADIUS = 3.0  # pixels, the density filter of designs without statistics terms
+CORRELATION_WEIGHT = 30.0  # the two-point weight of the statistics terms the design defaults were measured with
 
 
 class PropertyTarget(NamedTuple):
@@ -348,7 +349,7 @@ def prepare(exemplar, *, targets, shape=None, conductivity=None, young=None, poi
                      else tuple(float(w) for w in np.atleast_1d(statistics_weight)))
     if not weights_swept or any(not (w >= 0 and math.isfinite(w)) for w in weights_swept):
         raise InputError(f"the statistics weight must be a number >= 0, got {list(weights_swept)}")
-    options.setdefault("correlation_weight", R.IMAGE_SCHEDULE["correlation_weight"])
+    options.setdefault("correlation_weight", CORRELATION_WEIGHT)
     use_network = max(weights_swept) > 0
     config, images = R.make_config(exemplar, shape=shape, layers=layers if use_network else "shallow", **options)
     if config.grayscale or len(images) != 1 or images[0].ndim != len(config.shape):
@@ -458,9 +459,8 @@ def design(
     objective = R.make_objective(config, descriptors)
     defaults = objective.weights
     hold = HOLD_FRACTION_WEIGHT if hold_fraction else 0.0
-    weights = {"gram": stat_weight * defaults["gram"], "correlation": stat_weight * defaults["correlation"],
-               "interface": stat_weight * defaults["interface"],
-               "volume_fraction": np.maximum(stat_weight * defaults["volume_fraction"], hold)}
+    weights = {name: stat_weight * defaults[name] for name in R.TERM_NAMES}
+    weights["volume_fraction"] = np.maximum(weights["volume_fraction"], hold)
     property_terms = make_property_terms(property_targets, phases, dim)
     per_design_targets = {}
     for target in property_targets:
@@ -485,8 +485,9 @@ def design(
     if use_network and coarse_steps and not resuming:  # the statistics first, at half size (coarse to fine)
         coarse = R.reconstruct([R.subsample(images[0])], shape=tuple(s // 2 for s in config.shape), count=batch,
                                steps=coarse_steps, seed=seed, layers=config.taps, params=params, levels=1,
-                               chunk=chunk, progress=progress,
-                               **{k: v for k, v in options.items() if k != "correlation_radius"})
+                               chunk=chunk, progress=progress, initial="noise", polish_steps=0,
+                               **{**dict.fromkeys(R.MORPHOLOGY_WEIGHTS, 0.0),
+                                  **{k: v for k, v in options.items() if k != "correlation_radius"}})
         start = jax.image.resize(coarse.logits, (batch, *config.shape, config.channels), "nearest")
     states = jax.vmap(lambda key, logits: R.init_state(config, tx, key, logits))(keys, start)
     labels = lambda logits: optimise.decoded_phases(smooth(logits, filter_radius))  # noqa: E731

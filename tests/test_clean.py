@@ -9,7 +9,7 @@ from jax.test_util import check_grads
 
 import jaxmicro.reconstruction as R
 from jaxmicro import statistics as st, terms as T
-from jaxmicro.cleanup import isolated, remove_isolated
+from jaxmicro.cleanup import isolated, isolated_fraction, remove_isolated
 from jaxmicro.descriptors import lineal_path, volume_lineal_path
 from jaxmicro.initial import autocovariance, field_correlation, gaussian_labels
 from jaxmicro.report import one_pixel_chord_fraction
@@ -129,7 +129,7 @@ def test_cleanup_in_3d_and_with_three_phases_keeps_every_count():
 def test_reconstruction_starts_from_the_gaussian_field_and_returns_clean_labels(tiny_params):
     exemplar = blobs(32, 2, seed=2)
     common = dict(shape=(24, 24), count=2, steps=4, layers=("relu1_1",), widths=TINY_WIDTHS, levels=1,
-                  params={"conv1_1": tiny_params["conv1_1"]}, seed=3)
+                  params={"conv1_1": tiny_params["conv1_1"]}, seed=3, polish_steps=0)
     noise = R.reconstruct(exemplar, initial="noise", cleanup=False, **common)
     gaussian = R.reconstruct(exemplar, **common)
     assert isolated(gaussian.labels[0]).sum() == 0
@@ -139,3 +139,16 @@ def test_reconstruction_starts_from_the_gaussian_field_and_returns_clean_labels(
     assert mean[1] > 2 * mean[0]
     with pytest.raises(Exception, match="initial field"):
         R.reconstruct(exemplar, initial="sky", **common)
+
+
+def test_cleanup_keeps_the_exemplars_share_of_isolated_pixels_the_surest_first():
+    labels = np.zeros((12, 12), np.uint8)
+    labels[2:7, 2:7] = 1
+    labels[9, 9] = labels[9, 2] = 1  # two isolated pixels of phase 1
+    logits = np.zeros((12, 12, 2), np.float32)
+    logits[..., 1] = np.where(labels == 1, 1.0, -1.0)
+    logits[9, 2, 1] = 3.0  # the surer one
+    cleaned = remove_isolated(labels, logits, keep=np.array([0, 1]))
+    assert cleaned[9, 2] == 1 and cleaned[9, 9] == 0 and cleaned.sum() == labels.sum()
+    assert isolated_fraction(cleaned, 2)[1] == 1 / 144
+    np.testing.assert_array_equal(remove_isolated(labels, logits, keep=np.array([0, 5])), labels)  # within share

@@ -112,7 +112,8 @@ def test_run_compiles_once_and_chunking_does_not_change_the_result(params):
     assert calls == [5, 10, 12]
     np.testing.assert_array_equal(whole.labels, chunked.labels)
     np.testing.assert_array_equal(whole.loss_history, chunked.loss_history)
-    assert whole.loss_history.shape == (2, 12) and np.all(np.isfinite(whole.loss_history))
+    # 12 steps, then the network-free polish: twice as many by the schedule's proportion
+    assert whole.loss_history.shape == (2, 12 + 24) and np.all(np.isfinite(whole.loss_history))
 
 
 def test_second_chunk_does_not_recompile(params):
@@ -159,7 +160,8 @@ def test_several_exemplars_in_one_batch(params):
 def test_lbfgs_runs_through_the_same_interface(params):
     exemplar = blobs()
     result = R.reconstruct(exemplar, shape=(16, 16), count=2, steps=10, optimizer="lbfgs", layers=TAPS,
-                           params=params, widths=TINY_WIDTHS, correlation_radius=4)
+                           params=params, widths=TINY_WIDTHS, correlation_radius=4, polish_steps=0,
+                           interface_weight=0.0, lineal_path_weight=0.0, short_chords_weight=0.0)
     assert np.all(np.isfinite(result.loss_history))
     assert np.all(result.loss_history[:, -1] < result.loss_history[:, 0])
 
@@ -173,7 +175,7 @@ def test_non_finite_sample_is_reported_not_raised(params):
         lambda u, s, p=None: (jax.tree.map(lambda g: jnp.where(p[0, 0, 0] > 0, jnp.nan, -0.1 * g), u), s),
     )
     result = R.reconstruct(exemplar, shape=(16, 16), count=4, steps=8, seed=0, optimizer=poison, layers=TAPS,
-                           params=params, widths=TINY_WIDTHS, correlation_radius=4)
+                           params=params, widths=TINY_WIDTHS, correlation_radius=4, initial="noise", levels=1)
     bad = result.status == R.NON_FINITE
     assert bad.any() and not bad.all()
     assert np.all(np.isnan(result.loss_history[bad, -1]))
@@ -286,7 +288,9 @@ def test_schedule_defaults_by_dimension_and_size():
     assert R.resolve_schedule(image, shape=(64, 64)) == R.IMAGE_SCHEDULE
     assert R.resolve_schedule(image, shape=(64, 64, 64)) == R.VOLUME_SCHEDULE
     # given values win; coarse steps keep the schedule's proportion to the given steps
-    assert R.resolve_schedule(image, steps=300)["coarse_steps"] == 150
+    assert R.resolve_schedule(image, steps=300)["coarse_steps"] == 600
+    assert R.resolve_schedule(image, steps=300)["polish_steps"] == 600
+    assert "polish_steps" not in R.resolve_schedule(image, grayscale=True, steps=300)
     assert R.resolve_schedule(image, shape=(32, 32, 32), steps=50)["coarse_steps"] == 100
     assert R.resolve_schedule(image, levels=1, correlation_weight=3.0) == {
         **R.IMAGE_SCHEDULE, "levels": 1, "correlation_weight": 3.0}
@@ -354,8 +358,10 @@ def test_real_network_reconstructs_a_shared_microstructure(real_params):
 
 def test_coarse_to_fine_starts_the_full_size_from_the_coarse_result(params):
     exemplar = blobs((32, 32), fraction=0.3)
-    kwargs = dict(shape=(16, 16), count=2, steps=20, seed=0, layers=TAPS, params=params, widths=TINY_WIDTHS)
-    cold = R.reconstruct(exemplar, **kwargs)
+    kwargs = dict(shape=(16, 16), count=2, steps=20, seed=0, layers=TAPS, params=params, widths=TINY_WIDTHS,
+                  initial="noise", interface_weight=0.0, lineal_path_weight=0.0, short_chords_weight=0.0)
+    # both from noise, with the terms that read the network and the correlations: the coarse level is what differs
+    cold = R.reconstruct(exemplar, levels=1, **kwargs)
     warm = R.reconstruct(exemplar, levels=2, coarse_steps=60, **kwargs)
     assert warm.labels.shape == (2, 16, 16) and warm.logits.shape == (2, 16, 16, 2)
     assert np.all(warm.loss_history[:, 0] < cold.loss_history[:, 0])

@@ -110,10 +110,12 @@ def test_reconstruction_records_every_term_per_step(params):
                            widths=TINY_WIDTHS, correlation_radius=4, levels=1, interface_weight=2.0,
                            weights={"correlation": np.array([1.0, 5.0])})  # per-sample weights
     assert set(result.term_history) == set(R.TERM_NAMES)
-    weights = {"gram": 1.0, "correlation": np.array([[1.0], [5.0]]), "volume_fraction": 10.0, "interface": 2.0}
+    weights = {"gram": 1.0, "correlation": np.array([[1.0], [5.0]]), "volume_fraction": 10.0, "interface": 2.0,
+               "lineal_path": 10.0, "short_chords": 10.0}  # the image schedule's
     total = sum(weights[n] * result.term_history[n] for n in R.TERM_NAMES)
     np.testing.assert_allclose(result.loss_history, total, rtol=1e-5)
-    assert all(v.shape == (2, 15) for v in result.term_history.values())
+    assert all(v.shape == (2, 15 + 30) for v in result.term_history.values())  # and the polish's 30 steps
+    assert np.all(result.term_history["gram"][:, 15:] == 0)  # the polish runs without the network
 
 
 def test_a_custom_term_plugs_into_the_loop_as_documented(params):
