@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -700,6 +700,25 @@ def comparison_figure(exemplar, reconstructions, path, *, names: Sequence[str] |
     max_distance = limit if max_distance is None else int(max_distance)
     ex_stats = _statistics(ex, n, max_distance)
     rec_stats = [_statistics(r, n, max_distance) for r in recs]
+
+    def band(ax, a, volumes):
+        reference = ex_stats["s2"].mean(0).T if ex.ndim == 2 else ex_stats["s2"][a].T
+        _band_panel(ax, f"S2 along axis {a} (3D reconstructions)", reference,
+                    [rec_stats[k]["s2"][a].T for k in volumes],
+                    "exemplar (in-plane mean)" if ex.ndim == 2 else "exemplar")
+
+    return _comparison_layout(
+        ex, recs, names, n, path, band,
+        lambda axes: _profile_panels(axes, ex_stats, rec_stats, max_distance),
+        lambda axes: _profile_panels(axes, ex_stats, rec_stats, max_distance, ("lineal_path", "chords")))
+
+
+def _comparison_layout(ex, recs, names, n, path, band: Callable, panels_2d: Callable, panels_3d: Callable) -> Path:
+    """The comparison figure's layout, for phase and intensity images alike (``n`` None: intensities).
+
+    2D: the exemplar and up to 4 reconstructions over ``panels_2d(3 axes)``. With volumes: the exemplar and the
+    first volume's three middle slices, ``band(ax, axis, volume indices)`` for each axis, then ``panels_3d(2 axes)``.
+    """
     volumes = [k for k, r in enumerate(recs) if r.ndim == 3]
     if not volumes:
         shown = recs[:4]
@@ -710,8 +729,7 @@ def comparison_figure(exemplar, reconstructions, path, *, names: Sequence[str] |
         for k, r in enumerate(shown):
             _show_image(figure.add_subplot(grid[0, k + 1]), r, n, str(names[k]))
         edges = np.linspace(0, columns, 4).round().astype(int)
-        axes = [figure.add_subplot(grid[1, edges[k] : edges[k + 1]]) for k in range(3)]
-        _profile_panels(axes, ex_stats, rec_stats, max_distance)
+        panels_2d([figure.add_subplot(grid[1, edges[k] : edges[k + 1]]) for k in range(3)])
         return _save_atomically(figure, path)
 
     figure = _new_figure(12.8, 9.6)
@@ -723,15 +741,11 @@ def comparison_figure(exemplar, reconstructions, path, *, names: Sequence[str] |
         _show_image(figure.add_subplot(grid[0, 3 * a + 3 : 3 * a + 6]), piece, n,
                     f"{names[volumes[0]]}\nmiddle slice normal to axis {a}")
     for a in range(3):
-        reference = ex_stats["s2"].mean(0).T if ex.ndim == 2 else ex_stats["s2"][a].T
         ax = figure.add_subplot(grid[1, 4 * a : 4 * a + 4])
-        _band_panel(ax, f"S2 along axis {a} (3D reconstructions)", reference,
-                    [rec_stats[k]["s2"][a].T for k in volumes],
-                    "exemplar (in-plane mean)" if ex.ndim == 2 else "exemplar")
+        band(ax, a, volumes)
         if a == 0:
             ax.legend(fontsize=7)
-    axes = [figure.add_subplot(grid[2, 0:6]), figure.add_subplot(grid[2, 6:12])]
-    _profile_panels(axes, ex_stats, rec_stats, max_distance, ("lineal_path", "chords"))
+    panels_3d([figure.add_subplot(grid[2, 0:6]), figure.add_subplot(grid[2, 6:12])])
     return _save_atomically(figure, path)
 
 
@@ -813,40 +827,18 @@ def _grayscale_comparison_figure(exemplar, reconstructions, path, names, max_dis
     thresholds = st.otsu_thresholds(ex, n_phases)
     ex_stats = _gray_figure_statistics(ex, thresholds, max_distance)
     rec_stats = [_gray_figure_statistics(r, thresholds, max_distance) for r in recs]
-    volumes = [k for k, r in enumerate(recs) if r.ndim == 3]
-    if not volumes:
-        shown = recs[:4]
-        columns = max(1 + len(shown), 3)
-        figure = _new_figure(3.2 * columns, 6.4)
-        grid = figure.add_gridspec(2, columns)
-        _show_image(figure.add_subplot(grid[0, 0]), ex, None, "exemplar")
-        for k, r in enumerate(shown):
-            _show_image(figure.add_subplot(grid[0, k + 1]), r, None, str(names[k]))
-        edges = np.linspace(0, columns, 4).round().astype(int)
-        axes = [figure.add_subplot(grid[1, edges[k] : edges[k + 1]]) for k in range(3)]
-        _gray_panels(axes, ex_stats, rec_stats, thresholds, ("histogram", "autocovariance", "s2"))
-        return _save_atomically(figure, path)
 
-    figure = _new_figure(12.8, 9.6)
-    grid = figure.add_gridspec(3, 12)
-    _show_image(figure.add_subplot(grid[0, 0:3]), ex, None, "exemplar")
-    first = recs[volumes[0]]
-    for a in range(3):
-        piece = np.take(first, first.shape[a] // 2, axis=a)
-        _show_image(figure.add_subplot(grid[0, 3 * a + 3 : 3 * a + 6]), piece, None,
-                    f"{names[volumes[0]]}\nmiddle slice normal to axis {a}")
-    for a in range(3):
+    def band(ax, a, volumes):
         own = ex_stats["autocovariance"]
         reference = own.mean(0) if ex.ndim == 2 else own[a]
-        ax = figure.add_subplot(grid[1, 4 * a : 4 * a + 4])
         _band_panel(ax, f"intensity autocovariance along axis {a} (3D reconstructions)", reference[None],
                     [rec_stats[k]["autocovariance"][a][None] for k in volumes],
                     "exemplar (in-plane mean)" if ex.ndim == 2 else "exemplar", series="")
-        if a == 0:
-            ax.legend(fontsize=7)
-    axes = [figure.add_subplot(grid[2, 0:6]), figure.add_subplot(grid[2, 6:12])]
-    _gray_panels(axes, ex_stats, rec_stats, thresholds, ("histogram", "s2"))
-    return _save_atomically(figure, path)
+
+    return _comparison_layout(
+        ex, recs, names, None, path, band,
+        lambda axes: _gray_panels(axes, ex_stats, rec_stats, thresholds, ("histogram", "autocovariance", "s2")),
+        lambda axes: _gray_panels(axes, ex_stats, rec_stats, thresholds, ("histogram", "s2")))
 
 
 def _grayscale_describe_figure(gray, path, max_distance, n_phases: int) -> Path:
