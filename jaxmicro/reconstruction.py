@@ -200,9 +200,11 @@ def polish(config, params, states, objective, history, steps: int, chunk: int, p
     more = {name: np.where(failed[:, None], np.nan, values) for name, values in more.items()}
     # a polish that ends worse than it began (or fails) is dropped: that sample keeps its network-level result
     dropped = failed | ~np.asarray(polished.finite) | ~(more["loss"][:, -1] <= more["loss"][:, 0])
-    polished = polished._replace(finite=states.finite,
-                                 logits=jnp.where(dropped.reshape(-1, *[1] * (states.logits.ndim - 1)),
-                                                  states.logits, polished.logits))
+    def keep(before, after):  # per sample: the state before the polish where it was dropped
+        return jnp.where(dropped.reshape(-1, *[1] * (before.ndim - 1)), before, after)
+
+    polished = polished._replace(finite=states.finite, logits=keep(states.logits, polished.logits),
+                                 reference=keep(states.reference, polished.reference))
     return polished, {name: np.concatenate([history[name], more[name]], axis=1) for name in history}
 
 
