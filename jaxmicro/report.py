@@ -38,16 +38,21 @@ LIKELY_COPY_EXCESS = 0.9
 # validation
 
 
-def _labels(image, name: str) -> np.ndarray:
+def _checked(image, name: str, kind: str, convert) -> np.ndarray:
+    """A 2D or 3D image with sides of at least 2 pixels, converted by ``convert(array, name)``; errors name it."""
     array = np.asarray(image)
     if array.ndim not in (2, 3):
-        raise InputError(f"{name}: a label image must be 2D or 3D, got shape {array.shape}")
+        raise InputError(f"{name}: a {kind} image must be 2D or 3D, got shape {array.shape}")
     if min(array.shape) < 2:
         raise InputError(f"{name}: every side must be at least 2 pixels, got shape {array.shape}")
     try:
-        return st._labels_array(array, name)
+        return convert(array, name)
     except InputError as error:
         raise InputError(f"{name}: {error}") from None
+
+
+def _labels(image, name: str) -> np.ndarray:
+    return _checked(image, name, "label", st._labels_array)
 
 
 def _check_phases(labels: np.ndarray, n_phases: int, name: str) -> None:
@@ -354,15 +359,7 @@ def _cluster_lines(ex: dict, reconstructions: list[dict]) -> list[str]:
 
 def _gray(image, name: str) -> np.ndarray:
     """A checked float64 intensity image in 0..1 (uint8 / uint16 scaled by their full range)."""
-    array = np.asarray(image)
-    if array.ndim not in (2, 3):
-        raise InputError(f"{name}: a grayscale image must be 2D or 3D, got shape {array.shape}")
-    if min(array.shape) < 2:
-        raise InputError(f"{name}: every side must be at least 2 pixels, got shape {array.shape}")
-    try:
-        array = st._intensity_array(array, name)
-    except InputError as error:
-        raise InputError(f"{name}: {error}") from None
+    array = _checked(image, name, "grayscale", st._intensity_array)
     if array.min() == array.max():
         raise InputError(f"{name} holds a single intensity ({array.flat[0]:g}): it has no texture to describe")
     return array

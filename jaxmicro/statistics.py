@@ -229,6 +229,16 @@ def _radial_average(correlation, max_distance: int):
     return (sums / counts[:, None])[: max_distance + 1]
 
 
+def _along_axes(correlation_map, ndim: int, max_distance: int):
+    """``(ndim, R + 1, ...)``: a periodic correlation map at displacements ``0..R`` along each spatial axis."""
+    per_axis = []
+    for axis in range(ndim):
+        index = [0] * ndim
+        index[axis] = slice(0, max_distance + 1)
+        per_axis.append(correlation_map[tuple(index)])
+    return jnp.stack(per_axis)
+
+
 def two_point_profiles(labels_or_probabilities, *, max_distance: int | None = None, n_phases: int | None = None):
     """S2 along each axis and radially averaged, up to a cut-off.
 
@@ -248,14 +258,9 @@ def two_point_profiles(labels_or_probabilities, *, max_distance: int | None = No
     spatial = x.shape[:-1]
     max_distance = _check_max_distance(max_distance, spatial)
     correlation = two_point_correlation(x)
-    per_axis = []
-    for axis in range(len(spatial)):
-        index = [0] * len(spatial)
-        index[axis] = slice(0, max_distance + 1)
-        per_axis.append(correlation[tuple(index)])
     return TwoPointProfiles(
         distance=jnp.arange(max_distance + 1, dtype=correlation.dtype),
-        per_axis=jnp.stack(per_axis),
+        per_axis=_along_axes(correlation, len(spatial), max_distance),
         radial=_radial_average(correlation, max_distance),
     )
 
@@ -690,15 +695,9 @@ def autocovariance_profiles(gray, *, max_distance: int | None = None) -> Autocov
 @partial(jax.jit, static_argnames=("max_distance",))
 def _autocovariance_profiles(x, max_distance: int) -> AutocovarianceProfiles:
     covariance = _autocovariance(x)
-    spatial = covariance.shape
-    per_axis = []
-    for axis in range(len(spatial)):
-        index = [0] * len(spatial)
-        index[axis] = slice(0, max_distance + 1)
-        per_axis.append(covariance[tuple(index)])
     return AutocovarianceProfiles(
         distance=jnp.arange(max_distance + 1, dtype=covariance.dtype),
-        per_axis=jnp.stack(per_axis),
+        per_axis=_along_axes(covariance, covariance.ndim, max_distance),
         radial=_radial_average(covariance[..., None], max_distance)[:, 0],
     )
 
