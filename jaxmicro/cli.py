@@ -219,6 +219,7 @@ DESIGN_OPTIONS = ("exemplar", "shape", "count", "steps", "coarse_steps", "seed",
 
 def _design(args) -> int:
     import jax
+    import numpy as np
 
     import jaxmicro.reconstruction as R
     from jaxmicro import inverse_design as D, io, report, sharding
@@ -284,7 +285,8 @@ def _design(args) -> int:
     report.design_figure(image, result.labels, checked, out / "design.png")
     for record in checked["designs"]:
         _say(args, f"{record['file']}: target {record['target']}  achieved "
-                   + ", ".join(f"{k}={v:.5g}" for k, v in record["achieved"].items())
+                   + ", ".join(f"{k}={np.round(v, 5).tolist() if isinstance(v, list) else f'{v:.5g}'}"
+                               for k, v in record["achieved"].items())
                    + f"  error {max(record['relative_error'].values()):.2%}  "
                    + f"S2 {record['s2_max_abs_error']:.4f}  {'reached' if record['reached'] else 'NOT reached'}"
                    + ("" if record["status"] == "converged" else f" ({record['status']})"))
@@ -637,7 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("exemplar", nargs="?", help="phase image (TIFF, PNG, NPY); omit for the built-in example")
     p.add_argument("--target", action="append", metavar="NAME=VALUE",
                    help="k_xx=4.2, 'k_xx>=4', 'k_xx<=4', k_xx=max, k_xx=min, k_xx=3:6:16 (a sweep), k_xx/k_yy=2, "
-                        "C_1111=80 (stiffness tensor component); repeat for several targets")
+                        "C_1111=80 (stiffness tensor component), k=4,0.5,2 (the whole tensor: its upper triangle "
+                        "row by row; C=... in Voigt notation); repeat for several targets")
     p.add_argument("--conductivity", type=_float_list, metavar="K0,K1,...", help="conductivity of each phase")
     p.add_argument("--young", type=_float_list, metavar="E0,E1,...", help="Young's modulus of each phase")
     p.add_argument("--poisson", type=_float_list, metavar="NU0,NU1,...", help="Poisson's ratio of each phase")

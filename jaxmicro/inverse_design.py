@@ -37,14 +37,20 @@ DESIGN_STEPS = 1000
 COARSE_STEPS = 1000  # statistics-only steps at half size before the design steps (with statistics terms)
 DEFAULT_FILTER_RADIUS = 3.0  # pixels, the density filter of designs without statistics terms
 CORRELATION_WEIGHT = 30.0  # the two-point weight of the statistics terms the design defaults were measured with
+TENSORS = {"k": "conductivity", "C": "stiffness"}  # whole-tensor targets: k (conductivity), C (Voigt stiffness)
 
 
 class PropertyTarget(NamedTuple):
-    """One target: a component (or ratio) ``name``, a ``relation`` and its values (several: a sweep)."""
+    """One target: a component (or ratio) ``name``, a ``relation`` and its values (several: a sweep). A whole
+    tensor (``name`` 'k' or 'C') has relation '=' and its components as ``values`` (see ``target_tensor``)."""
 
-    name: str  # 'k_xx', 'k_xx/k_yy', 'C_1111'
+    name: str  # 'k_xx', 'k_xx/k_yy', 'C_1111', or a whole tensor: 'k', 'C'
     relation: str  # '=', '>=', '<=', 'max', 'min'
     values: tuple[float, ...]  # () for max / min
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.name in TENSORS
 
     def value(self, index: int) -> float:
         """The target value of swept target number ``index`` (the one value without a sweep; 1 for max / min)."""
@@ -91,12 +97,18 @@ def parse_range(text: str, what: str) -> tuple[float, ...]:
 
 
 def parse_target(text: str) -> PropertyTarget:
-    """``'k_xx=4.2'``, ``'k_xx>=4'``, ``'k_xx<=4'``, ``'k_xx=max'``, ``'k_xx=3:6:16'``, ``'k_xx/k_yy=2'``."""
+    """``'k_xx=4.2'``, ``'k_xx>=4'``, ``'k_xx<=4'``, ``'k_xx=max'``, ``'k_xx=3:6:16'``, ``'k_xx/k_yy=2'``, or a
+    whole tensor: ``'k=4,0.5,2'`` (the upper triangle row by row: k_xx, k_xy, k_yy) or all its components."""
     match = re.fullmatch(r"\s*([A-Za-z0-9_/]+)\s*(>=|<=|=)\s*(\S+)\s*", str(text))
     if not match:
         raise InputError(f"a target is NAME=VALUE, NAME>=VALUE, NAME<=VALUE, NAME=max or NAME=min "
-                         f"(e.g. k_xx=4.2 or k_xx=3:6:16), got {text!r}")
+                         f"(e.g. k_xx=4.2 or k_xx=3:6:16), or a whole tensor k=XX,XY,YY, got {text!r}")
     name, relation, value = match.groups()
+    if name in TENSORS:
+        if relation != "=" or ":" in value or value in ("max", "min"):
+            raise InputError(f"{text!r}: a whole-tensor target is {name}=A,B,C,... (its upper triangle row by row, "
+                             "or all its components); it takes no bound, max / min or sweep")
+        return PropertyTarget(name, "=", tuple(_number(v, f"target {text!r}") for v in value.split(",")))
     if value in ("max", "min"):
         if relation != "=":
             raise InputError(f"{text!r}: write {name}={value} to {'maximise' if value == 'max' else 'minimise'}")
@@ -114,6 +126,9 @@ def as_targets(targets: Mapping[str, Any] | Sequence[str]) -> list[PropertyTarge
         for name, value in targets.items():
             if isinstance(value, str):
                 parsed.append(parse_target(f"{name}{'' if value[:1] in '<>=' else '='}{value}"))
+            elif name in TENSORS:
+                components = np.asarray(value, np.float64).ravel()
+                parsed.append(parse_target(f"{name}={','.join(map(repr, components.tolist()))}"))
             else:
                 values = np.atleast_1d(np.asarray(value, np.float64))
                 parsed.append(parse_target(f"{name}={values[0]}")._replace(values=tuple(map(float, values))))
@@ -147,7 +162,9 @@ def _mandel_index(i: int, j: int, dim: int) -> tuple[int, float]:
 
 def component(name: str, dim: int) -> tuple[str, Callable[[jax.Array], jax.Array]]:
     """``(kind, select)``: which property (``'conductivity'`` or ``'stiffness'``) and how to read the
-    component (or ratio) from its tensor."""
+    component (or ratio) from its tensor; a whole tensor ('k', 'C') reads all of it."""
+    if name in TENSORS:
+        return TENSORS[name], lambda tensor: tensor
     if "/" in name:
         top, bottom = name.split("/", 1)
         (kind, numerator), (other, denominator) = component(top, dim), component(bottom, dim)
@@ -165,6 +182,59 @@ def component(name: str, dim: int) -> tuple[str, Callable[[jax.Array], jax.Array
         return "stiffness", lambda tensor: tensor[a, b] / (sa * sb)
     raise InputError(f"unknown property {name!r}: use k_xx, k_yy, k_xy, ... (conductivity), a ratio such as "
                      "k_xx/k_yy, or C_1111, C_2222, C_1122, C_1212, ... (stiffness, tensor components)")
+
+
+def given_tensor(target: PropertyTarget, dim: int) -> np.ndarray:
+    """The tensor a whole-tensor target asks for, as the user wrote it: conductivity ``(dim, dim)``, stiffness
+    in Voigt notation ``(m, m)``. Refused unless symmetric and positive definite."""
+    size = dim if target.name == "k" else 3 * (dim - 1)
+    values, triangle = np.asarray(target.values, np.float64), np.triu_indices(size)
+    if values.size == size * size:
+        matrix = values.reshape(size, size)
+    elif values.size == triangle[0].size:
+        matrix = np.zeros((size, size))
+        matrix[triangle] = values
+        matrix = matrix + np.triu(matrix, 1).T
+    else:
+        raise InputError(f"target {target.name}: a {dim}D {TENSORS[target.name]} tensor has {size}x{size} components;"
+                         f" give its upper triangle row by row ({triangle[0].size} values) or all {size * size}, got "
+                         f"{values.size}")
+    if not np.allclose(matrix, matrix.T, rtol=1e-9, atol=0):
+        raise InputError(f"target {target.name}: the tensor must be symmetric, got {matrix.tolist()}")
+    if np.linalg.eigvalsh(matrix).min() <= 0:
+        raise InputError(f"target {target.name}: the tensor must be positive definite, got {matrix.tolist()}")
+    return matrix
+
+
+def target_tensor(target: PropertyTarget, dim: int) -> np.ndarray:
+    """The tensor of a whole-tensor target as the solver reports it (stiffness in Mandel notation)."""
+    matrix = given_tensor(target, dim)
+    return matrix if target.name == "k" else np.asarray(physics.voigt_to_mandel(matrix), np.float64)
+
+
+def _check_tensor_feasible(target: PropertyTarget, phases: PhaseProperties, dim: int,
+                           fractions: np.ndarray | None) -> None:
+    """A conductivity tensor's principal values lie between the phase values (with ``fractions``: between the
+    Reuss and Voigt bounds there); a stiffness with ``fractions`` lies between them in the matrix order."""
+    tensor = target_tensor(target, dim)
+    if target.name == "k":
+        values = phases.conductivity
+        lo, hi = ((values.min(), values.max()) if fractions is None else
+                  (1.0 / np.sum(fractions / values), float(np.sum(fractions * values))))
+        principal = np.linalg.eigvalsh(tensor)
+        if principal.min() < lo * (1 - 1e-9) or principal.max() > hi * (1 + 1e-9):
+            where = ("between the phase values" if fractions is None else
+                     f"between the Reuss and Voigt bounds at the held fractions {np.round(fractions, 4).tolist()}")
+            raise InputError(f"target k cannot be reached: its principal values {np.round(principal, 6).tolist()} "
+                             f"must lie {where}, {lo:.6g} .. {hi:.6g}")
+    elif fractions is not None:
+        voigt = np.einsum("p,pij->ij", fractions, phases.stiffness)
+        reuss = np.linalg.inv(np.einsum("p,pij->ij", fractions, np.linalg.inv(phases.stiffness)))
+        scale = np.abs(voigt).max() * 1e-9
+        if np.linalg.eigvalsh(tensor - reuss).min() < -scale or np.linalg.eigvalsh(voigt - tensor).min() < -scale:
+            raise InputError(f"target C cannot be reached: at the held fractions {np.round(fractions, 4).tolist()} "
+                             "a stiffness lies between the Reuss and Voigt bounds (C - C_Reuss and C_Voigt - C "
+                             "positive semi-definite); choose another tensor, or drop --hold-fraction")
 
 
 def _is_diagonal(name: str) -> bool:
@@ -239,6 +309,9 @@ def check_feasible(targets: Sequence[PropertyTarget], phases: PhaseProperties, d
             give = ("conductivities with --conductivity" if kind == "conductivity"
                     else "moduli with --young and --poisson")
             raise InputError(f"{target.name} is a {kind} target: give the phase {give}")
+        if target.is_tensor:
+            _check_tensor_feasible(target, phases, dim, fractions)
+            continue
         bounds = component_bounds(target, phases, dim, fractions)
         if bounds is None or target.relation in ("max", "min"):
             continue
@@ -358,7 +431,7 @@ def prepare(exemplar, *, targets, shape=None, conductivity=None, young=None, poi
     phases = phase_properties(config.n_phases, dim, conductivity, young, poisson)
     fractions = np.bincount(images[0].ravel(), minlength=config.n_phases) / images[0].size
     check_feasible(property_targets, phases, dim, fractions if hold_fraction else None)
-    sweep = {len(t.values) for t in property_targets if len(t.values) > 1}
+    sweep = {len(t.values) for t in property_targets if len(t.values) > 1 and not t.is_tensor}
     if len(sweep) > 1:
         raise InputError(f"swept targets must have the same number of values, got {sorted(sweep)}")
     notes = anisotropy_notes(property_targets, phases, dim, fractions) if max(weights_swept) > 0 else []
@@ -464,7 +537,9 @@ def design(
     property_terms = make_property_terms(property_targets, phases, dim)
     per_design_targets = {}
     for target in property_targets:
-        per_design_targets[target.name] = jnp.asarray([target.value(i) for i in target_index], jnp.float32)
+        goals = ([target_tensor(target, dim)] * batch if target.is_tensor
+                 else [target.value(i) for i in target_index])
+        per_design_targets[target.name] = jnp.asarray(np.asarray(goals), jnp.float32)
         weight = property_weight if property_weight is not None else (
             OPTIMUM_WEIGHT if target.relation in ("max", "min") else PROPERTY_WEIGHT)
         weights[target.name] = np.full(batch, weight, np.float32)
@@ -497,7 +572,8 @@ def design(
                                    callback=callback, progress=level_progress)
     states = states._replace(logits=jax.vmap(smooth, (0, None))(states.logits, filter_radius))  # what was decoded
     finished = R.finish(config, states, history, np.zeros(batch, int), seed, cleanup=False)
-    asked = [{t.name: t.asked(i) for t in property_targets} for i in target_index]
+    asked = [{t.name: given_tensor(t, dim).tolist() if t.is_tensor else t.asked(i) for t in property_targets}
+             for i in target_index]
     return DesignResult(finished.labels, finished.logits, finished.loss_history, finished.term_history,
                         finished.status, asked, stat_weight, target_index, seed, config, property_targets, phases)
 
@@ -542,6 +618,13 @@ def design_records(result: DesignResult, exemplar: np.ndarray, *, reach_toleranc
         solver_ok = all(int(solved[k].status[b]) == Status.CONVERGED for k in kinds)
         for target in result.property_targets:
             kind, select = component(target.name, dim)
+            if target.is_tensor:  # relative Frobenius error; reported in the notation it was asked in
+                tensor, goal = solved[kind].tensor[b].astype(np.float64), target_tensor(target, dim)
+                achieved[target.name] = (tensor if kind == "conductivity"
+                                         else np.asarray(physics.mandel_to_voigt(tensor), np.float64)).tolist()
+                errors[target.name] = float(np.linalg.norm(tensor - goal) / np.linalg.norm(goal))
+                reached.append(errors[target.name] <= reach_tolerance)
+                continue
             value = float(select(solved[kind].tensor[b]))
             achieved[target.name] = value
             if target.relation in ("max", "min"):

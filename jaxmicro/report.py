@@ -880,23 +880,30 @@ def design_figure(exemplar, designs, checked: dict, path) -> Path:
     window = tuple(slice(0, min(e, d)) for e, d in zip(ex.shape, np.shape(designs[0])))
     _show_image(figure.add_subplot(grid[0, 0]), ex[window], n,
                 "exemplar" + (" (a corner at the designs' size)" if ex[window].shape != ex.shape else ""))
+    name = next(iter(records[0]["achieved"]))
+    tensor = isinstance(records[0]["achieved"][name], list)  # a whole-tensor target
     for column, k in enumerate(shown, 1):
-        name = next(iter(records[k]["achieved"]))
-        _show_image(figure.add_subplot(grid[0, column]), np.asarray(designs[k]), n,
-                    f"{records[k]['file']}\n{name} = {records[k]['achieved'][name]:.4g}")
+        value = records[k]["achieved"][name]
+        _show_image(figure.add_subplot(grid[0, column]), np.asarray(designs[k]), n, f"{records[k]['file']}\n"
+                    + (f"{name} error {records[k]['relative_error'][name]:.2%}" if tensor else f"{name} = {value:.4g}"))
     half = columns // 2
     ax = figure.add_subplot(grid[1, :half])
-    name = next(iter(records[0]["achieved"]))
     achieved = np.array([r["achieved"][name] for r in records])
     asked = [r["target"][name] for r in records]
-    numeric = [isinstance(a, (int, float)) for a in asked]
-    if all(numeric):
+    colours = ["C0" if r["reached"] else "C3" for r in records]
+    if tensor:  # every component of every design against its target
         goal = np.asarray(asked, float)
         ax.plot([goal.min(), goal.max()], [goal.min(), goal.max()], color="0.6", lw=1, label="achieved = target")
-        ax.scatter(goal, achieved, s=14, c=["C0" if r["reached"] else "C3" for r in records])
+        ax.scatter(goal.reshape(len(records), -1), achieved.reshape(len(records), -1), s=14,
+                   c=np.repeat(colours, goal[0].size))
+        ax.set_xlabel(f"target {name} components")
+    elif all(isinstance(a, (int, float)) for a in asked):
+        goal = np.asarray(asked, float)
+        ax.plot([goal.min(), goal.max()], [goal.min(), goal.max()], color="0.6", lw=1, label="achieved = target")
+        ax.scatter(goal, achieved, s=14, c=colours)
         ax.set_xlabel(f"target {name}")
     else:
-        ax.scatter(np.arange(len(records)), achieved, s=14, c=["C0" if r["reached"] else "C3" for r in records])
+        ax.scatter(np.arange(len(records)), achieved, s=14, c=colours)
         ax.set_xlabel(f"design (target {asked[0]})")
     bounds = checked.get("bounds", {}).get("conductivity")
     if bounds and name.startswith("k_") and name[2] == name[3]:

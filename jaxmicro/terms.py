@@ -85,7 +85,8 @@ def property_term(source: str, select: Callable, relation: str = "=", scale: flo
     """A property target: ``select(descriptors.properties[source])`` (a component or a ratio) against the term's
     target.
 
-    ``relation``: ``'='`` (relative squared error), ``'>='`` / ``'<='`` (relative squared shortfall, zero once
+    ``relation``: ``'='`` (relative squared error; for a tensor target, relative to its squared Frobenius norm),
+    ``'>='`` / ``'<='`` (relative squared shortfall, zero once
     the bound holds), ``'max'`` / ``'min'`` (the value over ``scale``, negated to maximise; no target). A
     predictor that reports a ``status`` other than converged makes the term NaN, so the optimiser marks that
     sample non-finite and keeps its last good iterate, while the rest of the batch carries on.
@@ -98,6 +99,8 @@ def property_term(source: str, select: Callable, relation: str = "=", scale: flo
         value = select(predicted)
         if relation in ("max", "min"):
             error = (-1.0 if relation == "max" else 1.0) * jnp.sum(value) / scale
+        elif jnp.ndim(target):  # a whole tensor: relative squared Frobenius error
+            error = jnp.sum((value - target) ** 2) / jnp.sum(target**2)
         else:
             gap = (value - target) / jnp.abs(target)
             if relation == ">=":

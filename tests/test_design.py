@@ -180,6 +180,7 @@ def test_design_command_writes_designs_json_pareto_and_figure(tmp_path, capsys):
     (["--target", "k_xx=4", "--conductivity", "1,2,3"], ["one per phase"]),
     (["--target", "k_xx=abc"], ["expected a number"]),
     (["--target", "k_qq=4"], ["axis"]),
+    (["--target", "k=4,1,0,2"], ["symmetric"]),
     (["--target", "C_1111=50"], ["--young"]),
     (["--target", "k_xx=4", "--statistics-weight", "-1"], [">= 0"]),
     (["--target", "k_xx=4", "--statistics-weight", "1:2"], ["START:STOP:COUNT"]),
@@ -247,3 +248,47 @@ def test_design_command_resumes_from_its_checkpoint_with_the_saved_options(tmp_p
         np.testing.assert_array_equal(tifffile.imread(out / f"design_{i:03d}.tif"), first[i])
     code, _, stderr = run_in_process(capsys, "design", "--resume", out, "--steps", "50", "--quiet")
     assert code == 2 and "different run" in stderr
+
+
+def test_whole_tensor_targets_are_parsed_checked_and_refused_with_the_fix():
+    assert D.parse_target("k=4,0.5,2") == D.PropertyTarget("k", "=", (4.0, 0.5, 2.0))
+    assert D.as_targets({"k": [[4.0, 0.5], [0.5, 2.0]]})[0].values == (4.0, 0.5, 0.5, 2.0)
+    for given in ("k=4,0.5,2", "k=4,0.5,0.5,2"):  # the upper triangle or all components: the same tensor
+        np.testing.assert_array_equal(D.given_tensor(D.parse_target(given), 2), [[4.0, 0.5], [0.5, 2.0]])
+    # stiffness in Voigt notation; the solver's Mandel tensor doubles the shear-shear entry
+    voigt = np.asarray(physics.mandel_to_voigt(physics.isotropic_stiffness(5.0, 2.0, 2)), np.float64)
+    target = D.as_targets({"C": voigt})[0]
+    np.testing.assert_allclose(D.target_tensor(target, 2)[2, 2], 2 * voigt[2, 2], rtol=1e-6)
+    for text, message in (("k>=4,0,2", "no bound"), ("k=4,0,2:3:4", "no bound"), ("k=4,0", "upper triangle"),
+                          ("k=4,1,0,2", "symmetric"), ("k=1,2,1", "positive definite")):
+        with pytest.raises(InputError, match=message):
+            D.given_tensor(D.parse_target(text), 2)
+    exemplar = blobs((32, 32), fraction=0.4)
+    request = dict(shape=(16, 16), conductivity=[1.0, 10.0], statistics_weight=0.0)
+    with pytest.raises(InputError, match=r"principal values .* between the phase values"):
+        D.prepare(exemplar, targets={"k": [[11.0, 0.0], [0.0, 2.0]]}, **request)
+    with pytest.raises(InputError, match="Reuss and Voigt bounds at the held fractions"):
+        D.prepare(exemplar, targets=["k=9,0,2"], hold_fraction=True, **request)
+
+
+def test_a_tensor_term_is_the_relative_frobenius_error():
+    from jaxmicro import terms as T
+
+    tensor = jnp.asarray([[4.0, 0.5], [0.5, 2.0]])
+    target = jnp.asarray([[4.0, 0.0], [0.0, 3.0]])
+    term = T.property_term("conductivity", lambda t: t)
+    value = term(type("Descriptors", (), {"properties": {"conductivity": tensor}})(), None, target)
+    assert float(value) == pytest.approx((0.5**2 * 2 + 1.0) / (16.0 + 9.0))
+
+
+def test_a_tiny_design_reaches_an_anisotropic_conductivity_tensor():
+    exemplar = blobs((32, 32), fraction=0.4)
+    goal = [[5.0, 0.0], [0.0, 2.5]]  # along x better than across: layers along x, roughly
+    result = D.design(exemplar, targets={"k": goal}, shape=(16, 16), conductivity=[1.0, 10.0], count=2,
+                      steps=300, statistics_weight=0.0, seed=0)
+    checked = D.design_records(result, exemplar, reach_tolerance=0.03)
+    for record in checked["designs"]:
+        achieved = np.asarray(record["achieved"]["k"])
+        assert record["target"]["k"] == goal and achieved.shape == (2, 2)
+        error = np.linalg.norm(achieved - goal) / np.linalg.norm(goal)
+        assert record["relative_error"]["k"] == pytest.approx(error, rel=1e-5) and error < 0.03, record
