@@ -41,6 +41,8 @@ __all__ = [
     "atomic_write_path",
     "check_min_size",
     "describe_mapping",
+    "downsample",
+    "parse_crop",
     "multi_otsu_thresholds",
     "parse_shape",
     "prepare_output_dir",
@@ -70,16 +72,17 @@ _MAGIC = (
     (b"MM\x00+", "tiff"),
     (b"\x89PNG\r\n\x1a\n", "png"),
     (b"\x93NUMPY", "npy"),
+    (b"\x89HDF\r\n\x1a\n", "hdf5"),
 )
 _KNOWN_OTHER_MAGIC = (
     (b"PK\x03\x04", "a ZIP archive (an .npz file?); save a single array with np.save(path, array) instead"),
     (b"\xff\xd8\xff", "a JPEG image; JPEG compression is lossy and blurs phase boundaries, save it as PNG or TIFF"),
     (b"GIF8", "a GIF image; convert it to PNG or TIFF"),
-    (b"\x89HDF\r\n\x1a\n", "an HDF5 file; export the dataset with np.save(path, array) or as a TIFF stack"),
     (b"BM", "a BMP image; convert it to PNG or TIFF"),
 )
 _EXTENSIONS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".npy": "npy"}
-_FORMAT_NAMES = {"tiff": "TIFF", "png": "PNG", "npy": "NPY"}
+_EXTENSIONS.update({".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5"})
+_FORMAT_NAMES = {"tiff": "TIFF", "png": "PNG", "npy": "NPY", "hdf5": "HDF5", "raw": "raw"}
 _GRAYSCALE_HINT = (
     "If it is a grayscale micrograph, pass --grayscale (mode='grayscale') to use the intensities as they are, "
     "or --phases N (phases=N) to segment it into N phases by multi-level Otsu thresholding"
@@ -109,6 +112,7 @@ class Microstructure:
     kind: str  # "labels" | "grayscale"
     source: str
     mapping: dict[str, Any]
+    voxel_size: Any = None  # jaxmicro.units.VoxelSize (one side per axis) or None: pixels
 
     def __post_init__(self) -> None:
         if (self.labels is None) == (self.gray is None):
@@ -140,7 +144,11 @@ class Microstructure:
 
     def describe(self) -> str:
         """One line for the terminal: what was read and how values became phases."""
-        return f"{self.source}: {_format_shape(self.shape)} {describe_mapping(self.mapping)}"
+        text = f"{self.source}: {_format_shape(self.shape)} {describe_mapping(self.mapping)}"
+        if self.voxel_size is not None:
+            sides = "x".join(f"{s:g}" for s in self.voxel_size.sides)
+            text += f"; voxel size {sides} {self.voxel_size.unit or '(no unit)'}"
+        return text
 
 
 def describe_mapping(mapping: dict[str, Any]) -> str:
@@ -174,11 +182,18 @@ def read_microstructure(
     mode: str = "auto",
     phases: int | None = None,
     gray_from_rgb: bool = False,
+    raw_shape: str | Sequence[int] | None = None,
+    raw_dtype: str | None = None,
+    raw_order: str = "C",
+    crop: str | Sequence | None = None,
+    downsample: int | None = None,
+    voxel_size: Any = None,
 ) -> Microstructure:
-    """Read a 2D or 3D microstructure image (TIFF, multi-page TIFF, PNG or NPY).
+    """Read a 2D or 3D microstructure image (TIFF, multi-page TIFF, PNG, NPY, HDF5 or raw binary).
 
     Args:
-      path: the file. The format is recognised from its first bytes, not its extension.
+      path: the file. The format is recognised from its first bytes, not its extension. An HDF5 dataset is
+        ``"file.h5:/group/dataset"`` (a file holding a single dataset needs no name).
       mode: ``"auto"`` (integer images with at most `MAX_PHASES` distinct values are label images; other
         images are refused with a hint), ``"labels"`` (insist on a label image) or ``"grayscale"``
         (intensities scaled to ``0..1``: uint8 / 255, uint16 / 65535, anything else min-max).
@@ -186,14 +201,30 @@ def read_microstructure(
         phases are numbered dark to bright. Cannot be combined with ``mode="labels"``.
       gray_from_rgb: accept RGB(A) images and convert them to gray with the ITU-R BT.601 luminance
         ``0.299 R + 0.587 G + 0.114 B`` (alpha ignored). Without it, colour images are refused.
+      raw_shape: read the file as headerless raw binary of this shape (``"DxHxW"`` or ``"HxW"``, array order);
+        the file size must equal the shape times the item size.
+      raw_dtype: the raw values' type, a numpy name with optional byte order (``uint8``, ``uint16``, ``>u2``,
+        ``<f4``, ``float32``; default ``uint8``).
+      raw_order: ``"C"`` (the last axis varies fastest, default) or ``"F"`` (the first axis varies fastest).
+      crop: keep ``"z0:z1,y0:y1,x0:x1"`` (one ``start:stop`` per axis, either end may be empty), or a sequence
+        of ``(start, stop)`` pairs / slices; applied right after reading, before values become phases.
+      downsample: merge ``K x K (x K)`` blocks into one pixel after reading: the most frequent phase of the
+        block (ties: the lowest phase) for phase labels, the mean for grayscale. Sides that are not a multiple
+        of ``K`` lose their last ``side % K`` pixels. The voxel size grows by ``K``.
+      voxel_size: side length of a pixel or voxel with its unit (``"0.5um"``, ``"2x0.5x0.5um"``, a number or
+        one per axis; see `jaxmicro.units`). Default: the file's own (TIFF resolution tags, ImageJ spacing,
+        jaxmicro's TIFF metadata, an HDF5 ``element_size_um`` attribute), else none (pixels).
 
     Returns:
       A `Microstructure` with ``labels`` (kind ``"labels"``, also after segmentation) or ``gray``.
 
     Raises:
       InputError: the file is missing, empty, not an image, truncated, has NaN/inf values, a single value,
-        too many distinct values for a label image, the wrong number of axes, or is smaller than 2 pixels.
+        too many distinct values for a label image, the wrong number of axes, or is smaller than 2 pixels;
+        a raw file whose size does not match the shape; a missing HDF5 dataset; a crop outside the image.
     """
+    from jaxmicro import units
+
     if mode not in _MODES:
         raise InputError(f"mode must be one of {', '.join(map(repr, _MODES))}, not {mode!r}")
     if phases is not None:
@@ -208,25 +239,42 @@ def read_microstructure(
                 "mode='labels' reads the file's values as phases, and phases=N segments intensities into N "
                 "phases: give one or the other (e.g. --phases 3 without --labels)"
             )
+    factor = _check_downsample(downsample)
+    crop_bounds = parse_crop(crop) if crop is not None else None
+    given_voxel = units.parse_voxel_size(voxel_size)
+    raw = raw_shape is not None or raw_dtype is not None
+    if raw and raw_shape is None:
+        raise InputError("--raw-dtype needs --raw-shape: give the shape of the raw volume, e.g. --raw-shape 64x64x64")
 
-    path = Path(path)
-    name = str(path)
+    path, dataset = _split_dataset(path)
+    name = str(path) if dataset is None else f"{path}:{dataset}"
     _check_file(path)
-    file_format = _sniff_format(path)
     notes: list[str] = []
-    expected = _EXTENSIONS.get(path.suffix.lower())
-    if expected is not None and expected != file_format:
-        notes.append(
-            f"the extension says {_FORMAT_NAMES[expected]} but the content is {_FORMAT_NAMES[file_format]}; "
-            f"read as {_FORMAT_NAMES[file_format]}"
-        )
-
-    if file_format == "tiff":
-        array, channel_axis = _read_tiff(path, notes)
-    elif file_format == "png":
-        array, channel_axis = _read_png(path, notes)
+    file_voxel = None
+    if raw:
+        file_format = "raw"
+        array, channel_axis = _read_raw(path, raw_shape, raw_dtype, raw_order), None
     else:
-        array, channel_axis = _read_npy(path, notes)
+        file_format = _sniff_format(path)
+        expected = _EXTENSIONS.get(path.suffix.lower())
+        if expected is not None and expected != file_format:
+            notes.append(
+                f"the extension says {_FORMAT_NAMES[expected]} but the content is {_FORMAT_NAMES[file_format]}; "
+                f"read as {_FORMAT_NAMES[file_format]}"
+            )
+        if dataset is not None and file_format != "hdf5":
+            raise InputError(f"{name}: only HDF5 files hold named datasets, but {path} is a "
+                             f"{_FORMAT_NAMES[file_format]} file; give the path without ':{dataset}'")
+        if file_format == "tiff":
+            array, channel_axis = _read_tiff(path, notes)
+            file_voxel = _tiff_voxel_size(path)
+        elif file_format == "png":
+            array, channel_axis = _read_png(path, notes)
+        elif file_format == "hdf5":
+            array, file_voxel = _read_hdf5(path, dataset, notes)
+            channel_axis = None
+        else:
+            array, channel_axis = _read_npy(path, notes)
 
     file_dtype = str(array.dtype)
     array = _check_values_finite(array, name)
@@ -244,6 +292,23 @@ def read_microstructure(
 
     _check_dimensionality(array, name)
     check_min_size(array.shape, MIN_SIDE, f"the image {name}")
+    file_shape = array.shape
+    if crop_bounds is not None:
+        region = _crop_region(crop_bounds, array.shape, name)
+        array = array[region]
+        rgb = rgb[region] if rgb is not None else None
+        check_min_size(array.shape, MIN_SIDE, f"the crop {_format_crop(region)} of {name}")
+
+    voxel = None
+    voxel_source = None
+    if given_voxel is not None:
+        voxel, voxel_source = units.per_axis(given_voxel, array.ndim), "given"
+    elif file_voxel is not None:
+        try:
+            voxel, voxel_source = units.per_axis(file_voxel[0], array.ndim), file_voxel[1]
+        except InputError:
+            notes.append(f"ignored the file's voxel size {file_voxel[0]} ({file_voxel[1]}): it does not match "
+                         f"the image's {array.ndim} axes")
 
     mapping: dict[str, Any] = {
         "shape": list(array.shape),
@@ -251,6 +316,11 @@ def read_microstructure(
         "format": _FORMAT_NAMES[file_format],
         "dtype": file_dtype,
     }
+    if dataset is not None:
+        mapping["dataset"] = dataset
+    if crop_bounds is not None:
+        mapping["file_shape"] = list(file_shape)
+        mapping["crop"] = [[s.start, s.stop] for s in _crop_region(crop_bounds, file_shape, name)]
     if color_info is not None:
         mapping["color"] = color_info
     if notes:
@@ -260,13 +330,266 @@ def read_microstructure(
 
     if phases is not None:
         labels, segment_mapping = _segment(array, phases, name, scale_dtype)
-        return Microstructure(labels, None, phases, "labels", name, {**segment_mapping, **mapping})
-    if mode == "grayscale":
+        result = Microstructure(labels, None, phases, "labels", name, {**segment_mapping, **mapping})
+    elif mode == "grayscale":
         gray, gray_mapping = _to_gray(array, name, scale_dtype)
-        return Microstructure(None, gray, None, "grayscale", name, {**gray_mapping, **mapping})
-    labels, values = _to_labels(array, name, rgb)
-    label_mapping: dict[str, Any] = {"kind": "labels", "values": values, "phases": list(range(len(values)))}
-    return Microstructure(labels, None, len(values), "labels", name, {**label_mapping, **mapping})
+        result = Microstructure(None, gray, None, "grayscale", name, {**gray_mapping, **mapping})
+    else:
+        labels, values = _to_labels(array, name, rgb)
+        label_mapping: dict[str, Any] = {"kind": "labels", "values": values, "phases": list(range(len(values)))}
+        result = Microstructure(labels, None, len(values), "labels", name, {**label_mapping, **mapping})
+    if factor > 1:
+        result = _downsampled(result, factor)
+        voxel = voxel.scaled([factor] * result.ndim) if voxel is not None else None
+    if voxel is not None:
+        result.mapping.update(voxel.to_json(), voxel_size_source=voxel_source)
+        result = dataclasses.replace(result, voxel_size=voxel)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# HDF5, raw binary, crop, downsample, voxel sizes in files
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _split_dataset(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """``"a.h5:/group/data"`` -> ``(Path("a.h5"), "/group/data")``; a path that exists as given has no dataset."""
+    text = os.fspath(path)
+    if Path(text).exists() or ":" not in text:
+        return Path(text), None
+    for index in [i for i, c in enumerate(text) if c == ":"][::-1]:
+        if index > 0 and Path(text[:index]).is_file():
+            return Path(text[:index]), text[index + 1:] or None
+    return Path(text), None
+
+
+def _hdf5_datasets(h5file) -> list[str]:
+    import h5py
+
+    found: list[str] = []
+    h5file.visititems(lambda key, item: found.append("/" + key) if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
+def _read_hdf5(path: Path, dataset: str | None, notes: list[str]) -> tuple[np.ndarray, tuple | None]:
+    try:
+        import h5py
+    except ImportError:
+        raise InputError(f"{path} is an HDF5 file; reading HDF5 needs h5py: pip install 'jaxmicro[hdf5]'") from None
+    try:
+        with h5py.File(path, "r") as h5file:
+            present = _hdf5_datasets(h5file)
+            shown = ", ".join(present[:20]) + (f" and {len(present) - 20} more" if len(present) > 20 else "")
+            if dataset is None:
+                if len(present) != 1:
+                    raise InputError(
+                        f"{path} holds {len(present)} datasets ({shown or 'none'}); name the one to read, e.g. "
+                        f"{path}:{present[0] if present else '/volume'}"
+                    )
+                dataset = present[0]
+                notes.append(f"read the file's only dataset {dataset}")
+            item = h5file.get(dataset)
+            if not isinstance(item, h5py.Dataset):
+                what = "is a group, not a dataset" if item is not None else "does not exist"
+                raise InputError(f"{path}:{dataset} {what}; the file holds the datasets {shown or '(none)'}")
+            if item.dtype.names is not None or item.dtype.kind not in "biuf":
+                raise InputError(f"{path}:{dataset} holds values of type {item.dtype}, not integers or real numbers")
+            _check_declared_size(path, item.shape, 8 * item.dtype.itemsize, 1, False)
+            array = np.asarray(item[()])
+            voxel = None
+            if "element_size_um" in item.attrs:
+                sides = np.atleast_1d(np.asarray(item.attrs["element_size_um"], np.float64))
+                voxel = ("x".join(repr(float(v)) for v in sides) + "um", "HDF5 attribute element_size_um")
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError) as error:
+        raise _truncated(path, f"{type(error).__name__}: {error}") from error
+    if array.dtype == np.float16:
+        array = array.astype(np.float32)
+    return array, voxel
+
+
+_RAW_EXAMPLE = "e.g. --raw-dtype uint8, uint16, '>u2' (big-endian 16 bit), float32"
+
+
+def _read_raw(path: Path, shape, dtype, order: str) -> np.ndarray:
+    shape = parse_shape(shape)
+    try:
+        dtype = np.dtype("uint8" if dtype is None else dtype)
+    except TypeError:
+        raise InputError(f"cannot read the raw type {dtype!r}: {_RAW_EXAMPLE}") from None
+    if dtype.kind not in "biuf" or dtype.names is not None or dtype.itemsize > 8:
+        raise InputError(f"the raw type {dtype} is not an integer or real number type: {_RAW_EXAMPLE}")
+    if order not in ("C", "F"):
+        raise InputError(f"the raw order must be C (last axis fastest) or F (first axis fastest), not {order!r}")
+    size = path.stat().st_size
+    expected = math.prod(shape) * dtype.itemsize
+    if size != expected:
+        hint = ""
+        if size % expected == 0 and size // expected > 1:
+            hint = f"; it holds {size // expected} times as many bytes (another shape or a wider type?)"
+        elif size > expected:
+            hint = f"; {size - expected:,} bytes more (a header? crop it off, or check the shape)"
+        raise InputError(
+            f"{path} has {size:,} bytes but --raw-shape {_format_shape(shape)} of {dtype} ({dtype.itemsize} "
+            f"byte(s) each) needs {expected:,}{hint}"
+        )
+    array = np.fromfile(path, dtype=dtype).reshape(shape, order=order)
+    return np.ascontiguousarray(array.astype(dtype.newbyteorder("="), copy=False))
+
+
+def parse_crop(crop: str | Sequence) -> tuple[tuple[int | None, int | None], ...]:
+    """``"10:74,0:64,:"`` -> ``((10, 74), (0, 64), (None, None))``: one ``start:stop`` per axis in array order.
+
+    Also accepts a sequence of ``(start, stop)`` pairs or slices (step 1). Checked against the image by
+    `read_microstructure`: ``0 <= start < stop <= side``.
+    """
+    example = "e.g. --crop 0:64,0:128,0:128 (z, y, x) or --crop 10:200,:"
+    if isinstance(crop, str):
+        parts = [p.strip() for p in crop.split(",")]
+        bounds = []
+        for part in parts:
+            match = re.fullmatch(r"(\d*)\s*:\s*(\d*)", part)
+            if not match:
+                raise InputError(f"cannot read the crop {crop!r}: expected start:stop for each axis, {example}")
+            bounds.append(tuple(int(v) if v else None for v in match.groups()))
+    else:
+        try:
+            items = list(crop)
+        except TypeError:
+            raise InputError(f"cannot read the crop {crop!r}: {example}") from None
+        bounds = []
+        for item in items:
+            if isinstance(item, slice):
+                if item.step not in (None, 1):
+                    raise InputError(f"the crop {crop!r} has a step; use downsample for coarser sampling")
+                item = (item.start, item.stop)
+            try:
+                start, stop = item
+            except (TypeError, ValueError):
+                raise InputError(f"cannot read the crop {crop!r}: one (start, stop) pair per axis, {example}") from None
+            for value in (start, stop):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+                    raise InputError(f"the crop {crop!r} needs whole numbers, {example}")
+            bounds.append((None if start is None else int(start), None if stop is None else int(stop)))
+    if not 2 <= len(bounds) <= 3:
+        raise InputError(f"the crop {crop!r} has {len(bounds)} part(s); give one start:stop per axis, {example}")
+    return tuple(bounds)
+
+
+def _crop_region(bounds, shape: Sequence[int], name: str) -> tuple[slice, ...]:
+    if len(bounds) != len(shape):
+        raise InputError(f"the crop gives {len(bounds)} axes but {name} has {len(shape)} ({_format_shape(shape)}); "
+                         "give one start:stop per axis")
+    region = []
+    for axis, ((start, stop), side) in enumerate(zip(bounds, shape)):
+        start = 0 if start is None else start
+        stop = side if stop is None else stop
+        if not 0 <= start < stop <= side:
+            raise InputError(f"the crop {start}:{stop} of axis {axis} lies outside {name}, whose side is {side} "
+                             f"(shape {_format_shape(shape)}); it needs 0 <= start < stop <= {side}")
+        region.append(slice(start, stop))
+    return tuple(region)
+
+
+def _format_crop(region: Sequence[slice]) -> str:
+    return ",".join(f"{s.start}:{s.stop}" for s in region)
+
+
+def _check_downsample(factor) -> int:
+    if factor is None:
+        return 1
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise InputError(f"the downsampling factor must be a positive whole number such as 2, not {factor!r}")
+    return int(factor)
+
+
+def downsample(array: np.ndarray, factor: int, *, labels: bool, n_phases: int | None = None) -> np.ndarray:
+    """Merge ``factor``-sided blocks: the most frequent phase (ties: the lowest) of label images, the mean of
+    grayscale ones (float32). Sides lose their last ``side % factor`` pixels."""
+    array = np.asarray(array)
+    factor = _check_downsample(factor)
+    kept = tuple(s // factor for s in array.shape)
+    trimmed = array[tuple(slice(0, k * factor) for k in kept)]
+    blocks = trimmed.reshape([v for k in kept for v in (k, factor)])
+    block_axes = tuple(range(1, blocks.ndim, 2))
+    if not labels:
+        return blocks.mean(axis=block_axes, dtype=np.float64).astype(np.float32)
+    n = int(array.max()) + 1 if n_phases is None else int(n_phases)
+    counts = np.stack([(blocks == phase).sum(axis=block_axes) for phase in range(n)])
+    return np.argmax(counts, axis=0).astype(np.int32)  # argmax: the first (lowest) phase among ties
+
+
+def _downsampled(image: Microstructure, factor: int) -> Microstructure:
+    name = image.source
+    if any(s // factor < MIN_SIDE for s in image.shape):
+        raise InputError(f"downsampling {name} ({_format_shape(image.shape)}) by {factor} leaves fewer than "
+                         f"{MIN_SIDE} pixels along a side; use a smaller factor")
+    mapping = {**image.mapping, "downsample": factor}
+    if image.kind == "grayscale":
+        gray = downsample(image.gray, factor, labels=False)
+        mapping["shape"] = list(gray.shape)
+        return dataclasses.replace(image, gray=gray, mapping=mapping)
+    labels = downsample(image.labels, factor, labels=True, n_phases=image.n_phases)
+    present = np.bincount(labels.ravel(), minlength=image.n_phases)
+    lost = [int(p) for p in np.flatnonzero(present == 0)]
+    if lost:
+        raise InputError(f"downsampling {name} by {factor} removes phase(s) {lost} entirely (their features are "
+                         f"smaller than {factor} pixels); use a smaller factor")
+    mapping["shape"] = list(labels.shape)
+    if "volume_fractions" in mapping:
+        mapping["volume_fractions"] = [round(float(f), 6) for f in present / labels.size]
+    return dataclasses.replace(image, labels=labels, mapping=mapping)
+
+
+_SCREEN_DPI = (72.0, 96.0)
+"""Resolutions that image programs write by default (dots per inch of a screen), not a voxel size."""
+
+
+def _tiff_voxel_size(path: Path) -> tuple[str, str] | None:
+    """The voxel size a TIFF records, as a text for `jaxmicro.units.parse_voxel_size`, and where it came from:
+    jaxmicro's own metadata, else the X/YResolution tags with ResolutionUnit (ImageJ's 'unit' and 'spacing' for
+    the unit and z). Screen defaults (72 or 96 dots per inch) and 1 pixel per unit without a unit are ignored."""
+    import tifffile
+
+    from jaxmicro import units
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shaped = tif.shaped_metadata
+            if shaped and shaped[0].get("voxel_size"):
+                sides = shaped[0]["voxel_size"]
+                return "x".join(repr(float(s)) for s in sides) + (shaped[0].get("unit") or ""), "jaxmicro TIFF metadata"
+            page = tif.pages[0]
+            tags = page.tags
+            if "XResolution" not in tags or "YResolution" not in tags:
+                return None
+            x_res, y_res = (tags[n].value for n in ("XResolution", "YResolution"))
+            x_res, y_res = (v[0] / v[1] if isinstance(v, tuple) and v[1] else float(v) for v in (x_res, y_res))
+            unit_code = int(getattr(tags.get("ResolutionUnit"), "value", 1) or 1)
+            imagej = tif.imagej_metadata or {}
+    except Exception:  # noqa: BLE001 - the image was read already; a broken tag only loses the voxel size
+        return None
+    if not (x_res > 0 and y_res > 0):
+        return None
+    unit = {2: "inch", 3: "cm"}.get(unit_code, "")
+    if imagej.get("unit"):
+        unit = units.normalise_unit(str(imagej["unit"]).replace("\\u00B5", "µ"))
+        if unit in ("pixel", "pixels"):
+            return None
+    if unit == "inch" and x_res in _SCREEN_DPI and y_res in _SCREEN_DPI:
+        return None
+    if not unit and x_res == 1 and y_res == 1 and not imagej.get("spacing"):
+        return None
+    sides = [1.0 / y_res, 1.0 / x_res]
+    if imagej.get("spacing"):
+        sides.insert(0, float(imagej["spacing"]))
+    elif len(page.shape) >= 2 and len(tif.pages) > 1:
+        sides.insert(0, 1.0 / x_res)  # a stack without a z spacing: cubic voxels
+    if unit in ("inch", "cm"):  # TIFF's own units; say it in micrometres
+        sides, unit = [s * units.LENGTH_UNITS[unit] for s in sides], "um"
+    source = "ImageJ metadata" if imagej.get("unit") or imagej.get("spacing") else "TIFF resolution tags"
+    return "x".join(repr(float(s)) for s in sides) + unit, source
 
 
 def _check_file(path: Path) -> None:
@@ -952,14 +1275,19 @@ def write_labels_tiff(
     *,
     n_phases: int | None = None,
     metadata: dict[str, Any] | None = None,
+    voxel_size: Any = None,
 ) -> None:
     """Write phase labels as a zlib-compressed uint8 TIFF (3D ``(z, y, x)`` as a multi-page stack), atomically.
 
     The ImageDescription holds JSON (tifffile's shaped metadata): the shape, ``"kind": "labels"``,
     ``n_phases``, ``phases`` and ``axes``, plus ``metadata`` if given (converted with `to_jsonable`).
-    ``n_phases`` defaults to ``labels.max() + 1``.
+    ``n_phases`` defaults to ``labels.max() + 1``. ``voxel_size`` (``"0.5um"``, a `jaxmicro.units.VoxelSize`,
+    ...) goes into the description (``voxel_size`` per axis, ``unit``) and into the XResolution / YResolution
+    tags (pixels per centimetre for a length unit, else without a unit), so that other programs see it too.
     """
     import tifffile
+
+    from jaxmicro import units
 
     array = np.asarray(labels)
     if array.ndim not in (2, 3):
@@ -981,6 +1309,16 @@ def write_labels_tiff(
         "axes": "YX" if array.ndim == 2 else "ZYX",
         "software": f"jaxmicro {_package_version()}",
     }
+    resolution: dict[str, Any] = {}
+    voxel = units.per_axis(voxel_size, array.ndim)
+    if voxel is not None:
+        description.update(voxel.to_json())
+        y_side, x_side = voxel.sides[-2:]
+        if voxel.unit in units.LENGTH_UNITS:  # TIFF knows centimetres: pixels per cm
+            per_cm = units.LENGTH_UNITS["cm"] / units.LENGTH_UNITS[voxel.unit]
+            resolution = {"resolution": (per_cm / x_side, per_cm / y_side), "resolutionunit": "CENTIMETER"}
+        else:
+            resolution = {"resolution": (1.0 / x_side, 1.0 / y_side), "resolutionunit": "NONE"}
     if metadata:
         description.update(to_jsonable(metadata))
     with atomic_write_path(path) as temp:
@@ -991,6 +1329,7 @@ def write_labels_tiff(
             photometric="minisblack",
             metadata=description,
             software="jaxmicro",
+            **resolution,
         )
 
 
