@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxmicro import statistics as st
+from jaxmicro import statistics as st, units
 from jaxmicro.errors import InputError
 
 __all__ = ["describe", "format_description", "compare", "format_comparison", "comparison_figure", "describe_figure",
@@ -70,13 +70,15 @@ def _check_phases(labels: np.ndarray, n_phases: int, name: str) -> None:
         )
 
 
-def _chord_summary(counts: np.ndarray) -> dict:
-    """Mean, standard deviation and number of chords per phase for one axis' ``(n, L + 1)`` counts."""
+def _chord_summary(counts: np.ndarray, side: float | None = None) -> dict:
+    """Mean, standard deviation and number of chords per phase for one axis' ``(n, L + 1)`` counts; lengths in
+    pixels, or times ``side`` (the voxel side along that axis)."""
     lengths = np.arange(counts.shape[-1])
     number = counts.sum(-1)
     mean = st.mean_chord_length(counts)
     std = np.sqrt(np.maximum((counts * lengths**2).sum(-1) / np.maximum(number, 1) - mean**2, 0.0))
-    return {"count": number.tolist(), "mean": mean.tolist(), "std": std.tolist()}
+    scale = 1.0 if side is None else side
+    return {"count": number.tolist(), "mean": (mean * scale).tolist(), "std": (std * scale).tolist()}
 
 
 def one_pixel_chord_fraction(counts: np.ndarray) -> np.ndarray:
@@ -86,8 +88,8 @@ def one_pixel_chord_fraction(counts: np.ndarray) -> np.ndarray:
     return pooled[:, 1] / np.maximum(pooled.sum(axis=1), 1)
 
 
-def _statistics(labels: np.ndarray, n_phases: int, max_distance: int) -> dict:
-    """numpy arrays of every statistic of one label image."""
+def _statistics(labels: np.ndarray, n_phases: int, max_distance: int, voxel=None) -> dict:
+    """numpy arrays of every statistic of one label image (surfaces per unit length with a ``voxel`` size)."""
     profiles = st.two_point_profiles(labels, max_distance=max_distance, n_phases=n_phases)
     counts = st.chord_length_distribution(labels, n_phases)
     return {
@@ -96,8 +98,9 @@ def _statistics(labels: np.ndarray, n_phases: int, max_distance: int) -> dict:
         "s2_radial": np.asarray(profiles.radial, np.float64),
         "lineal_path": st.lineal_path(labels, n_phases, max_distance=max_distance),
         "chords": counts,
-        "surface": np.asarray(st.specific_surface(labels, n_phases), np.float64),
-        "surface_pairs": np.asarray(st.specific_surface(labels, n_phases, pairwise=True), np.float64),
+        "surface": np.asarray(st.specific_surface(labels, n_phases, voxel_size=voxel), np.float64),
+        "surface_pairs": np.asarray(st.specific_surface(labels, n_phases, pairwise=True, voxel_size=voxel),
+                                    np.float64),
     }
 
 
@@ -105,7 +108,8 @@ def _statistics(labels: np.ndarray, n_phases: int, max_distance: int) -> dict:
 # describe
 
 
-def describe(labels, n_phases: int | None = None, *, max_distance: int | None = None, grayscale: bool = False) -> dict:
+def describe(labels, n_phases: int | None = None, *, max_distance: int | None = None, grayscale: bool = False,
+             voxel_size=None) -> dict:
     """Statistics of one label image (or, with ``grayscale=True``, intensity image: see ``describe_grayscale``)
     as a JSON-ready dict.
 
@@ -116,6 +120,11 @@ def describe(labels, n_phases: int | None = None, *, max_distance: int | None = 
     (n, mean over axes), ``specific_surface`` (n, boundary faces per pixel), ``specific_surface_pairs``
     (n x n), ``specific_surface_total`` (all interfaces, faces per pixel), ``largest_cluster_fraction`` (n, the
     fraction of each phase in its largest face-connected cluster, non-periodic).
+
+    ``voxel_size`` (``"0.5um"``, a number or one per axis, see ``jaxmicro.units``): chord lengths and, with
+    cubic voxels, ``distance`` in that unit, ``specific_surface*`` in 1/unit (area per volume), plus
+    ``voxel_size`` (per axis), ``unit`` and ``distance_per_axis`` (ndim x (R+1), the per-axis profiles'
+    distances). ``max_distance`` stays in pixels (the cut-off of the profiles).
     """
     if grayscale:
         return describe_grayscale(labels, 2 if n_phases is None else n_phases, max_distance=max_distance)
@@ -123,8 +132,15 @@ def describe(labels, n_phases: int | None = None, *, max_distance: int | None = 
     n = int(n_phases) if n_phases is not None else int(array.max()) + 1
     _check_phases(array, n, "image")
     max_distance = st._check_max_distance(max_distance, array.shape)
-    s = _statistics(array, n, max_distance)
-    chords = [_chord_summary(s["chords"][a]) for a in range(array.ndim)]
+    voxel = units.per_axis(voxel_size, array.ndim)
+    s = _statistics(array, n, max_distance, voxel)
+    chords = [_chord_summary(s["chords"][a], voxel.sides[a] if voxel else None) for a in range(array.ndim)]
+    physical = {}
+    if voxel is not None:
+        per_axis = st.axis_distances(max_distance, array.ndim, voxel)
+        physical = {**voxel.to_json(), "distance_per_axis": per_axis.tolist()}
+        if voxel.isotropic:
+            physical["distance"] = per_axis[0].tolist()
     return {
         "shape": list(array.shape),
         "ndim": array.ndim,
@@ -142,7 +158,12 @@ def describe(labels, n_phases: int | None = None, *, max_distance: int | None = 
         "specific_surface_pairs": s["surface_pairs"].tolist(),
         "specific_surface_total": float(s["surface"].sum() / 2),
         "largest_cluster_fraction": st.largest_cluster_fraction(array, n).tolist(),
+        **physical,
     }
+
+
+def _length_unit(d: dict) -> str:
+    return (d.get("unit") or "length units") if d.get("voxel_size") else "px"
 
 
 def format_description(d: dict) -> str:
@@ -152,7 +173,10 @@ def format_description(d: dict) -> str:
     shape = " x ".join(map(str, d["shape"]))
     lines = [
         f"image {shape} ({d['ndim']}D), {d['n_phases']} phases, profiles up to {d['max_distance']} px, "
-        f"interface density {d['specific_surface_total']:.4f} faces/px",
+        f"interface density {d['specific_surface_total']:.4f} "
+        + ("faces/px" if not d.get("voxel_size") else f"per {_length_unit(d)} (area per volume)")
+        + (f", voxel size {'x'.join(f'{v:g}' for v in d['voxel_size'])} {_length_unit(d)}"
+           if d.get("voxel_size") else ""),
         "",
     ]
     axes = range(d["ndim"])
@@ -168,8 +192,9 @@ def format_description(d: dict) -> str:
         row += "  " + "  ".join(f"{d['s2_per_axis'][a][quarter][i]:>11.4f}" for a in axes)
         lines.append(row)
     lines.append("")
-    lines.append("surface: boundary faces per pixel; cluster: fraction of the phase in its largest face-connected "
-                 "cluster (non-periodic); chord: mean periodic chord length (px) along each axis; "
+    surface = "boundary faces per pixel" if not d.get("voxel_size") else f"interface per volume (1/{_length_unit(d)})"
+    lines.append(f"surface: {surface}; cluster: fraction of the phase in its largest face-connected "
+                 f"cluster (non-periodic); chord: mean periodic chord length ({_length_unit(d)}) along each axis; "
                  f"S2 at r = {quarter} px")
     return "\n".join(lines)
 
@@ -190,7 +215,7 @@ def _middle_slices(volume: np.ndarray) -> list[np.ndarray]:
 
 
 def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, max_distance: int | None = None,
-            grayscale: bool = False, n_phases: int | None = None) -> dict:
+            grayscale: bool = False, n_phases: int | None = None, voxel_size=None) -> dict:
     """Compare reconstructions with their exemplar (label images; with ``grayscale=True`` intensity images, see
     ``compare_grayscale``, ``n_phases`` the phases of its segmentation).
 
@@ -199,6 +224,7 @@ def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, ma
         reconstructions: a label image or a sequence of them; 2D or 3D (3D allowed for a 2D exemplar), any sizes.
         names: one name per reconstruction (default ``reconstruction_0``, ...), reported as ``file``.
         max_distance: cut-off of the profiles; default half the smallest side of the smallest image.
+        voxel_size: the voxel size of all the images (see ``describe``): surfaces and chord lengths in that unit.
 
     Returns:
         JSON-ready dict with ``exemplar`` (``describe`` of the exemplar up to the cut-off), ``max_distance``,
@@ -234,7 +260,7 @@ def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, ma
             raise InputError(f"{name} is 2D but the exemplar is 3D; a 2D image cannot be compared with a 3D exemplar")
         _check_phases(array, n, name)
         arrays.append(array)
-    return _compare_labels(ex, arrays, names, n, _cut_off(max_distance, [ex, *arrays]))
+    return _compare_labels(ex, arrays, names, n, _cut_off(max_distance, [ex, *arrays]), voxel_size)
 
 
 def _named(reconstructions, names) -> tuple[list, list[str]]:
@@ -258,9 +284,10 @@ def _cut_off(max_distance, arrays) -> int:
     return int(max_distance)
 
 
-def _compare_labels(ex: np.ndarray, arrays: list[np.ndarray], names: list[str], n: int, max_distance: int) -> dict:
+def _compare_labels(ex: np.ndarray, arrays: list[np.ndarray], names: list[str], n: int, max_distance: int,
+                    voxel_size=None) -> dict:
     """``compare``'s dict for checked label images (a reconstruction's phase may be empty)."""
-    summary = describe(ex, n, max_distance=max_distance)
+    summary = describe(ex, n, max_distance=max_distance, voxel_size=voxel_size)
     ex_fractions = np.asarray(summary["volume_fractions"])
     ex_s2 = np.asarray(summary["s2_per_axis"])
     ex_path = np.asarray(summary["lineal_path_per_axis"])
@@ -268,7 +295,8 @@ def _compare_labels(ex: np.ndarray, arrays: list[np.ndarray], names: list[str], 
     baseline = float(np.sum(ex_fractions**2))
     results = []
     for name, array in zip(names, arrays):
-        s = _statistics(array, n, max_distance)
+        voxel = units.per_axis(voxel_size, array.ndim)
+        s = _statistics(array, n, max_distance, voxel)
         if array.ndim == ex.ndim:
             target_s2, target_path = ex_s2, ex_path
             copy = float(st.copy_agreement(ex, array, n))
@@ -280,7 +308,8 @@ def _compare_labels(ex: np.ndarray, arrays: list[np.ndarray], names: list[str], 
         path_error = np.abs(s["lineal_path"] - target_path).max(axis=(1, 2))
         rec_baseline = float(np.sum(ex_fractions * s["fractions"]))
         excess = (copy - rec_baseline) / max(1.0 - rec_baseline, 1e-12)
-        chords = [_chord_summary(s["chords"][a])["mean"] for a in range(array.ndim)]
+        chords = [_chord_summary(s["chords"][a], voxel.sides[a] if voxel else None)["mean"]
+                  for a in range(array.ndim)]
         result = {
             "file": name,
             "shape": list(array.shape),
@@ -305,7 +334,10 @@ def _compare_labels(ex: np.ndarray, arrays: list[np.ndarray], names: list[str], 
         if array.ndim > ex.ndim:
             result["largest_cluster_fraction_slices"] = st.largest_cluster_fraction_slices(array, n).tolist()
         results.append(result)
-    return {"exemplar": summary, "max_distance": max_distance, "baseline": baseline, "reconstructions": results}
+    output = {"exemplar": summary, "max_distance": max_distance, "baseline": baseline, "reconstructions": results}
+    if voxel_size is not None:
+        output.update(units.parse_voxel_size(voxel_size).to_json())
+    return output
 
 
 def _per_phase(values) -> str:
@@ -660,15 +692,27 @@ _PROFILES = {
 
 
 def _profile_panels(axes, ex_stats: dict, rec_stats: list[dict], max_distance: int,
-                    kinds: Sequence[str] = ("s2", "lineal_path", "chords")) -> None:
+                    kinds: Sequence[str] = ("s2", "lineal_path", "chords"), voxel=None) -> None:
+    x, xlabel = _distance_axis(max_distance, voxel)
     for ax, kind in zip(axes, kinds):
         title, get = _PROFILES[kind]
-        _band_panel(ax, title, get(ex_stats, max_distance), [get(s, max_distance) for s in rec_stats])
+        _band_panel(ax, title, get(ex_stats, max_distance), [get(s, max_distance) for s in rec_stats], x=x,
+                    xlabel=xlabel)
     axes[0].legend(fontsize=7)
 
 
+def _distance_axis(max_distance: int, voxel) -> tuple[np.ndarray, str]:
+    """The distances ``0..R`` of profiles averaged over axes and their label: physical with cubic voxels."""
+    voxel = units.parse_voxel_size(voxel)
+    r = np.arange(max_distance + 1)
+    if voxel is None or not voxel.isotropic:
+        return r, "distance (pixels)"
+    return r * voxel.sides[0], f"distance ({units.unit_label(voxel)})"
+
+
 def comparison_figure(exemplar, reconstructions, path, *, names: Sequence[str] | None = None,
-                      max_distance: int | None = None, grayscale: bool = False, n_phases: int | None = None) -> Path:
+                      max_distance: int | None = None, grayscale: bool = False, n_phases: int | None = None,
+                      voxel_size=None) -> Path:
     """Write a PNG comparing reconstructions with their exemplar. Written atomically; returns the path.
 
     2D reconstructions: the exemplar (middle slice for 3D) and up to 4 reconstructions, then S2, lineal path and
@@ -680,6 +724,8 @@ def comparison_figure(exemplar, reconstructions, path, *, names: Sequence[str] |
     ``grayscale=True``: intensity images in the same layout, the panels being the intensity histogram (with the
     exemplar's multi-Otsu thresholds into ``n_phases``, default 2), the normalised autocovariance (per axis for
     volumes) and S2 of the segmented phases.
+
+    ``voxel_size`` (cubic voxels): distances on the axes in its unit (unequal sides keep pixels).
     """
     if grayscale:
         return _grayscale_comparison_figure(exemplar, reconstructions, path, names, max_distance,
@@ -700,14 +746,16 @@ def comparison_figure(exemplar, reconstructions, path, *, names: Sequence[str] |
 
     def band(ax, a, volumes):
         reference = ex_stats["s2"].mean(0).T if ex.ndim == 2 else ex_stats["s2"][a].T
+        x, xlabel = _distance_axis(max_distance, voxel_size)
         _band_panel(ax, f"S2 along axis {a} (3D reconstructions)", reference,
                     [rec_stats[k]["s2"][a].T for k in volumes],
-                    "exemplar (in-plane mean)" if ex.ndim == 2 else "exemplar")
+                    "exemplar (in-plane mean)" if ex.ndim == 2 else "exemplar", x=x, xlabel=xlabel)
 
     return _comparison_layout(
         ex, recs, names, n, path, band,
-        lambda axes: _profile_panels(axes, ex_stats, rec_stats, max_distance),
-        lambda axes: _profile_panels(axes, ex_stats, rec_stats, max_distance, ("lineal_path", "chords")))
+        lambda axes: _profile_panels(axes, ex_stats, rec_stats, max_distance, voxel=voxel_size),
+        lambda axes: _profile_panels(axes, ex_stats, rec_stats, max_distance, ("lineal_path", "chords"),
+                                     voxel=voxel_size))
 
 
 def _comparison_layout(ex, recs, names, n, path, band: Callable, panels_2d: Callable, panels_3d: Callable) -> Path:
@@ -747,11 +795,12 @@ def _comparison_layout(ex, recs, names, n, path, band: Callable, panels_2d: Call
 
 
 def describe_figure(labels, path, *, max_distance: int | None = None, grayscale: bool = False,
-                    n_phases: int | None = None) -> Path:
+                    n_phases: int | None = None, voxel_size=None) -> Path:
     """Write a PNG of one label image (middle slice for 3D) with its S2 and lineal path per axis and its
     chord-length probability; with ``grayscale=True`` of one intensity image with its histogram (and multi-Otsu
     thresholds into ``n_phases``, default 2), normalised autocovariance per axis and radial, and the S2 of the
-    segmented phases. Written atomically; returns the path."""
+    segmented phases. Written atomically; returns the path. ``voxel_size``: distances along each axis in its
+    unit (S2 and lineal path per axis; the chord panel with cubic voxels only)."""
     if grayscale:
         return _grayscale_describe_figure(labels, path, max_distance, 2 if n_phases is None else n_phases)
     array = _labels(labels, "image")
@@ -762,16 +811,20 @@ def describe_figure(labels, path, *, max_distance: int | None = None, grayscale:
     figure = _new_figure(14, 3.4)
     axes = figure.subplots(1, 4)
     _show_image(axes[0], array, n, "image")
-    distance = np.arange(max_distance + 1)
+    voxel = units.per_axis(voxel_size, array.ndim)
+    per_axis = st.axis_distances(max_distance, array.ndim, voxel)
+    distance, chord_label = _distance_axis(max_distance, voxel)
     styles = ["-", "--", ":"]
     for i in range(n):
         for a in range(array.ndim):
-            axes[1].plot(distance, s["s2"][a, :, i], color=f"C{i}", ls=styles[a], label=f"phase {i}, axis {a}")
-            axes[2].plot(distance, s["lineal_path"][a, :, i], color=f"C{i}", ls=styles[a])
+            axes[1].plot(per_axis[a], s["s2"][a, :, i], color=f"C{i}", ls=styles[a], label=f"phase {i}, axis {a}")
+            axes[2].plot(per_axis[a], s["lineal_path"][a, :, i], color=f"C{i}", ls=styles[a])
         axes[3].plot(distance, _chord_probability(s["chords"], max_distance)[i], color=f"C{i}", label=f"phase {i}")
-    for ax, title in zip(axes[1:], ["two-point correlation S2", "lineal path L", "chord-length probability"]):
+    labels = [f"distance ({units.unit_label(voxel)})"] * 2 + [chord_label]
+    for ax, title, xlabel in zip(axes[1:], ["two-point correlation S2", "lineal path L", "chord-length probability"],
+                                 labels):
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("distance (pixels)")
+        ax.set_xlabel(xlabel)
     axes[1].legend(fontsize=7)
     return _save_atomically(figure, path)
 

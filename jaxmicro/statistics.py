@@ -10,7 +10,10 @@ Conventions (see docs/statistics.md):
   network side.
 - Every image is treated as one period of an infinite periodic structure: shifts wrap around. The exception
   is connectivity (``largest_cluster_fraction``): clusters do not join across the image edges.
-- Distances are in pixels (voxels) along the grid axes; ``r = 0`` is the origin.
+- Distances are in pixels (voxels) along the grid axes; ``r = 0`` is the origin. Functions that report a
+  distance or a surface per volume take ``voxel_size=`` (a number, one per axis in array order, or a text
+  such as ``"0.5um"``, see ``jaxmicro.units``) and then report physical units: distances ``r * voxel_size``,
+  surfaces per unit length (area per volume). ``voxel_size=None`` (the default) keeps pixels.
 - The default cut-off of every profile is half the smallest side, ``min(spatial) // 2``: beyond it the
   periodic S2 repeats itself mirrored and carries no new information.
 
@@ -44,6 +47,7 @@ __all__ = [
     "two_point_correlation",
     "two_point_profiles",
     "default_max_distance",
+    "axis_distances",
     "lineal_path",
     "chord_length_distribution",
     "mean_chord_length",
@@ -239,7 +243,8 @@ def _along_axes(correlation_map, ndim: int, max_distance: int):
     return jnp.stack(per_axis)
 
 
-def two_point_profiles(labels_or_probabilities, *, max_distance: int | None = None, n_phases: int | None = None):
+def two_point_profiles(labels_or_probabilities, *, max_distance: int | None = None, n_phases: int | None = None,
+                       voxel_size=None):
     """S2 along each axis and radially averaged, up to a cut-off.
 
     Args:
@@ -247,6 +252,8 @@ def two_point_profiles(labels_or_probabilities, *, max_distance: int | None = No
         max_distance: cut-off ``R`` in pixels; default (and maximum) half the smallest side,
             ``min(spatial) // 2``, beyond which the periodic S2 repeats itself mirrored.
         n_phases: number of phases for a label image (default ``labels.max() + 1``; required under ``jit``).
+        voxel_size: cubic voxel side (a number or text such as ``"0.5um"``): ``distance`` becomes ``r * side``.
+            The radial average needs equal sides; with unequal ones use ``axis_distances`` for ``per_axis``.
 
     Returns:
         ``TwoPointProfiles(distance (R+1,), per_axis (ndim, R+1, n), radial (R+1, n))``.
@@ -258,8 +265,15 @@ def two_point_profiles(labels_or_probabilities, *, max_distance: int | None = No
     spatial = x.shape[:-1]
     max_distance = _check_max_distance(max_distance, spatial)
     correlation = two_point_correlation(x)
+    distance = jnp.arange(max_distance + 1, dtype=correlation.dtype)
+    voxel = _voxel(voxel_size, len(spatial))
+    if voxel is not None:
+        if not voxel.isotropic:
+            raise InputError(f"the radial S2 needs equal voxel sides, not {voxel.sides}; use "
+                             "jaxmicro.statistics.axis_distances for the distances of the per-axis profiles")
+        distance = distance * jnp.asarray(voxel.sides[0], correlation.dtype)
     return TwoPointProfiles(
-        distance=jnp.arange(max_distance + 1, dtype=correlation.dtype),
+        distance=distance,
         per_axis=_along_axes(correlation, len(spatial), max_distance),
         radial=_radial_average(correlation, max_distance),
     )
@@ -368,11 +382,31 @@ def chord_length_distribution(labels, n_phases: int | None = None, *, normalize:
     return out
 
 
-def mean_chord_length(counts: np.ndarray) -> np.ndarray:
+def mean_chord_length(counts: np.ndarray, voxel_size: float | None = None) -> np.ndarray:
     """Number-weighted mean chord length (pixels) from chord counts ``(..., L + 1)`` indexed by length, as
-    :func:`chord_length_distribution` gives them; 0 where there is no chord."""
+    :func:`chord_length_distribution` gives them; 0 where there is no chord. ``voxel_size``: the side of a
+    pixel along the chords' axis (a number), giving the length in that unit."""
     counts = np.asarray(counts, np.float64)
-    return (counts * np.arange(counts.shape[-1])).sum(-1) / np.maximum(counts.sum(-1), 1)
+    mean = (counts * np.arange(counts.shape[-1])).sum(-1) / np.maximum(counts.sum(-1), 1)
+    if voxel_size is None:
+        return mean
+    side = _voxel(voxel_size, 1)
+    return mean * side.sides[0]
+
+
+def axis_distances(max_distance: int, ndim: int, voxel_size=None) -> np.ndarray:
+    """``(ndim, R + 1)`` distances of the per-axis profiles (S2, lineal path): ``r * voxel_size[a]``, or ``r``
+    (pixels) without a voxel size."""
+    r = np.arange(int(max_distance) + 1, dtype=np.float64)
+    voxel = _voxel(voxel_size, ndim)
+    sides = np.ones(ndim) if voxel is None else np.asarray(voxel.sides)
+    return sides[:, None] * r[None, :]
+
+
+def _voxel(voxel_size, ndim: int):
+    from jaxmicro.units import per_axis
+
+    return per_axis(voxel_size, ndim)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -380,18 +414,20 @@ def mean_chord_length(counts: np.ndarray) -> np.ndarray:
 
 
 @partial(jax.jit, static_argnames=("n_phases",))
-def _interface_density(labels, n_phases: int):
-    """``(n, n)`` boundary faces between phases i != j per pixel (symmetric, zero diagonal)."""
+def _interface_density(labels, n_phases: int, axis_weights=None):
+    """``(n, n)`` boundary faces between phases i != j per pixel (symmetric, zero diagonal); faces normal to
+    axis ``a`` weighted by ``axis_weights[a]`` when given."""
     indicators = jax.nn.one_hot(labels, n_phases, dtype=jnp.float32)
     ordered = jnp.zeros((n_phases, n_phases), jnp.float32)
     for axis in range(labels.ndim):
         neighbour = jnp.roll(indicators, -1, axis=axis)
-        ordered = ordered + jnp.einsum("...i,...j->ij", indicators, neighbour)
+        faces = jnp.einsum("...i,...j->ij", indicators, neighbour)
+        ordered = ordered + (faces if axis_weights is None else faces * axis_weights[axis])
     faces = (ordered + ordered.T) * (1.0 - jnp.eye(n_phases, dtype=jnp.float32))
     return faces / labels.size
 
 
-def specific_surface(labels, n_phases: int | None = None, *, pairwise: bool = False):
+def specific_surface(labels, n_phases: int | None = None, *, pairwise: bool = False, voxel_size=None):
     """Specific surface: phase-boundary faces per unit area (2D) or volume (3D), on the periodic grid.
 
     Counts the pixel faces (edges in 2D, faces in 3D) between neighbouring pixels of different phases, per
@@ -404,6 +440,9 @@ def specific_surface(labels, n_phases: int | None = None, *, pairwise: bool = Fa
         labels: ``(*spatial)`` integer phase indices.
         n_phases: number of phases (default ``labels.max() + 1``; required under ``jit``).
         pairwise: return the ``(n, n)`` matrix of faces between phase pairs instead.
+        voxel_size: side of a pixel (a number, one per axis, or text such as ``"0.5um"``): the result becomes
+            face area per volume (2D: boundary length per area) in 1/unit. A face normal to axis ``a`` has the
+            area ``prod(sides) / sides[a]``, so each counts ``1 / sides[a]``; cubic voxels divide by the side.
 
     Returns:
         ``(n,)`` surface of each phase (faces between it and any other phase), or with ``pairwise=True``
@@ -412,7 +451,9 @@ def specific_surface(labels, n_phases: int | None = None, *, pairwise: bool = Fa
     """
     labels = jnp.asarray(labels)
     n = int(n_phases) if n_phases is not None else _concrete_n_phases(labels)
-    faces = _interface_density(labels, n)
+    voxel = _voxel(voxel_size, labels.ndim)
+    weights = None if voxel is None else jnp.asarray([1.0 / s for s in voxel.sides], jnp.float32)
+    faces = _interface_density(labels, n, weights)
     return faces if pairwise else faces.sum(axis=1)
 
 
