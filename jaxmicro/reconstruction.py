@@ -101,6 +101,50 @@ class ReconstructionConfig(NamedTuple):
         return self.tap_weights or (1.0,) * len(self.taps)
 
 
+TARGET_FIELDS = ("shape", "n_phases", "taps", "correlation_radius", "pooling", "padding", "dtype", "convolution",
+                 "widths")
+"""The configuration fields that the exemplar targets depend on (a stored target is used only where they agree)."""
+
+
+class LevelTargets(NamedTuple):
+    """What one level of a reconstruction needs of its exemplar(s): their shapes at this level, the
+    configuration the targets were computed with, the targets (``Descriptors`` stacked over exemplar groups),
+    the correlations of the Gaussian start ``(G, n, *shape)`` (None where not computed) and the share of
+    isolated pixels per phase ``(G, n)`` (None for grayscale)."""
+
+    exemplar_shapes: tuple[tuple[int, ...], ...]
+    config: ReconstructionConfig
+    targets: Descriptors
+    correlations: Any
+    isolated_share: Any
+
+
+class Characterisation(NamedTuple):
+    """Everything a reconstruction needs of its exemplar(s), level by level (``levels[0]`` at full size, then
+    each coarser one): ``reconstruct(targets=...)`` runs from it without the images, bit for bit as from them.
+    Made by ``characterise``; stored and read by ``jaxmicro.targets``. ``weights_digest``: the content digest
+    of the network weights the Gram targets were computed with (``jaxmicro.targets.params_digest``)."""
+
+    n_phases: int | None
+    per_direction: bool
+    finest: float | None
+    levels: tuple[LevelTargets, ...]
+    weights_digest: str | None = None
+
+    @property
+    def grayscale(self) -> bool:
+        return self.n_phases is None
+
+    def coarser(self) -> Characterisation:
+        """The next coarser levels (the weights were checked at the first)."""
+        return self._replace(levels=self.levels[1:], weights_digest=None)
+
+
+def target_key(config: ReconstructionConfig) -> tuple:
+    """The ``TARGET_FIELDS`` of a configuration, comparable across processes (dtype by name)."""
+    return tuple(str(jnp.dtype(getattr(config, f))) if f == "dtype" else getattr(config, f) for f in TARGET_FIELDS)
+
+
 # --- the objective ----------------------------------------------------------------------------------------
 
 
@@ -341,30 +385,44 @@ def make_config(exemplar, *, shape: Sequence[int] | None = None, layers: str | S
                 **options) -> tuple[ReconstructionConfig, list[np.ndarray]]:
     """Validate the exemplar(s) and options (see ``reconstruct``): the configuration and the exemplar arrays.
 
-    Cheap and free of side effects, so the command line calls it before it writes anything.
+    Cheap and free of side effects, so the command line calls it before it writes anything. ``exemplar`` may be
+    a ``Characterisation`` (stored targets): it is returned in place of the arrays.
     """
-    images = list(exemplar) if isinstance(exemplar, (list, tuple)) else [exemplar]
-    images = [as_exemplar(e, grayscale) for e in images]
-    shape = tuple(int(s) for s in (shape or images[0].shape))
-    n_phases = None if grayscale else int(max(e.max() for e in images)) + 1
-    if not grayscale and any(int(e.max()) + 1 != n_phases for e in images):
-        raise InputError("all exemplars in one batch must have the same number of phases")
+    if isinstance(exemplar, Characterisation):
+        _check_stored_kind(exemplar, grayscale)
+        level = exemplar.levels[0]
+        images, shapes, n_phases = exemplar, level.exemplar_shapes, exemplar.n_phases
+        shape = tuple(int(s) for s in (shape or level.config.shape))
+    else:
+        images = list(exemplar) if isinstance(exemplar, (list, tuple)) else [exemplar]
+        images = [as_exemplar(e, grayscale) for e in images]
+        shapes = [e.shape for e in images]
+        shape = tuple(int(s) for s in (shape or images[0].shape))
+        n_phases = None if grayscale else int(max(e.max() for e in images)) + 1
+        if not grayscale and any(int(e.max()) + 1 != n_phases for e in images):
+            raise InputError("all exemplars in one batch must have the same number of phases")
     if not grayscale:
         encoding.phase_palette(n_phases)  # raises for an unsupported number of phases
-    if len(shape) == 2 and any(e.ndim == 3 for e in images):
+    if len(shape) == 2 and any(len(e) == 3 for e in shapes):
         raise InputError("a 3D exemplar needs a 3D output shape (D, H, W), e.g. --shape 64x64x64")
     taps = vgg.resolve_taps(layers)
     radius = options.pop("correlation_radius", None)
-    sides = [min(shape)] + [min(e.shape) for e in images]
+    sides = [min(shape)] + [min(e) for e in shapes]
     if radius is None:
         radius = statistics.default_max_distance(sides)  # every distance the report judges, 0..side // 2
     config = ReconstructionConfig(shape=shape, n_phases=n_phases, taps=taps,
                                   tap_weights=tuple(layer_weights) if layer_weights else None,
                                   correlation_radius=radius, dtype=jnp.dtype(dtype), **options)
-    exemplar_shapes = [s for e in images for s in ([e.shape] if e.ndim == 2 else
-                                                   [np.delete(e.shape, d) for d in range(3)])]
+    exemplar_shapes = [s for e in shapes for s in ([e] if len(e) == 2 else [np.delete(e, d) for d in range(3)])]
     check_config(config, exemplar_shapes)
     return config, images
+
+
+def _check_stored_kind(stored: Characterisation, grayscale: bool) -> None:
+    if stored.grayscale != grayscale:
+        made = "a grayscale" if stored.grayscale else "a phase"
+        raise InputError(f"the stored targets were made from {made} exemplar: "
+                         f"{'pass' if stored.grayscale else 'leave out'} --grayscale (grayscale=...)")
 
 
 def finest_feature(labels: np.ndarray) -> float:
@@ -386,8 +444,14 @@ def resolve_schedule(exemplar, *, shape: Sequence[int] | None = None, layers: st
     feature still spans about a pixel there; given levels that do not fit the network raise InputError. Returns
     the resolved values, without the ones that stay unset.
     """
-    images = [as_exemplar(e, grayscale) for e in (exemplar if isinstance(exemplar, (list, tuple)) else [exemplar])]
-    shape = tuple(int(s) for s in (shape or images[0].shape))
+    stored = exemplar if isinstance(exemplar, Characterisation) else None
+    if stored is not None:
+        _check_stored_kind(stored, grayscale)
+        shape = tuple(int(s) for s in (shape or stored.levels[0].config.shape))
+    else:
+        images = [as_exemplar(e, grayscale) for e in (exemplar if isinstance(exemplar, (list, tuple))
+                                                      else [exemplar])]
+        shape = tuple(int(s) for s in (shape or images[0].shape))
     defaults = VOLUME_SCHEDULE if len(shape) == 3 else IMAGE_SCHEDULE
     names = ("steps", "levels", "coarse_steps", "polish_steps", "slices_per_step", "correlation_weight",
              *MORPHOLOGY_WEIGHTS)
@@ -398,9 +462,16 @@ def resolve_schedule(exemplar, *, shape: Sequence[int] | None = None, layers: st
         if given.get(name) is None and given.get("steps") is not None and defaults.get(name):
             schedule[name] = max(1, round(given["steps"] * defaults[name] / defaults["steps"]))
     if given.get("levels") is None and not grayscale and schedule["levels"] > 1:
-        finest = min(finest_feature(e) for e in images)
+        finest = stored.finest if stored is not None else min(finest_feature(e) for e in images)
         while schedule["levels"] > 1 and 2 ** (schedule["levels"] - 1) > finest:
             schedule["levels"] -= 1
+    if stored is not None:  # its levels were checked when it was made
+        if schedule["levels"] > len(stored.levels):
+            if given.get("levels") is not None:
+                raise InputError(f"levels={given['levels']}: the stored targets hold {len(stored.levels)} "
+                                 "coarse-to-fine level(s); characterise the exemplar with that many --levels")
+            schedule["levels"] = len(stored.levels)
+        return {name: value for name, value in schedule.items() if value is not None}
     coarse = images
     for level in range(1, schedule["levels"]):  # every coarse level must still fit the network
         coarse = [subsample(e) for e in coarse]
@@ -414,8 +485,81 @@ def resolve_schedule(exemplar, *, shape: Sequence[int] | None = None, layers: st
     return {name: value for name, value in schedule.items() if value is not None}
 
 
-def reconstruct(
+def level_targets(config: ReconstructionConfig, params, images: Sequence[np.ndarray], per_direction: bool,
+                  correlations: bool) -> LevelTargets:
+    """The exemplar-derived data of one level (``LevelTargets``) from the images at that level; ``correlations``:
+    also those of the Gaussian start (2D phase outputs)."""
+    groups = [list(images)] if per_direction else [[e] for e in images]
+    per_group = [make_targets(config, params, g) for g in groups]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *per_group)
+    fields = (jnp.stack([field_correlation(g, config.n_phases, config.shape) for g in groups])
+              if correlations and not config.grayscale else None)
+    # the exemplar's own isolated pixels stay (a noisy segmentation has them); a 2D one's say nothing of a volume
+    share = np.stack([np.mean([isolated_fraction(e, config.n_phases) if e.ndim == len(config.shape)
+                               else np.zeros(config.n_phases) for e in g], axis=0)
+                      for g in groups]) if not config.grayscale else None
+    return LevelTargets(tuple(tuple(int(s) for s in e.shape) for e in images), config, stacked, fields, share)
+
+
+def _targets_network_digest(params, config) -> str:
+    from jaxmicro.targets import params_digest
+
+    return params_digest(params, config.taps)
+
+
+def characterise(
     exemplar,
+    *,
+    shape: Sequence[int] | None = None,
+    layers: str | Sequence[str] = "default",
+    grayscale: bool = False,
+    per_direction: bool = False,
+    dtype: str = "float32",
+    params: dict | None = None,
+    levels: int | None = None,
+    **options,
+) -> Characterisation:
+    """The exemplar(s)' targets at every coarse-to-fine level a ``reconstruct`` with the same arguments runs:
+    ``reconstruct(targets=characterise(exemplar, ...), ...)`` gives bit for bit what ``reconstruct(exemplar,
+    ...)`` gives. ``levels``: as for ``reconstruct`` (default: the schedule's); ``options``: the
+    ``ReconstructionConfig`` fields the targets depend on (``correlation_radius``, ``widths``, ...); weights
+    and steps do not matter here. The output ``shape`` (default the exemplar's) is part of the targets."""
+    options = {k: v for k, v in options.items() if k in ReconstructionConfig._fields}
+    schedule = resolve_schedule(exemplar, shape=shape, layers=layers, grayscale=grayscale, levels=levels,
+                                slices_per_step=options.pop("slices_per_step", None))
+    config, images = make_config(exemplar, shape=shape, layers=layers, grayscale=grayscale, dtype=dtype, **options)
+    if params is None:
+        params = load_network_params(config)
+    coarse_options = {k: v for k, v in options.items() if k != "correlation_radius"}  # coarse levels pick their own
+    stored, level_images, level_config = [], images, config
+    for level in range(schedule["levels"]):
+        if level:
+            level_images = [subsample(e) for e in level_images]
+            level_config, _ = make_config(level_images, shape=tuple(s // 2 for s in level_config.shape),
+                                          layers=config.taps, grayscale=grayscale, dtype=dtype, **coarse_options)
+        stored.append(level_targets(level_config, params, level_images, per_direction,
+                                    correlations=len(config.shape) == 2))
+    finest = None if grayscale else min(finest_feature(e) for e in images)
+    return Characterisation(config.n_phases, per_direction, finest, tuple(stored),
+                            _targets_network_digest(params, config))
+
+
+def _stored_level(targets: Characterisation, config: ReconstructionConfig) -> LevelTargets:
+    """The stored level for ``config``, refused with the reason when the targets were made for another one."""
+    if not targets.levels:
+        raise InputError("the stored targets hold no more coarse-to-fine levels: characterise the exemplar with "
+                         "as many --levels as the reconstruction uses")
+    level = targets.levels[0]
+    if target_key(level.config) != target_key(config):
+        differ = [f"{f} {a!r} (stored) vs {b!r}" for f, a, b in zip(TARGET_FIELDS, target_key(level.config),
+                                                                    target_key(config)) if a != b]
+        raise InputError("the stored targets were made for another reconstruction: " + "; ".join(differ)
+                         + ". Characterise the exemplar again with the options of this reconstruction")
+    return level
+
+
+def reconstruct(
+    exemplar=None,
     *,
     shape: Sequence[int] | None = None,
     count: int = 1,
@@ -439,9 +583,15 @@ def reconstruct(
     initial: str | None = None,
     cleanup: bool = True,
     polish_steps: int | None = None,
+    targets=None,
     **options,
 ) -> ReconstructionResult:
     """Reconstruct ``count`` new microstructures statistically equivalent to ``exemplar``.
+
+    ``targets``: instead of ``exemplar``, its stored statistics: a ``Characterisation`` (``characterise``) or
+    the path of a targets file (``jaxmicro.targets.save_targets``, ``jaxmicro characterise``). The result is bit
+    for bit the one from the exemplar itself; options that change the targets (shape, layers, dtype, radius,
+    network) must be those it was made with, and ``params`` must be the same weights (both checked).
 
     ``exemplar``: a 2D label image (int, phases 0..n-1), a 3D tomogram, a grayscale image in 0..1 with
     ``grayscale=True``, or a list of such images (several materials in one batch; ``count`` each). With a 3D
@@ -469,6 +619,17 @@ def reconstruct(
 
     Returns a ReconstructionResult; per-sample failure is reported in ``status``, never raised.
     """
+    if targets is not None:
+        if exemplar is not None:
+            raise InputError("give an exemplar or stored targets, not both")
+        if not isinstance(targets, Characterisation):
+            from jaxmicro.targets import load_targets
+
+            targets = load_targets(targets)
+        exemplar = targets
+    if exemplar is None:
+        raise InputError("give an exemplar image (or stored targets with targets=...)")
+    stored = exemplar if isinstance(exemplar, Characterisation) else None
     schedule = resolve_schedule(exemplar, shape=shape, layers=layers, grayscale=grayscale, steps=steps,
                                 levels=levels, coarse_steps=coarse_steps, polish_steps=polish_steps,
                                 slices_per_step=options.pop("slices_per_step", None),
@@ -488,12 +649,18 @@ def reconstruct(
                                  grayscale=grayscale, dtype=dtype, **options)
     if params is None:
         params = load_network_params(config)
+    if stored is not None and stored.weights_digest is not None and config.taps:
+        if _targets_network_digest(params, config) != stored.weights_digest:
+            raise InputError("the stored targets were computed with other network weights (their digest differs "
+                             "from these weights'); characterise the exemplar again with these weights")
     initial_logits = None
     resuming = checkpoint is not None and checkpoint.resume and checkpoint.latest_step() is not None
     if levels > 1 and not resuming:
         options.pop("correlation_radius", None)  # the coarse level picks its own
         coarse = reconstruct(
-            [subsample(e) for e in images], shape=tuple(s // 2 for s in config.shape), count=count,
+            [subsample(e) for e in images] if stored is None else None,
+            targets=stored.coarser() if stored is not None else None, shape=tuple(s // 2 for s in config.shape),
+            count=count,
             steps=coarse_steps or steps, seed=seed, layers=config.taps, layer_weights=layer_weights,
             optimizer=optimizer, learning_rate=learning_rate, grayscale=grayscale, per_direction=per_direction,
             dtype=dtype, params=params, chunk=chunk, levels=levels - 1, coarse_steps=coarse_steps, progress=progress,
@@ -502,10 +669,17 @@ def reconstruct(
         initial_logits = jax.image.resize(coarse.logits, (coarse.logits.shape[0], *config.shape,
                                                           config.channels), "nearest")
 
-    groups = [images] if per_direction else [[e] for e in images]
-    per_exemplar = [make_targets(config, params, g) for g in groups]
-    exemplar_index = np.repeat(np.arange(len(groups)), count)
-    targets = jax.tree.map(lambda *xs: jnp.stack(xs)[exemplar_index], *per_exemplar)
+    # L-BFGS's line search sees no decrease from a decided start (the decoded loss is flat for small steps)
+    initial = initial or ("gaussian" if len(config.shape) == 2 and optimizer != "lbfgs" else "noise")
+    gaussian = initial_logits is None and initial == "gaussian" and not config.grayscale and not resuming
+    if stored is None:
+        level = level_targets(config, params, images, per_direction, correlations=gaussian)
+    else:
+        level = _stored_level(stored, config)
+        if gaussian and level.correlations is None:
+            raise InputError("the stored targets hold no Gaussian start for this shape; use initial='noise'")
+    exemplar_index = np.repeat(np.arange(len(level.targets.fractions)), count)
+    targets = jax.tree.map(lambda x: x[exemplar_index], level.targets)
     batch = exemplar_index.size
     objective = make_objective(config, targets, weights)
     objective = objective._replace(weights={name: jnp.broadcast_to(w, (batch,))
@@ -513,10 +687,8 @@ def reconstruct(
 
     tx = make_optimizer(optimizer, learning_rate, steps)
     keys = jax.random.split(jax.random.PRNGKey(seed), batch)
-    # L-BFGS's line search sees no decrease from a decided start (the decoded loss is flat for small steps)
-    initial = initial or ("gaussian" if len(config.shape) == 2 and optimizer != "lbfgs" else "noise")
-    if initial_logits is None and initial == "gaussian" and not config.grayscale and not resuming:
-        correlations = jnp.stack([field_correlation(g, config.n_phases, config.shape) for g in groups])[exemplar_index]
+    if gaussian:
+        correlations = level.correlations[exemplar_index]
         initial_logits = jax.vmap(gaussian_logits)(jax.vmap(jax.random.fold_in, (0, None))(keys, 1), correlations,
                                                    targets.fractions)
     states = jax.vmap(functools.partial(init_state, config, tx))(keys, initial_logits)
@@ -528,8 +700,5 @@ def reconstruct(
         polish_progress = None if progress is None else (
             lambda done, total: progress(config.shape, steps + done, steps + total))  # the full-size level goes on
         states, history = polish(config, params, states, objective, history, polish_steps, chunk, polish_progress)
-    # the exemplar's own isolated pixels stay (a noisy segmentation has them); a 2D one's say nothing of a volume
-    share = np.stack([np.mean([isolated_fraction(e, config.n_phases) if e.ndim == len(config.shape)
-                               else np.zeros(config.n_phases) for e in g], axis=0)
-                      for g in groups])[exemplar_index] if not config.grayscale else None
+    share = np.asarray(level.isolated_share)[exemplar_index] if not config.grayscale else None
     return finish(config, states, history, exemplar_index, seed, cleanup=cleanup, isolated_share=share)
