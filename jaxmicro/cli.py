@@ -84,7 +84,38 @@ def _read(path, args):
     grayscale = getattr(args, "grayscale", False)
     return read_microstructure(path, mode="grayscale" if grayscale else "auto",
                                phases=None if grayscale else getattr(args, "phases", None),
-                               gray_from_rgb=getattr(args, "gray_from_rgb", False))
+                               gray_from_rgb=getattr(args, "gray_from_rgb", False), **_input_options(args))
+
+
+INPUT_OPTIONS = ("raw_shape", "raw_dtype", "raw_order", "crop", "downsample", "voxel_size")
+"""The options of `_add_input_options`, by their names in ``args`` and in run.json."""
+
+
+def _input_options(args) -> dict:
+    """The keyword arguments of jaxmicro.io.read_microstructure that `_add_input_options` gives."""
+    options = {name: getattr(args, name, None) for name in INPUT_OPTIONS}
+    if options["raw_order"] is None:
+        options["raw_order"] = "C"
+    return options
+
+
+def _add_input_options(p):
+    """Options of every command that reads an image: raw binary, crop, downsample, voxel size."""
+    group = p.add_argument_group("input files (tomography)")
+    group.add_argument("--raw-shape", metavar="DxHxW",
+                       help="read headerless raw binary of this shape (array order z, y, x), e.g. 256x256x256")
+    group.add_argument("--raw-dtype", metavar="TYPE",
+                       help="type of the raw values: uint8 (default), uint16, int16, float32, ...; byte order as "
+                            "numpy writes it, e.g. '>u2' for big-endian 16 bit")
+    group.add_argument("--raw-order", choices=["C", "F"],
+                       help="C: the last axis varies fastest (default); F: the first axis does (Fortran, MATLAB)")
+    group.add_argument("--crop", metavar="z0:z1,y0:y1,x0:x1",
+                       help="keep this region of the image (one start:stop per axis; an empty end means the edge)")
+    group.add_argument("--downsample", type=_positive_int, metavar="K",
+                       help="merge KxK(xK) blocks after reading: the most frequent phase, or the mean intensity")
+    group.add_argument("--voxel-size", metavar="SIZE",
+                       help="pixel or voxel size with its unit, e.g. 0.5um or 2x0.5x0.5um (z, y, x); default: the "
+                            "file's resolution tags, else pixels. Distances, chord lengths and surfaces follow it")
 
 
 def _add_device_options(p):
@@ -107,6 +138,13 @@ def _judge_phases(args) -> int:
     return phases
 
 
+def _add_source_options(p):
+    p.add_argument("--exemplar-z", metavar="IMAGE",
+                   help="a volume from orthogonal sections: the section normal to z (a y-x image); give all three")
+    p.add_argument("--exemplar-y", metavar="IMAGE", help="the section normal to y (a z-x image)")
+    p.add_argument("--exemplar-x", metavar="IMAGE", help="the section normal to x (a z-y image)")
+
+
 def _add_reading_options(p):
     p.add_argument("--grayscale", action="store_true", help="treat the image as a grayscale micrograph")
     p.add_argument("--phases", type=_positive_int, metavar="N",
@@ -119,7 +157,8 @@ def _add_reading_options(p):
 
 
 RUN_OPTIONS = ("exemplar", "shape", "count", "steps", "seed", "optimizer", "learning_rate", "layers", "dtype",
-               "grayscale", "phases", "gray_from_rgb", "checkpoint_every", "levels", "coarse_steps", "slices_per_step")
+               "grayscale", "phases", "gray_from_rgb", "checkpoint_every", "levels", "coarse_steps", "slices_per_step",
+               "exemplar_x", "exemplar_y", "exemplar_z", "targets", *INPUT_OPTIONS)
 # what run.json records beside the options: not options (a run resumes on any devices), so --resume skips them
 RECORDS = ("devices_used",)
 
@@ -132,11 +171,10 @@ def _reconstruct(args) -> int:
 
     # 1. Everything that can be checked is checked before anything is written.
     mesh = _start_devices(args)
-    exemplar = _exemplar(args)
-    grayscale = exemplar.kind == "grayscale"
-    image = exemplar.gray if grayscale else exemplar.labels
-    judge_phases = _judge_phases(args) if grayscale else None
-    shape = io.parse_shape(args.shape) if args.shape else tuple(image.shape)
+    source = _reconstruction_source(args)
+    image, grayscale, n_phases = source["image"], source["grayscale"], source["n_phases"]
+    judge_phases = _judge_phases(args) if grayscale and source["exemplars"] else None
+    shape = io.parse_shape(args.shape) if args.shape else source["shape"]
     # unset schedule options follow R.IMAGE_SCHEDULE / R.VOLUME_SCHEDULE; the resolved values go into run.json
     options = R.resolve_schedule(image, shape=shape, layers=args.layers, grayscale=grayscale, steps=args.steps,
                                  levels=args.levels, coarse_steps=args.coarse_steps,
@@ -146,6 +184,8 @@ def _reconstruct(args) -> int:
     polish_steps = options.pop("polish_steps", 0)
     config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype,
                               slices_per_step=args.slices_per_step, **options)
+    if source["stored"] is not None:
+        R.stored_level(source["stored"], config)  # made for this reconstruction? (shape, network, radius)
     if args.levels > 1:
         _say(args, f"coarse to fine: {args.coarse_steps} steps at each of {args.levels - 1} coarser level(s) first, "
                    f"then {args.steps} at full size" + (f", then {polish_steps} without the network" if polish_steps
@@ -160,10 +200,13 @@ def _reconstruct(args) -> int:
         raise InputError(f"nothing to resume in {out}: it holds no checkpoints folder")
     _say(args, estimate.format_estimate(plan))
     params = R.load_network_params(config, progress=not args.quiet)
+    if source["stored"] is not None:
+        _check_stored_weights(source["stored"], params, config)
 
     # 2. The output folder: refuse to overwrite a finished run, create it, record the options for --resume.
-    saved, checkpointer = _prepare_run_folder(args, out, names + ["metrics.json", "comparison.png"], RUN_OPTIONS,
-                                              image, mesh, resolved_shape=shape, **options)
+    reports = ["metrics.json"] + (["comparison.png"] if source["exemplars"] else [])
+    saved, checkpointer = _prepare_run_folder(args, out, names + reports, RUN_OPTIONS,
+                                              source["fingerprint"], mesh, resolved_shape=shape, **options)
 
     # 3. Run, with a progress bar; Ctrl-C saves a checkpoint between chunks and exits cleanly.
     total = args.steps + (args.levels - 1) * (args.coarse_steps or args.steps) + polish_steps
@@ -173,22 +216,22 @@ def _reconstruct(args) -> int:
         optimizer=args.optimizer, learning_rate=args.learning_rate, grayscale=grayscale, dtype=args.dtype,
         params=params, chunk=chunk, callback=callback, progress=progress, checkpoint=checkpointer,
         levels=args.levels, coarse_steps=args.coarse_steps, slices_per_step=args.slices_per_step,
-        polish_steps=polish_steps, **options,
+        polish_steps=polish_steps, per_direction=source["per_direction"], **options,
     ), polish_steps=polish_steps)
     if outcome is None:
         return EXIT_INTERRUPTED
     result, elapsed = outcome
 
     # 4. Outputs, each written atomically: each process its own samples, process 0 the summary.
+    voxel = _output_voxel(source["voxel_size"], len(shape))
     for index in sharding.owned_samples(args.count, mesh):
-        io.write_labels_tiff(out / names[index], result.labels[index], n_phases=exemplar.n_phases)
+        io.write_labels_tiff(out / names[index], result.labels[index], n_phases=n_phases, voxel_size=voxel)
     if jax.process_index() != 0:
         return _finish_process()
     run = {
         "jaxmicro_version": _version(), "device": str(jax.devices()[0]), "jax_version": jax.__version__,
         "devices_used": sharding.describe(mesh),
-        "exemplar": {"file": str(args.exemplar or "built-in"), "shape": list(image.shape),
-                     "mapping": exemplar.mapping},
+        "exemplar": source["record"],
         **{k: v for k, v in saved.items() if k != "exemplar"},
         "shape": list(shape), "layers": list(taps), **options, "elapsed_seconds": round(elapsed, 3),
         "status": result.status_names, "undecided_fraction": result.undecided_fraction.tolist(),
@@ -196,16 +239,30 @@ def _reconstruct(args) -> int:
     }
     # grayscale: uint8 intensities, judged on intensities and on the exemplar's multi-Otsu phases
     judged = dict(grayscale=True, n_phases=judge_phases) if grayscale else {}
-    metrics = report.compare(image, list(result.labels), names=names, **judged)
+    units = dict(voxel_size=voxel) if voxel is not None and not grayscale else {}
+    if source["exemplars"]:  # judged against the exemplar (with one per direction: the z one, and each)
+        reference = source["exemplars"][0]
+        metrics = report.compare(reference, list(result.labels), names=names, **judged, **units)
+        if source["per_direction"]:
+            metrics["directions"] = {axis: report.compare(e, list(result.labels), names=names, **judged, **units)
+                                     for axis, e in zip("zyx", source["exemplars"])}
+    else:  # stored targets: no image to judge against
+        metrics = {"reconstructions": [{"file": name, "shape": list(labels.shape)}
+                                       for name, labels in zip(names, result.labels)],
+                   "note": "reconstructed from stored targets, without the exemplar image: compare the "
+                           "reconstructions with it by jaxmicro compare EXEMPLAR " + " ".join(names)}
     for entry, status, undecided in zip(metrics["reconstructions"], run["status"], run["undecided_fraction"]):
         entry.update(status=status, undecided_fraction=undecided)
     metrics["run"] = run
-    report.comparison_figure(image, list(result.labels), out / "comparison.png", names=names, **judged)
+    if source["exemplars"]:
+        report.comparison_figure(source["exemplars"][0], list(result.labels), out / "comparison.png", names=names,
+                                 **judged, **units)
     io.write_json(out / "metrics.json", metrics)
-    _say(args, report.format_comparison(metrics))
+    if source["exemplars"]:
+        _say(args, report.format_comparison(metrics))
     _say(args, f"done in {elapsed:.1f} s: {len(names)} reconstruction(s) "
                f"({', '.join(sorted(set(result.status_names)))}) written to {out}/ "
-               f"({names[0]}{' ...' if len(names) > 1 else ''}, metrics.json, comparison.png)")
+               f"({names[0]}{' ...' if len(names) > 1 else ''}, {', '.join(reports)})")
     return _finish_process()
 
 
@@ -214,7 +271,7 @@ def _reconstruct(args) -> int:
 
 DESIGN_OPTIONS = ("exemplar", "shape", "count", "steps", "coarse_steps", "seed", "target", "conductivity", "young",
                   "poisson", "hold_fraction", "statistics_weight", "property_weight", "filter_radius", "layers",
-                  "learning_rate", "phases", "gray_from_rgb", "checkpoint_every")
+                  "learning_rate", "phases", "gray_from_rgb", "checkpoint_every", *INPUT_OPTIONS)
 
 
 def _design(args) -> int:
@@ -264,8 +321,9 @@ def _design(args) -> int:
 
     # 4. Check every design with the solver on its written labels, then write everything atomically: each
     # process its own designs, process 0 the summary.
+    voxel = _output_voxel(exemplar.voxel_size, len(shape))
     for index in sharding.owned_samples(batch, mesh):
-        io.write_labels_tiff(out / names[index], result.labels[index], n_phases=exemplar.n_phases)
+        io.write_labels_tiff(out / names[index], result.labels[index], n_phases=exemplar.n_phases, voxel_size=voxel)
     if jax.process_index() != 0:
         return _finish_process()
     checked = D.design_records(result, image, names=names)
@@ -313,6 +371,145 @@ def _exemplar(args):
     return exemplar
 
 
+DIRECTIONS = ("exemplar_z", "exemplar_y", "exemplar_x")
+"""One exemplar per direction of a volume, in the order reconstruct(per_direction=True) takes them: the section
+normal to z (axis 0, a y-x image), to y (axis 1, z-x) and to x (axis 2, z-y)."""
+
+
+def _direction_exemplars(args) -> list:
+    """The three sections given by --exemplar-z/-y/-x, read alike, with phases that agree."""
+    given = [getattr(args, name) for name in DIRECTIONS]
+    if None in given:
+        missing = ", ".join("--" + n.replace("_", "-") for n, g in zip(DIRECTIONS, given) if g is None)
+        raise InputError(f"a volume from orthogonal sections needs one image per direction: add {missing} "
+                         "(or give a single exemplar for every direction)")
+    if args.exemplar is not None:
+        raise InputError("give either one exemplar or --exemplar-z/-y/-x, not both")
+    if not args.shape or len(args.shape.lower().split("x")) != 3:
+        raise InputError("a volume from orthogonal sections needs a 3D --shape, e.g. --shape 64x64x64")
+    images = []
+    for name, path in zip(DIRECTIONS, given):
+        image = _read(path, args)
+        _say(args, f"--{name.replace('_', '-')} {path}: {image.describe()}")
+        if image.ndim != 2:
+            raise InputError(f"--{name.replace('_', '-')} {path} is {image.ndim}D; each direction needs a 2D section")
+        images.append(image)
+    first = images[0]
+    for name, image in zip(DIRECTIONS[1:], images[1:]):
+        option = "--" + name.replace("_", "-")
+        if image.kind != first.kind:
+            raise InputError(f"{option} is a {image.kind} image but --exemplar-z is a {first.kind} one; read them "
+                             "alike (the same --phases / --grayscale)")
+        if image.kind == "labels" and (image.n_phases != first.n_phases
+                                       or image.mapping.get("values") != first.mapping.get("values")):
+            raise InputError(
+                f"the sections do not agree on the phases: --exemplar-z has {first.n_phases} phases (file values "
+                f"{first.mapping.get('values')}), {option} has {image.n_phases} (file values "
+                f"{image.mapping.get('values')}); the same value must mean the same phase in every section")
+    return images
+
+
+def _reconstruction_source(args) -> dict:
+    """What reconstruct works from: an exemplar image, one per direction, or stored targets (--targets)."""
+    import numpy as np
+
+    directional = any(getattr(args, name, None) for name in DIRECTIONS)
+    if getattr(args, "targets", None):
+        if args.exemplar is not None or directional:
+            raise InputError("give an exemplar image or --targets, not both")
+        from jaxmicro import targets as T
+
+        header = T.read_header(args.targets)
+        stored = T.load_targets(args.targets)
+        network = header["network"]
+        if args.layers == "default":  # the parser's default: use the file's taps
+            args.layers = ",".join(network["taps"])
+        if args.dtype == "float32" and network["dtype"] in ("float32", "bfloat16"):
+            args.dtype = network["dtype"]
+        if bool(header["grayscale"]) != bool(getattr(args, "grayscale", False)):
+            raise InputError(f"{args.targets} holds the targets of a {'grayscale' if header['grayscale'] else 'phase'}"
+                             f" exemplar: {'add' if header['grayscale'] else 'leave out'} --grayscale")
+        _say(args, f"{args.targets}: {T.describe_targets(header)}")
+        record = {"targets": str(args.targets), **header.get("exemplar", {})}
+        digest = np.frombuffer(bytes.fromhex(T.file_digest(args.targets)), np.uint8)
+        voxel = header.get("exemplar", {}).get("voxel_size")
+        if voxel is not None:
+            voxel = "x".join(map(repr, voxel)) + (header["exemplar"].get("unit") or "")
+        return dict(image=stored, grayscale=bool(header["grayscale"]), n_phases=header["n_phases"],
+                    shape=tuple(header["shape"]), stored=stored, exemplars=[], per_direction=stored.per_direction,
+                    voxel_size=voxel, fingerprint=digest, record=record)
+    if directional:
+        images = _direction_exemplars(args)
+        arrays = [i.array for i in images]
+        voxels = [i.voxel_size for i in images if i.voxel_size is not None]
+        record = {"per_direction": {name[-1]: {"file": str(getattr(args, name)), "shape": list(i.shape),
+                                               "mapping": i.mapping} for name, i in zip(DIRECTIONS, images)}}
+        return dict(image=arrays, grayscale=images[0].kind == "grayscale", n_phases=images[0].n_phases,
+                    shape=None, stored=None, exemplars=arrays, per_direction=True,
+                    voxel_size=voxels[0] if voxels else None,
+                    fingerprint=np.concatenate([a.ravel() for a in arrays]), record=record)
+    exemplar = _exemplar(args)
+    image = exemplar.array
+    record = {"file": str(args.exemplar or "built-in"), "shape": list(image.shape), "mapping": exemplar.mapping}
+    return dict(image=image, grayscale=exemplar.kind == "grayscale", n_phases=exemplar.n_phases,
+                shape=tuple(image.shape), stored=None, exemplars=[image], per_direction=False,
+                voxel_size=exemplar.voxel_size, fingerprint=image, record=record)
+
+
+def _check_stored_weights(stored, params, config) -> None:
+    """Refuse stored targets whose Gram matrices came from other network weights."""
+    from jaxmicro.targets import params_digest
+
+    if stored.weights_digest is not None and config.taps and params_digest(params, config.taps) != \
+            stored.weights_digest:
+        raise InputError("the stored targets were computed with other network weights (their digest differs from "
+                         "the weights in use); characterise the exemplar again with these weights")
+
+
+def _output_voxel(voxel, ndim: int):
+    """The exemplar's voxel size for outputs of ``ndim`` axes: as it is, or its side for every axis when it is
+    cubic (a 2D exemplar of a volume); None when it cannot be carried over."""
+    from jaxmicro import units
+
+    voxel = units.parse_voxel_size(voxel)
+    if voxel is None:
+        return None
+    if len(voxel.sides) == ndim:
+        return voxel
+    return units.VoxelSize((voxel.sides[0],) * ndim, voxel.unit) if voxel.isotropic else None
+
+
+def _characterise(args) -> int:
+    import jax
+
+    import jaxmicro.reconstruction as R
+    from jaxmicro import io, targets as T
+
+    source = _reconstruction_source(args)
+    image, grayscale = source["image"], source["grayscale"]
+    shape = io.parse_shape(args.shape) if args.shape else source["shape"]
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise InputError(f"{out} already exists; pass --force to overwrite it, or choose another --out")
+    if out.is_dir():
+        raise InputError(f"{out} is a folder; give the targets file's name, e.g. --out targets.npz")
+    schedule = R.resolve_schedule(image, shape=shape, layers=args.layers, grayscale=grayscale, levels=args.levels)
+    config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype)
+    params = R.load_network_params(config, progress=not args.quiet)
+    stored = R.characterise(image, shape=shape, layers=config.taps, grayscale=grayscale,
+                            per_direction=source["per_direction"], dtype=args.dtype, params=params,
+                            levels=schedule["levels"])
+    record = dict(source["record"])
+    voxel = _output_voxel(source["voxel_size"], len(shape))
+    if voxel is not None:
+        record.update(voxel.to_json())
+    T.save_targets(out, stored, extra={"exemplar": record, "created_with": {
+        "command": "jaxmicro " + shlex.join(args.argv), "jax_version": jax.__version__}})
+    _say(args, f"wrote {out}: {T.describe_targets(T.read_header(out))}; reconstruct from it with: "
+               f"jaxmicro reconstruct --targets {shlex.quote(str(out))}")
+    return 0
+
+
 def _prepare_run_folder(args, out, outputs, option_names, image, mesh, **resolved):
     """Refuse to overwrite a finished run, create the folder, record the options for --resume (run.json); the
     saved options and a Checkpointer whose fingerprint covers the exemplar, the options and ``resolved`` (not
@@ -327,6 +524,9 @@ def _prepare_run_folder(args, out, outputs, option_names, image, mesh, **resolve
     saved = {k: getattr(args, k) for k in option_names}
     if args.exemplar is not None:
         saved["exemplar"] = str(Path(args.exemplar).resolve())
+    for name in ("exemplar_x", "exemplar_y", "exemplar_z", "targets"):
+        if saved.get(name) is not None:
+            saved[name] = str(Path(saved[name]).resolve())
     problem = None
     if jax.process_index() == 0:
         try:
@@ -462,7 +662,7 @@ def _describe(args) -> int:
         phases = _judge_phases(args)
         description = report.describe(image.gray, phases, grayscale=True)
     else:
-        description = report.describe(image.labels, image.n_phases)
+        description = report.describe(image.labels, image.n_phases, voxel_size=image.voxel_size)
     description["file"], description["mapping"] = str(args.image), image.mapping
     print(report.format_description(description))
     if args.json:
@@ -471,7 +671,7 @@ def _describe(args) -> int:
         if image.kind == "grayscale":
             report.describe_figure(image.gray, args.figure, grayscale=True, n_phases=phases)
         else:
-            report.describe_figure(image.labels, args.figure)
+            report.describe_figure(image.labels, args.figure, voxel_size=image.voxel_size)
     return 0
 
 
@@ -482,14 +682,16 @@ def _compare(args) -> int:
     exemplar = _read(args.exemplar, args)
     recons = [_read(p, args) for p in args.reconstructions]
     images = [r.array for r in recons]
+    # distances in the exemplar's voxel size (read from its file or --voxel-size); grayscale stays in pixels
+    units = dict(voxel_size=exemplar.voxel_size) if exemplar.voxel_size is not None and not args.grayscale else {}
     comparison = report.compare(exemplar.array, images, names=[str(p) for p in args.reconstructions],
-                                max_distance=args.max_distance, **judged)
+                                max_distance=args.max_distance, **judged, **units)
     print(report.format_comparison(comparison))
     if args.json:
         io.write_json(args.json, comparison)
     if args.figure:
         report.comparison_figure(exemplar.array, images, args.figure, max_distance=args.max_distance,
-                                 names=[Path(p).name for p in args.reconstructions], **judged)
+                                 names=[Path(p).name for p in args.reconstructions], **judged, **units)
     return 0
 
 
@@ -620,8 +822,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its saved options")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     _add_reading_options(p)
+    _add_source_options(p)
+    p.add_argument("--targets", metavar="FILE",
+                   help="reconstruct from stored targets (jaxmicro characterise) instead of an image; --shape, "
+                        "--layers and --dtype default to the file's")
+    _add_input_options(p)
     _add_device_options(p)
     p.set_defaults(handler=_reconstruct)
+
+    for name in ("characterise", "characterize"):
+        p = sub.add_parser(name, formatter_class=formatter,
+                           help="store an exemplar's reconstruction targets" if name == "characterise"
+                           else "same as characterise",
+                           description="Compute the statistics a reconstruction matches (Gram matrices per VGG19 "
+                                       "tap and direction, two-point correlations, phase fractions, interface "
+                                       "measure, lineal path, at every coarse-to-fine level) and store them in one "
+                                       "file, with the network spec and the weights' digest. 'jaxmicro reconstruct "
+                                       "--targets FILE' then reconstructs without the image, bit for bit as from it.",
+                           epilog="examples:\n  jaxmicro characterise sample.tif --out sample-targets.npz\n"
+                                  "  jaxmicro reconstruct --targets sample-targets.npz --count 4 --out r1\n"
+                                  "  jaxmicro characterise slice.tif --shape 64x64x64 --out volume-targets.npz")
+        p.add_argument("exemplar", nargs="?", help="image file; omit for the built-in example")
+        p.add_argument("--out", required=True, help="the targets file to write (.npz)")
+        p.add_argument("--shape", help="output shape the targets are for (default: the exemplar's)")
+        p.add_argument("--layers", default="default", help="tap set or layer names, as for reconstruct")
+        p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="network compute dtype")
+        p.add_argument("--levels", type=_positive_int,
+                       help="coarse-to-fine levels to store (default: those reconstruct would run)")
+        p.add_argument("--force", action="store_true", help="overwrite --out")
+        p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+        _add_reading_options(p)
+        _add_source_options(p)
+        _add_input_options(p)
+        p.set_defaults(handler=_characterise)
 
     p = sub.add_parser("design", formatter_class=formatter, help="microstructures that reach a property target",
                        description="Design microstructures with an exemplar's statistics that reach an effective "
@@ -668,6 +901,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", type=_positive_int, metavar="N",
                    help="segment a grayscale image into N phases (multi-level Otsu thresholds)")
     p.add_argument("--gray-from-rgb", action="store_true", help="convert an RGB image to gray (ITU-R 601 luma)")
+    _add_input_options(p)
     _add_device_options(p)
     p.set_defaults(handler=_design)
 
@@ -677,6 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the statistics as JSON")
     p.add_argument("--figure", help="write a figure (PNG)")
     _add_reading_options(p)
+    _add_input_options(p)
     p.set_defaults(handler=_describe)
 
     p = sub.add_parser("compare", formatter_class=formatter, help="compare reconstructions with an exemplar",
@@ -688,6 +923,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", help="write a figure (PNG)")
     p.add_argument("--max-distance", type=_positive_int, help="cut-off distance for S2 and lineal path")
     _add_reading_options(p)
+    _add_input_options(p)
     p.set_defaults(handler=_compare)
 
     p = sub.add_parser("property", formatter_class=formatter, help="effective conductivity / stiffness (FFT)",
@@ -704,6 +940,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iterations", type=_positive_int, default=1000)
     p.add_argument("--json", help="write the tensors as JSON (keys conductivity, stiffness)")
     _add_reading_options(p)
+    _add_input_options(p)
     p.set_defaults(handler=_property)
 
     p = sub.add_parser("weights", formatter_class=formatter, help="fetch, verify or describe the VGG19 weights",

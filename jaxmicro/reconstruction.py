@@ -544,7 +544,7 @@ def characterise(
                             _targets_network_digest(params, config))
 
 
-def _stored_level(targets: Characterisation, config: ReconstructionConfig) -> LevelTargets:
+def stored_level(targets: Characterisation, config: ReconstructionConfig) -> LevelTargets:
     """The stored level for ``config``, refused with the reason when the targets were made for another one."""
     if not targets.levels:
         raise InputError("the stored targets hold no more coarse-to-fine levels: characterise the exemplar with "
@@ -675,7 +675,7 @@ def reconstruct(
     if stored is None:
         level = level_targets(config, params, images, per_direction, correlations=gaussian)
     else:
-        level = _stored_level(stored, config)
+        level = stored_level(stored, config)
         if gaussian and level.correlations is None:
             raise InputError("the stored targets hold no Gaussian start for this shape; use initial='noise'")
     exemplar_index = np.repeat(np.arange(len(level.targets.fractions)), count)

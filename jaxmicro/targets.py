@@ -27,8 +27,8 @@ from jaxmicro.descriptors import Descriptors
 from jaxmicro.errors import InputError
 from jaxmicro.reconstruction import Characterisation, LevelTargets, ReconstructionConfig
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "describe_targets", "load_targets", "params_digest", "read_header",
-           "save_targets"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "describe_targets", "file_digest", "load_targets", "params_digest",
+           "read_header", "save_targets"]
 
 FORMAT = "jaxmicro-targets"
 FORMAT_VERSION = 1
@@ -209,3 +209,14 @@ def describe_targets(header: dict) -> str:
     network = header["network"]
     return (f"targets for {shape} ({kind}), {len(header['levels'])} level(s), taps {','.join(network['taps'])}, "
             f"{network['dtype']}")
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a targets file's bytes (what a run folder's fingerprint records for --resume)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
