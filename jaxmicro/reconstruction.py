@@ -647,6 +647,8 @@ def reconstruct(
         raise InputError(f"unknown initial field {initial!r}; use one of {', '.join(INITIAL_FIELDS)}")
     config, images = make_config(exemplar, shape=shape, layers=layers, layer_weights=layer_weights,
                                  grayscale=grayscale, dtype=dtype, **options)
+    if stored is not None:
+        stored_level(stored, config)  # made for this configuration? (before the weights: the clearer reason)
     if params is None:
         params = load_network_params(config)
     if stored is not None and stored.weights_digest is not None and config.taps:
