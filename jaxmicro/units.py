@@ -77,12 +77,12 @@ def parse_voxel_size(value) -> VoxelSize | None:
 
 
 def per_axis(voxel_size, ndim: int) -> VoxelSize | None:
-    """The voxel size with one side per axis of an ``ndim``-dimensional image: one side is used for every axis;
-    otherwise there must be ``ndim`` of them."""
+    """The voxel size with one side per axis of an ``ndim``-dimensional image: one side (or equal ones: a 2D
+    exemplar of a volume) is used for every axis; otherwise there must be ``ndim`` of them."""
     voxel = parse_voxel_size(voxel_size)
     if voxel is None:
         return None
-    if len(voxel.sides) == 1:
+    if len(voxel.sides) == 1 or (voxel.isotropic and len(voxel.sides) != ndim):
         return VoxelSize(voxel.sides * ndim, voxel.unit)
     if len(voxel.sides) != ndim:
         raise InputError(f"the voxel size has {len(voxel.sides)} sides but the image has {ndim} axes; give one side "
