@@ -7,6 +7,7 @@ Common entry points (see docs/ for the guide):
     jaxmicro.compare(exemplar, reconstructions)                                    # statistics report
     jaxmicro.effective_conductivity(labels, [1.0, 10.0])                           # FFT homogenisation
     jaxmicro.read_microstructure("sample.tif")                                     # files -> phases
+    jaxmicro.save_targets("t.npz", jaxmicro.characterise(exemplar))    # stored statistics: reconstruct(targets=...)
     jaxmicro.enable_compilation_cache()                          # later runs of the same shapes skip compiling
     with jaxmicro.use_devices(4): ...                            # split the batch over 4 devices (or all: None)
 """
@@ -19,10 +20,12 @@ from jaxmicro.io import Microstructure, read_microstructure, write_labels_tiff
 from jaxmicro.optimise import OptimisationState, make_optimizer
 from jaxmicro.physics import HomogenisationResult, effective_conductivity, effective_stiffness
 from jaxmicro.reconstruction import (
+    Characterisation,
     ReconstructionConfig,
     ReconstructionResult,
     ReconstructionState,
     ReconstructionTargets,
+    characterise,
     make_config,
     make_loss,
     make_objective,
@@ -47,13 +50,20 @@ from jaxmicro.statistics import (
     volume_fractions,
 )
 from jaxmicro.status import Status
+from jaxmicro.targets import load_targets, save_targets
 from jaxmicro.terms import Objective
+from jaxmicro.units import VoxelSize
 from jaxmicro.vgg import TAP_SETS, VGG19Features, gram_matrix
 from jaxmicro.weights import fetch_weights, load_vgg19_params, verify_weights
 
 __version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it from here
 
 __all__ = [
+    "Characterisation",
+    "VoxelSize",
+    "characterise",
+    "load_targets",
+    "save_targets",
     "make_objective",
     "make_describe",
     "design",
