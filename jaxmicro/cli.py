@@ -830,31 +830,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_options(p)
     p.set_defaults(handler=_reconstruct)
 
-    for name in ("characterise", "characterize"):
-        p = sub.add_parser(name, formatter_class=formatter,
-                           help="store an exemplar's reconstruction targets" if name == "characterise"
-                           else "same as characterise",
-                           description="Compute the statistics a reconstruction matches (Gram matrices per VGG19 "
-                                       "tap and direction, two-point correlations, phase fractions, interface "
-                                       "measure, lineal path, at every coarse-to-fine level) and store them in one "
-                                       "file, with the network spec and the weights' digest. 'jaxmicro reconstruct "
-                                       "--targets FILE' then reconstructs without the image, bit for bit as from it.",
-                           epilog="examples:\n  jaxmicro characterise sample.tif --out sample-targets.npz\n"
-                                  "  jaxmicro reconstruct --targets sample-targets.npz --count 4 --out r1\n"
-                                  "  jaxmicro characterise slice.tif --shape 64x64x64 --out volume-targets.npz")
-        p.add_argument("exemplar", nargs="?", help="image file; omit for the built-in example")
-        p.add_argument("--out", required=True, help="the targets file to write (.npz)")
-        p.add_argument("--shape", help="output shape the targets are for (default: the exemplar's)")
-        p.add_argument("--layers", default="default", help="tap set or layer names, as for reconstruct")
-        p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="network compute dtype")
-        p.add_argument("--levels", type=_positive_int,
-                       help="coarse-to-fine levels to store (default: those reconstruct would run)")
-        p.add_argument("--force", action="store_true", help="overwrite --out")
-        p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-        _add_reading_options(p)
-        _add_source_options(p)
-        _add_input_options(p)
-        p.set_defaults(handler=_characterise)
+    # one parser; the US spelling is an alias
+    p = sub.add_parser("characterise", aliases=["characterize"], formatter_class=formatter,
+                       help="store an exemplar's reconstruction targets (alias: characterize)",
+                       description="Compute the statistics a reconstruction matches (Gram matrices per VGG19 "
+                                   "tap and direction, two-point correlations, phase fractions, interface "
+                                   "measure, lineal path, at every coarse-to-fine level) and store them in one "
+                                   "file, with the network spec and the weights' digest. 'jaxmicro reconstruct "
+                                   "--targets FILE' then reconstructs without the image, bit for bit as from it.",
+                       epilog="examples:\n  jaxmicro characterise sample.tif --out sample-targets.npz\n"
+                              "  jaxmicro reconstruct --targets sample-targets.npz --count 4 --out r1\n"
+                              "  jaxmicro characterise slice.tif --shape 64x64x64 --out volume-targets.npz")
+    p.add_argument("exemplar", nargs="?", help="image file; omit for the built-in example")
+    p.add_argument("--out", required=True, help="the targets file to write (.npz)")
+    p.add_argument("--shape", help="output shape the targets are for (default: the exemplar's)")
+    p.add_argument("--layers", default="default", help="tap set or layer names, as for reconstruct")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="network compute dtype")
+    p.add_argument("--levels", type=_positive_int,
+                   help="coarse-to-fine levels to store (default: those reconstruct would run)")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_reading_options(p)
+    _add_source_options(p)
+    _add_input_options(p)
+    p.set_defaults(handler=_characterise)
 
     p = sub.add_parser("design", formatter_class=formatter, help="microstructures that reach a property target",
                        description="Design microstructures with an exemplar's statistics that reach an effective "
