@@ -23,15 +23,13 @@ def test_every_tutorial_is_tested():
         assert tutorial_script(TUTORIALS / name).count("\n") > 5, name
 
 
-def test_blocks_are_extracted_in_order():
-    text = "intro\n```python\na = 1\n```\n\n```bash\nls\n```\nmore\n```python\nb = a + 1\n```\n"
-    page = Path(__file__).with_name("_page.md")
-    try:
-        page.write_text(text, encoding="utf-8")
-        namespace = {}
-        exec(compile(tutorial_script(page), "page", "exec"), namespace)
-    finally:
-        page.unlink()
+def test_blocks_are_extracted_in_order(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("intro\n```python\na = 1\n```\n\n```bash\nls\n```\nmore\n```python\nb = a + 1\n```\n",
+                    encoding="utf-8")
+    assert tutorial_script(page) == "a = 1\n\nb = a + 1\n"
+    namespace = {}
+    exec(compile(tutorial_script(page), str(page), "exec"), namespace)
     assert namespace["b"] == 2
 
 
