@@ -9,6 +9,8 @@ import pytest
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "docs" / "tutorials"
 PAGES = ["quickstart-2d.md", "volume-properties.md", "research-api.md", "inverse-design.md"]
+WRITES = {"quickstart-2d.md": ["example.tif", "comparison.png", "reconstruction_000.tif", "reconstruction_001.tif"],
+          "volume-properties.md": ["volume.tif"], "research-api.md": [], "inverse-design.md": ["design.png"]}
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -41,3 +43,4 @@ def test_tutorial_runs(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     page = TUTORIALS / name
     exec(compile(tutorial_script(page), str(page), "exec"), {"__name__": "__main__"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(WRITES[name])  # what the page says, complete
