@@ -802,7 +802,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", help="output shape HxW or DxHxW, e.g. 128x128 (default: the exemplar's)")
     p.add_argument("--count", type=_positive_int, default=4, help="number of reconstructions (default 4)")
     p.add_argument("--steps", type=_positive_int,
-                   help="optimiser steps at full size (default 2000; volumes 100)")
+                   help="optimiser steps at full size (default 150; volumes 100)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0); recorded in metrics.json")
     p.add_argument("--optimizer", choices=["adam", "lbfgs"], default="adam")
     p.add_argument("--learning-rate", type=_positive_float,
@@ -813,7 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=_positive_int,
                    help="coarse-to-fine levels: 2 first reconstructs at half size (default 2; volumes 3)")
     p.add_argument("--coarse-steps", type=_positive_int, metavar="K",
-                   help="steps at each coarser level (default: half of --steps; volumes twice)")
+                   help="steps at each coarser level (default 300 for images, 200 for volumes; twice a given --steps)")
     p.add_argument("--slices-per-step", type=_positive_int, metavar="K",
                    help="3D: slices per direction through the network each step (default 2)")
     p.add_argument("--out", default="jaxmicro-out", help="output folder (default jaxmicro-out)")

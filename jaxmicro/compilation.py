@@ -1,7 +1,7 @@
 """A persistent cache of compiled XLA programs: a second run of the same shapes starts without compiling.
 
 Compiling the network's step takes 5-10 s on a 2-core CPU, as long as 100 steps of a 64x64 reconstruction. The
-command line turns the cache on; library code calls :func:`enable_compilation_cache` once, before its first
+command line turns the cache on; library code calls ``enable_compilation_cache`` once, before its first
 reconstruction (it sets JAX's global configuration). ``$JAXMICRO_COMPILATION_CACHE`` names another folder, or
 ``off`` to compile every time. The folder is not bounded in size (bounding it, with JAX's file-locked
 eviction, made 150 small compilations take 25 s instead of 15 s); delete it at any time.
@@ -27,7 +27,7 @@ def default_cache_path() -> Path | None:
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
-    """Keep every compiled program in ``path`` (default :func:`default_cache_path`); return the folder, or None
+    """Keep every compiled program in ``path`` (default ``default_cache_path``); return the folder, or None
     when the cache is off or the folder cannot be created (a warning says why; nothing else changes)."""
     path = Path(path) if path is not None else default_cache_path()
     if path is None:

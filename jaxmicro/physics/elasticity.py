@@ -127,7 +127,10 @@ def effective_stiffness(
         microstructure: phase labels ``(*spatial)`` (integer dtype), or phase probabilities ``(*spatial, n)``
             (float dtype); with probabilities the bulk and shear moduli (equivalently the stiffness tensors) are
             mixed linearly per voxel, and gradients flow to the probabilities and the moduli.
-        scheme, tol, max_iterations, throw: as in ``effective_conductivity``.
+        scheme: as in ``effective_conductivity``.
+        tol: as in ``effective_conductivity``.
+        max_iterations: as in ``effective_conductivity``.
+        throw: as in ``effective_conductivity``.
 
     Returns:
         ``HomogenisationResult(tensor, iterations, residual, status)`` with the Mandel stiffness in ``tensor``;
