@@ -192,8 +192,9 @@ def check_options(tol, max_iterations, scheme):
         raise InputError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
 
 
-def property_values(values, name: str, dtype_hint=None) -> jax.Array:
-    """A 1D array of per-phase property values; positivity is checked when the values are concrete."""
+def property_values(values, name: str, dtype_hint=None, *, allow_zero: bool = False) -> jax.Array:
+    """A 1D array of per-phase property values; positivity (with ``allow_zero``: non-negativity, one value at
+    least positive) is checked when the values are concrete."""
     try:
         array = jnp.asarray(values)
     except (TypeError, ValueError) as error:
@@ -204,7 +205,9 @@ def property_values(values, name: str, dtype_hint=None) -> jax.Array:
     if known is not None:
         if not np.all(np.isfinite(known)):
             raise InputError(f"{name} must be finite, got {known.tolist()}")
-        if np.any(known <= 0):
+        if allow_zero and (np.any(known < 0) or not np.any(known > 0)):
+            raise InputError(f"{name} must be zero or positive, one at least positive, got {known.tolist()}")
+        if not allow_zero and np.any(known <= 0):
             raise InputError(f"{name} must all be positive, got {known.tolist()}")
     return array
 
