@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmicro.errors import InputError, JaxmicroError
+from jaxmicro.errors import ConvergenceError, InputError
 from jaxmicro.status import Status
 
 SolverStatus = Status
@@ -46,7 +46,7 @@ class HomogenisationResult(NamedTuple):
     status: jax.Array
 
 
-class HomogenisationError(JaxmicroError, RuntimeError):
+class HomogenisationError(ConvergenceError):
     """The solver did not converge or produced non-finite values (raised only with ``throw=True``, eagerly)."""
 
 
