@@ -192,8 +192,8 @@ def _reconstruct(args) -> int:
     for name in ("steps", "levels", "coarse_steps", "slices_per_step"):
         setattr(args, name, options.pop(name, None))
     polish_steps = options.pop("polish_steps", 0)
-    _detail(args, "resolved schedule: " + ", ".join(f"{k}={getattr(args, k)}" for k in ("steps", "levels",
-                                                   "coarse_steps", "slices_per_step")) + f", polish_steps={polish_steps}")
+    _detail(args, "resolved schedule: " + ", ".join(f"{k}={getattr(args, k)}" for k in (
+        "steps", "levels", "coarse_steps", "slices_per_step")) + f", polish_steps={polish_steps}")
     config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype,
                               slices_per_step=args.slices_per_step, **options)
     if args.levels > 1:
