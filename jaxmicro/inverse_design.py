@@ -635,7 +635,8 @@ def design_records(result: DesignResult, exemplar: np.ndarray, *, reach_toleranc
             if target.relation in ("max", "min"):
                 lo, hi = component_bounds(target, result.phases, dim, fractions)
                 bound = hi if target.relation == "max" else lo
-                errors[target.name] = abs(value - bound) / abs(bound)
+                # relative to the bound; to the range when the bound is 0 (k_xx=min with an insulating phase)
+                errors[target.name] = abs(value - bound) / (abs(bound) or abs(hi - lo) or 1.0)
                 reached.append(errors[target.name] <= reach_tolerance)
                 continue
             goal = target.value(result.target_index[b])

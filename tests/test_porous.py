@@ -162,3 +162,23 @@ def test_gradients_finite_with_an_insulating_phase():
 def test_bad_input(call, message):
     with pytest.raises(InputError, match=message):
         call()
+
+
+@pytest.mark.slow
+def test_design_accepts_an_insulating_phase():
+    """Inverse design with a zero-conductivity phase: the bounds are Reuss 0 .. Voigt, and k_xx=min is judged
+    against the range (its bound is 0)."""
+    from jaxmicro import inverse_design as D
+    from jaxmicro.physics import hashin_shtrikman_bounds, voigt_reuss_bounds
+
+    np.testing.assert_allclose(voigt_reuss_bounds([0.6, 0.4], [0.0, 2.0]), [0.0, 0.8])
+    np.testing.assert_allclose(voigt_reuss_bounds([1.0, 0.0], [3.0, 0.0]), [3.0, 3.0])  # an absent zero phase
+    lower, upper = hashin_shtrikman_bounds([0.6, 0.4], [0.0, 1.0], 2)
+    np.testing.assert_allclose([lower, upper], [0.0, 0.4 / (1 + 0.6)], rtol=1e-6)  # k1 f1 / (1 + f0) in 2D
+    exemplar = porous_image((32, 32), 0.4, seed=2)
+    request = dict(shape=(16, 16), conductivity=[0.0, 1.0], statistics_weight=0.0, hold_fraction=True)
+    with pytest.raises(InputError, match=r"0 \.\. 0\.4"):
+        D.prepare(exemplar, targets=["k_xx=0.5"], **request)
+    result = D.design(exemplar, targets={"k_xx": "min"}, count=1, steps=30, filter_radius=1.5, **request)
+    record = D.design_records(result, exemplar)["designs"][0]
+    assert np.isfinite(record["relative_error"]["k_xx"]) and record["achieved"]["k_xx"] >= 0
