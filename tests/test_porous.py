@@ -119,6 +119,11 @@ def test_random_porous_medium_converges():
     nearly = effective_conductivity(pores, [1.0, 1e-6])
     np.testing.assert_allclose(zero.tensor, nearly.tensor, atol=1e-4)
     assert np.all(np.linalg.eigvalsh(np.asarray(zero.tensor)) > 0)
+    # jit and vmap over a batch with an insulating phase: the same tensors, a status per sample
+    batch = jax.nn.one_hot(np.stack([pores, porous_image(seed=5)]), 2, dtype=jnp.float32)
+    batched = jax.jit(jax.vmap(lambda p: effective_conductivity(p, [1.0, 0.0], throw=False)))(batch)
+    np.testing.assert_allclose(batched.tensor[0], zero.tensor, rtol=1e-5, atol=1e-7)
+    assert batched.status.tolist() == [SolverStatus.CONVERGED] * 2
 
 
 def test_gradients_finite_with_an_insulating_phase():
