@@ -63,6 +63,15 @@ def _check_outputs(args, *options):
             raise InputError(f"--{option} {path} is a folder: give a file name")
         if Path(path).exists() and not args.force:
             raise InputError(f"--{option} {path} exists: pass --force to overwrite it, or choose another name")
+        if not Path(path).absolute().parent.is_dir():
+            raise InputError(f"--{option} {path}: the folder {Path(path).absolute().parent} does not exist")
+        if option == "figure":
+            from matplotlib.backend_bases import FigureCanvasBase
+
+            formats = FigureCanvasBase.get_supported_filetypes()
+            if Path(path).suffix.lstrip(".").lower() not in formats:
+                raise InputError(f"--figure {path}: give it the extension of an image format "
+                                 f"({', '.join('.' + f for f in sorted(formats))})")
 
 
 def _write_json_output(args, document):
