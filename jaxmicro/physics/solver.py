@@ -10,6 +10,12 @@ the unit reference medium is used. ``A`` is symmetric positive definite on compa
 gradients apply; iterations grow like the square root of the phase contrast, not linearly as in the basic
 Moulinec-Suquet fixed-point scheme.
 
+A phase of zero conductivity (pores, an insulator) makes ``A`` only semi-definite: compatible fields that vanish
+outside the insulating voxels cost no energy. ``b = -P L E`` is orthogonal to them (``<L E, x> = <E, L x> = 0``),
+so the system stays consistent, CG from ``x = 0`` stays in the range of ``A`` and converges on it (measured: as
+many iterations as a contrast of 1e4 in 2D, up to twice that in 3D), and the energy does not see the null-space
+part. In the insulating voxels CG returns the smallest-norm field, the limit of a uniform vanishing conductivity.
+
 Gradients are implicit, not unrolled: the effective tensor is the stationary value of the cell energy, so the
 adjoint problem is solved by the forward fields themselves and the derivative is ``<e_a . dL e_b>`` (see
 ``homogenise``): reverse mode costs one solve plus a few voxel-wise products.
@@ -23,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmicro.errors import InputError, JaxmicroError
+from jaxmicro.errors import ConvergenceError, InputError
 from jaxmicro.status import Status
 
 SolverStatus = Status
@@ -46,7 +52,7 @@ class HomogenisationResult(NamedTuple):
     status: jax.Array
 
 
-class HomogenisationError(JaxmicroError, RuntimeError):
+class HomogenisationError(ConvergenceError):
     """The solver did not converge or produced non-finite values (raised only with ``throw=True``, eagerly)."""
 
 
@@ -192,8 +198,9 @@ def check_options(tol, max_iterations, scheme):
         raise InputError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
 
 
-def property_values(values, name: str, dtype_hint=None) -> jax.Array:
-    """A 1D array of per-phase property values; positivity is checked when the values are concrete."""
+def property_values(values, name: str, dtype_hint=None, *, allow_zero: bool = False) -> jax.Array:
+    """A 1D array of per-phase property values; positivity (with ``allow_zero``: non-negativity, one value at
+    least positive) is checked when the values are concrete."""
     try:
         array = jnp.asarray(values)
     except (TypeError, ValueError) as error:
@@ -204,7 +211,9 @@ def property_values(values, name: str, dtype_hint=None) -> jax.Array:
     if known is not None:
         if not np.all(np.isfinite(known)):
             raise InputError(f"{name} must be finite, got {known.tolist()}")
-        if np.any(known <= 0):
+        if allow_zero and (np.any(known < 0) or not np.any(known > 0)):
+            raise InputError(f"{name} must be zero or positive, one at least positive, got {known.tolist()}")
+        if not allow_zero and np.any(known <= 0):
             raise InputError(f"{name} must all be positive, got {known.tolist()}")
     return array
 
