@@ -90,11 +90,13 @@ def _make_data(args) -> int:
 def _train(args) -> int:
     from jaxmicro.surrogate import data, heads, train
 
-    spec = train.spec_for(args.head, args.taps)
+    if args.head not in heads.HEADS:
+        raise InputError(f"unknown head {args.head!r}; choose from {', '.join(heads.HEADS)}")
     options = train.TrainOptions(epochs=args.epochs, batch=args.batch, learning_rate=args.learning_rate,
                                  patience=args.patience, augment=args.augment, seed=args.seed,
                                  exclude=tuple(args.exclude or ()), test_fraction=args.test_fraction)
     loaded = data.load_data(args.data)  # checks the folder before anything is written
+    spec = train.spec_for(args.head, args.taps, shape=loaded["labels"].shape[1:])
     if not 1 <= args.augment <= len(data.symmetries(loaded["labels"].ndim - 1)):
         raise InputError(f"--augment must lie in 1..{len(data.symmetries(loaded['labels'].ndim - 1))}")
     unknown = [f for f in options.exclude if f not in data.GENERATORS]

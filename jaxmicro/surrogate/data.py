@@ -70,10 +70,10 @@ def gaussian_sample(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.
 
 def disks_sample(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.ndarray, dict]:
     """Overlapping periodic disks or ellipses (spheres or ellipsoids in 3D) of one phase in the other: radius
-    2-10 pixels, aspect ratio 1-4, random orientation per inclusion, placed until the target fraction
-    (0.1-0.9) is reached; half the samples swap the phases (matrix of the inclusions' phase)."""
+    2-10 pixels (at most a sixth of the smallest side), aspect ratio 1-4, random orientation per inclusion,
+    placed until the target fraction (0.1-0.9) is reached; half the samples swap the phases."""
     ndim = len(shape)
-    radius = float(rng.uniform(2.0, 10.0))
+    radius = float(rng.uniform(2.0, max(2.0, min(10.0, min(shape) / 6))))
     aspect = float(rng.choice([1.0, rng.uniform(1.0, 4.0)]))
     aligned = bool(rng.random() < 0.5)
     common = _random_rotation(rng, ndim)

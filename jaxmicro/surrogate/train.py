@@ -205,9 +205,12 @@ def default_components(head: str) -> int:
     return 32 if head == "twopoint" else 0
 
 
-def spec_for(head: str, taps: Sequence[str] | str | None = None, n_phases: int = 2) -> FeatureSpec:
+def spec_for(head: str, taps: Sequence[str] | str | None = None, n_phases: int = 2,
+             shape: Sequence[int] = (64, 64)) -> FeatureSpec:
+    """The feature spec of a head: VGG taps for ``gram``; for ``twopoint`` a window of radius up to 16 pixels
+    that fits the images."""
     if head not in heads.HEADS:
         raise InputError(f"unknown head {head!r}; choose from {', '.join(heads.HEADS)}")
     if head == "twopoint":
-        return FeatureSpec(kind="twopoint", n_phases=n_phases)
+        return FeatureSpec(kind="twopoint", n_phases=n_phases, radius=max(1, min(16, (min(shape) - 1) // 2)))
     return FeatureSpec(kind="vgg", n_phases=n_phases, **({"taps": taps} if taps else {}))
