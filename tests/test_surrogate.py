@@ -212,3 +212,23 @@ def test_cli_bad_inputs_give_one_message_and_write_nothing(tmp_path, capsys, tra
     code, _, err = run_in_process(capsys, "surrogate", "evaluate", tmp_path / "nomodel", folder / "data")
     _no_traceback(code, err, "no model.json")
     assert not out.exists()
+
+
+def test_head_drives_a_design_and_is_checked_by_the_solver(trained, tiny_params):
+    from jaxmicro.inverse_design import design
+    from jaxmicro.surrogate.design import design_predictors, head_vs_solver
+
+    folder, _ = trained
+    restored = model.load_model(folder / "model")
+    predictors = design_predictors(restored, tiny_params)
+    images = data.load_data(folder / "data")["labels"][:2]
+    fields = jax.nn.one_hot(images[0], 2)
+    soft = predictors["conductivity"](fields).tensor
+    hard, _, _ = model.make_predictor(restored, tiny_params)(images[:1])
+    np.testing.assert_allclose(soft, hard[0], rtol=1e-4)  # one-hot fields give the label path's prediction
+    gradient = jax.grad(lambda f: predictors["conductivity"](f).tensor[0, 0])(fields)
+    assert np.all(np.isfinite(gradient)) and np.abs(gradient).max() > 0
+    result = design(images[0], targets={"k_xx": 4.0}, conductivity=CONDUCTIVITIES, steps=5, statistics_weight=0,
+                    predictors=predictors)
+    check = head_vs_solver(restored, tiny_params, result.labels)
+    assert check["solver"].shape == (1, 2, 2) and np.isfinite(check["disagreement"]).all()
