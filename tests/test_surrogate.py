@@ -119,6 +119,7 @@ def test_tiny_training_lowers_the_loss(trained):
     assert result.record["training"]["best_validation_loss"] < 0.5 * history[0]["validation_loss"]
     assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
     assert not (trained[0] / "model" / train.STATE).exists()
+    assert len(list((trained[0] / "data" / "features").glob("features-*.npz"))) == 1
 
 
 def test_save_restore_gives_identical_predictions(trained, tiny_params):

@@ -111,9 +111,7 @@ def _train(args) -> int:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file, not a folder; choose another --out")
     params = _vgg_params(spec)
-    train_count = len(loaded["labels"]) * (1 - options.test_fraction - options.validation_fraction)
-    with _bar(int(train_count * options.augment + len(loaded["labels"]) * options.validation_fraction), "image",
-              args.quiet, "features") as bar:
+    with _bar(len(loaded["labels"]) * options.augment, "image", args.quiet, "features") as bar:
         def epoch_progress(epoch, validation):
             if bar.desc != "train":
                 bar.reset(total=options.epochs)

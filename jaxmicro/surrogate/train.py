@@ -1,8 +1,8 @@
 """Training a head: split by sample, features of augmented copies computed once, AdamW with warmup and cosine
 decay, early stopping on the validation split, resumable training state.
 
-The frozen network's features are computed once per sample and symmetry and cached in the model folder
-(``features.npz``), so training itself is a cheap ensemble MLP. Members see the same batches with bootstrap
+The frozen network's features are computed once per sample and symmetry and cached beside the data
+(``DATA/features/``), so training itself is a cheap ensemble MLP. Members see the same batches with bootstrap
 weights (Poisson(1) per sample and member), the classical way to make an ensemble's spread an error estimate.
 """
 
@@ -25,7 +25,6 @@ from jaxmicro.surrogate.features import FeatureSpec, check_size, make_featurizer
 from jaxmicro.surrogate.model import Model, flatten, n_inputs, save_model, unflatten
 
 STATE = "training_state.npz"
-FEATURES = "features.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,37 +64,62 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _features(folder: Path, key: str, data, splits, spec, vgg_params, options, progress):
-    """Features of the augmented training copies and of the validation samples, cached under ``key``."""
-    path = folder / FEATURES
-    if path.exists():
+def image_features(cache: Path | None, data, spec, vgg_params, augment: int, seed: int,
+                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Features ``(augment, N, F)`` of every sample under the first ``augment`` square symmetries (copy 0: the
+    image itself; copies 1..: transformed and periodically shifted), cached in ``cache`` by the images' content,
+    the spec, the weights' digest, ``augment`` and ``seed``; so heads for other labels of the same images (another
+    contrast) or other splits reuse them."""
+    import hashlib
+
+    labels = np.ascontiguousarray(data["labels"])
+    key = _fingerprint(hashlib.sha256(labels.tobytes()).hexdigest(), labels.shape, spec.to_json(),
+                       weights_digest(vgg_params, spec), augment, seed)
+    path = None if cache is None else Path(cache) / f"features-{key}.npz"
+    if path is not None and path.exists():
         with np.load(path, allow_pickle=False) as cached:
-            if str(cached["key"]) == key:
-                return {name: cached[name] for name in cached.files if name != "key"}
-    rng = np.random.default_rng(options.seed + 1)
-    train_images, train_tensor, symmetry = data_module.augment(
-        data["labels"][splits["train"]], data["tensor"][splits["train"]], options.augment, rng)
+            return cached["features"]
+    rng = np.random.default_rng(seed + 1)
+    group = data_module.symmetries(labels.ndim - 1)
     featurize = make_featurizer(spec, vgg_params)
-    out = {
-        "train_features": featurize(train_images, progress),
-        "train_tensor": train_tensor,
-        "train_fractions": np.tile(data["fractions"][splits["train"]], (options.augment, 1)),
-        "train_sample": np.tile(np.arange(len(splits["train"])), options.augment),
-        "train_symmetry": symmetry,
-        "validation_features": featurize(data["labels"][splits["validation"]], progress),
-        "validation_tensor": data["tensor"][splits["validation"]],
-        "validation_fractions": data["fractions"][splits["validation"]],
+    copies = []
+    for k in range(augment):
+        images, _ = data_module.apply_symmetry(labels, np.zeros((len(labels),) + (labels.ndim - 1,) * 2), *group[k])
+        copies.append(featurize(images if k == 0 else data_module.periodic_shift(images, rng), progress))
+    features = np.stack(copies)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write_path(path) as temp:
+            np.savez(temp, features=features)
+    return features
+
+
+def _training_arrays(data, features, splits, augment):
+    """Training rows (every copy of every training sample, its tensor rotated) and validation rows (copy 0)."""
+    group = data_module.symmetries(data["labels"].ndim - 1)
+    train, val = splits["train"], splits["validation"]
+    tensors = [np.einsum("ij,njk,lk->nil", data_module.symmetry_matrix(*group[k]), data["tensor"][train],
+                         data_module.symmetry_matrix(*group[k])) for k in range(augment)]
+    return {
+        "train_features": features[:augment, train].reshape(-1, features.shape[-1]),
+        "train_tensor": np.concatenate(tensors).astype(np.float32),
+        "train_fractions": np.tile(data["fractions"][train], (augment, 1)),
+        "train_sample": np.tile(np.arange(len(train)), augment),
+        "validation_features": features[0, val],
+        "validation_tensor": data["tensor"][val],
+        "validation_fractions": data["fractions"][val],
     }
-    with atomic_write_path(path) as temp:
-        np.savez(temp, key=np.asarray(key), **out)
-    return out
 
 
 def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig, spec: FeatureSpec,
           vgg_params: dict | None, options: TrainOptions = TrainOptions(),
           feature_progress: Callable[[int], None] | None = None,
-          epoch_progress: Callable[[int, float], None] | None = None) -> Model:
-    """Train an ensemble head on a data folder and save it to ``out`` (resuming a killed run there)."""
+          epoch_progress: Callable[[int, float], None] | None = None,
+          feature_cache: str | Path | None = "data") -> Model:
+    """Train an ensemble head on a data folder and save it to ``out`` (resuming a killed run there).
+
+    ``feature_cache``: where the frozen features are cached (``"data"``: a ``features`` folder in the data
+    folder, shared by every head trained on those images; None: not cached)."""
     data = data_module.load_data(data_folder)
     shape = data["labels"].shape[1:]
     if len(shape) != config.dim:
@@ -106,9 +130,9 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
     splits = split(data, options)
     digest = weights_digest(vgg_params, spec)
     data_digest = data["manifest"]["options_digest"]
-    feature_key = _fingerprint(data_digest, len(data["labels"]), spec.to_json(), digest, options.augment,
-                               options.seed, [s.tolist() for s in splits.values()])
-    cached = _features(out, feature_key, data, splits, spec, vgg_params, options, feature_progress)
+    features = image_features(Path(data_folder) / "features" if feature_cache == "data" else feature_cache, data,
+                              spec, vgg_params, options.augment, options.seed, feature_progress)
+    cached = _training_arrays(data, features, splits, options.augment)
     normaliser = fit_normaliser_for(config, cached["train_features"])
     init, apply = heads.make_head(config)
     n_train = len(cached["train_features"])
@@ -154,7 +178,7 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
     def validation_loss(p):
         return jnp.mean(jnp.sum((apply(p, val_x).mean(0) - val_y) ** 2, axis=(-1, -2)))
 
-    fingerprint = _fingerprint(feature_key, config.to_json(), dataclasses.asdict(options))
+    fingerprint = _fingerprint(data_digest, digest, spec.to_json(), config.to_json(), dataclasses.asdict(options))
     start, best, best_epoch, best_params, history = 0, np.inf, -1, params, []
     state_path = out / STATE
     if state_path.exists():
