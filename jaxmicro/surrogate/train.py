@@ -138,8 +138,10 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
     n_train = len(cached["train_features"])
     batch = min(options.batch, n_train)
     steps_per_epoch = max(1, n_train // batch)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, options.learning_rate, min(200, steps_per_epoch * 5),
-                                                  steps_per_epoch * options.epochs, options.learning_rate * 1e-2)
+    total = steps_per_epoch * options.epochs
+    warmup = max(1, min(200, total // 10))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, options.learning_rate, warmup, max(total, warmup + 1),
+                                                  options.learning_rate * 1e-2)
     tx = optax.adamw(schedule, weight_decay=options.weight_decay)
     key = jax.random.PRNGKey(options.seed)
     params = init(key, n_inputs(config, normaliser))
