@@ -192,6 +192,14 @@ def pruning_figure(rows, path):
     plt.close(fig)
 
 
+def report_pruning(rows, figures):
+    for row in rows:
+        print(f"{','.join(row['taps']):45s} {1000 * row['seconds_per_image']:7.2f} ms  k_xx median "
+              f"{100 * row['k_xx']['median_relative_error']:.2f} %  R2 {row['k_xx']['r2']:.4f}", flush=True)
+    if figures:
+        pruning_figure(rows, figures / "surrogate_pruning.png")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="/tmp/surrogate-bench")
@@ -202,6 +210,7 @@ def main():
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--skip-pruning", action="store_true")
     parser.add_argument("--skip-3d", action="store_true")
+    parser.add_argument("--only-pruning", action="store_true", help="contrast-10 data and the pruning study only")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,6 +222,13 @@ def main():
     params = vgg_params()
     results = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})", "jax": jax.__version__,
                "count": args.count, "augment": args.augment, "members": args.members}
+    if args.only_pruning:
+        folder = out / "data_c10"
+        data.make_data(folder, data.data_options(count=args.count, shape=(64, 64), conductivities=(1, 10)))
+        results["pruning"] = pruning(out, folder, params, args)
+        report_pruning(results["pruning"], figures)
+        write_json(out / "results.json", results)
+        return
     for contrast in (10, 100):
         folder = out / f"data_c{contrast}"
         options = data.data_options(count=args.count, shape=(64, 64), conductivities=(1, contrast))
@@ -245,11 +261,7 @@ def main():
         print(f"speed 64^3: {json.dumps(results['speed_64x64x64'])}", flush=True)
     if not args.skip_pruning:
         results["pruning"] = pruning(out, folder, params, args)
-        for row in results["pruning"]:
-            print(f"{','.join(row['taps']):45s} {1000 * row['seconds_per_image']:7.2f} ms  k_xx median "
-                  f"{100 * row['k_xx']['median_relative_error']:.2f} %  R2 {row['k_xx']['r2']:.4f}", flush=True)
-        if figures:
-            pruning_figure(results["pruning"], figures / "surrogate_pruning.png")
+        report_pruning(results["pruning"], figures)
     write_json(out / "results.json", results)
 
 
