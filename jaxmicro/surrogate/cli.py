@@ -112,10 +112,14 @@ def _train(args) -> int:
         raise InputError(f"{out} is a file, not a folder; choose another --out")
     params = _vgg_params(spec)
     with _bar(len(loaded["labels"]) * options.augment, "image", args.quiet, "features") as bar:
+        stage = []
+
         def epoch_progress(epoch, validation):
-            if bar.desc != "train":
+            if not stage:
+                stage.append("train")
                 bar.reset(total=options.epochs)
                 bar.set_description("train")
+                bar.unit = "epoch"
             bar.update(1)
             bar.set_postfix(validation=f"{validation:.2e}")
 
