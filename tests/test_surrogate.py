@@ -148,6 +148,7 @@ def test_another_network_or_spec_is_refused(trained, tiny_params):
         model.check_network(restored, FeatureSpec(taps=TAPS, padding="zero"), tiny_params)
 
 
+@pytest.mark.slow
 def test_training_resumes_from_its_saved_state(tmp_path, trained, tiny_params):
     folder, _ = trained
     options = train.TrainOptions(epochs=20, batch=32, augment=2, patience=60, save_every=10)
@@ -171,6 +172,7 @@ def test_training_resumes_from_its_saved_state(tmp_path, trained, tiny_params):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_twopoint_baseline_trains_inside_bounds(trained):
     folder, _ = trained
     result = train.train(folder / "data", folder / "twopoint",
@@ -215,6 +217,7 @@ def test_cli_bad_inputs_give_one_message_and_write_nothing(tmp_path, capsys, tra
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_head_drives_a_design_and_is_checked_by_the_solver(trained, tiny_params):
     from jaxmicro.inverse_design import design
     from jaxmicro.surrogate.design import design_predictors, head_vs_solver

@@ -11,6 +11,7 @@ dropped and counted in the manifest (failure as data, never a silent label).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -120,7 +121,13 @@ SAMPLERS: dict[str, Callable] = {"gaussian": gaussian_sample, "disks": disks_sam
 
 
 def make_labeller(conductivities: Sequence[float], tol: float, max_iterations: int = 2000) -> Callable:
-    """``labels (B, *shape) -> (tensor (B, d, d), status (B,), iterations (B,))``: the FFT solver, vmapped."""
+    """``labels (B, *shape) -> (tensor (B, d, d), status (B,), iterations (B,))``: the FFT solver, vmapped (one
+    compiled function per set of options, shared by every call)."""
+    return _labeller(tuple(float(k) for k in conductivities), float(tol), int(max_iterations))
+
+
+@functools.lru_cache(maxsize=8)
+def _labeller(conductivities: tuple[float, ...], tol: float, max_iterations: int) -> Callable:
     from jaxmicro.physics import effective_conductivity
 
     values = jnp.asarray(conductivities, jnp.float32)
