@@ -56,13 +56,28 @@ def vgg_params():
     return load_vgg19_params(fetch=True, layers=["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2"])
 
 
+def trained_model(folder: Path, fit, data_folder, params):
+    """A model trained before (calibrated now if it was trained without an uncertainty scale), or ``fit()``."""
+    if not (folder / "model.json").exists():
+        return fit()
+    trained = model.load_model(folder)
+    if "uncertainty_scale" not in trained.record:
+        loaded = data.load_data(data_folder)
+        index = np.asarray(trained.record["split"]["validation"])
+        _, _, members = model.make_predictor(trained, params)(loaded["labels"][index])
+        trained.record["uncertainty_scale"] = model.uncertainty_scale(members, loaded["tensor"][index])
+        model.save_model(folder, trained)
+    return trained
+
+
 def train_and_evaluate(out, folder, name, params, args, head="gram", taps=None, exclude=()):
     spec = train.spec_for(head, taps)
     config = heads.HeadConfig(head=head, members=args.members, components=train.default_components(head))
     options = train.TrainOptions(epochs=args.epochs, augment=args.augment, exclude=tuple(exclude))
     start = time.perf_counter()
-    trained = train.train(folder, out / name, config=config, spec=spec, vgg_params=params if head == "gram" else None,
-                          options=options, feature_cache=out / "features")
+    trained = trained_model(out / name, lambda: train.train(
+        folder, out / name, config=config, spec=spec, vgg_params=params if head == "gram" else None,
+        options=options, feature_cache=out / "features"), folder, params)
     seconds = time.perf_counter() - start
     report = evaluate.evaluate(trained, folder, params, split="test")
     report["train_seconds_with_features_cached_or_not"] = seconds
@@ -74,9 +89,10 @@ def left_out(out, folder, params, args, family):
     """Train without ``family``; metrics on every sample of that family (none of them seen in training)."""
     name = f"c10_without_{family}"
     spec = train.spec_for("gram")
-    trained = train.train(folder, out / name, config=heads.HeadConfig(members=args.members), spec=spec,
-                          vgg_params=params, feature_cache=out / "features",
-                          options=train.TrainOptions(epochs=args.epochs, augment=args.augment, exclude=(family,)))
+    trained = trained_model(out / name, lambda: train.train(
+        folder, out / name, config=heads.HeadConfig(members=args.members), spec=spec, vgg_params=params,
+        feature_cache=out / "features",
+        options=train.TrainOptions(epochs=args.epochs, augment=args.augment, exclude=(family,))), folder, params)
     loaded = data.load_data(folder)
     pick = loaded["family"] == family
     mean, std, _ = model.make_predictor(trained, params)(loaded["labels"][pick])
@@ -103,7 +119,7 @@ def shared_crops(out, params, figure):
     crops = np.stack(crops).astype(np.uint8)
     label = data.make_labeller([1.0, 10.0], 1e-5)
     tensor, status, _ = (np.asarray(a) for a in label(jnp.asarray(crops, jnp.int32)))
-    trained = model.load_model(out / "c10")
+    trained = trained_model(out / "c10", None, out / "data_c10", params)
     mean, std, _ = model.make_predictor(trained, params)(crops)
     fractions = data.phase_fractions(crops, 2)
     if figure:
@@ -241,7 +257,7 @@ def main():
         results[f"contrast_{contrast}"] = report
         print(f"contrast {contrast}:\n" + evaluate.format_report(report), flush=True)
         if figures and contrast == 10:
-            evaluate.evaluate(model.load_model(out / "c10"), folder, params, split="test",
+            evaluate.evaluate(trained_model(out / "c10", None, folder, params), folder, params, split="test",
                               figure=figures / "surrogate_parity_c10.png")
     folder = out / "data_c10"
     results["twopoint_baseline"] = cached(out / "twopoint.json", lambda: train_and_evaluate(

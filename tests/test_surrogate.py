@@ -120,6 +120,16 @@ def test_tiny_training_lowers_the_loss(trained):
     assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
     assert not (trained[0] / "model" / train.STATE).exists()
     assert len(list((trained[0] / "data" / "features").glob("features-*.npz"))) == 1
+    assert result.record["uncertainty_scale"] > 0
+
+
+def test_uncertainty_scale_calibrates_the_spread():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(2000, 2, 2))
+    members = truth + rng.normal(size=(5, 2000, 2, 2)) * 0.1 + 0.3 * rng.normal(size=(1, 2000, 2, 2))
+    scale = model.uncertainty_scale(members, truth)
+    error, spread = np.abs(members.mean(0) - truth), scale * members.std(0)
+    assert scale > 1.5 and abs(np.mean(error <= 2 * spread) - 0.954) < 0.02
 
 
 def test_save_restore_gives_identical_predictions(trained, tiny_params):

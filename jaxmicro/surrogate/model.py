@@ -112,7 +112,8 @@ def check_network(model: Model, spec: FeatureSpec | None, vgg_params: dict | Non
 
 def make_predictor(model: Model, vgg_params: dict | None = None) -> Callable:
     """``labels (B, *shape) -> (mean (B, d, d), std (B, d, d), members (M, B, d, d))`` numpy, after checking
-    the network; the phases must be those the model was trained on."""
+    the network; ``std`` is the members' spread times the model's calibrated ``uncertainty_scale``;
+    the phases must be those the model was trained on."""
     check_network(model, None, vgg_params)
     featurize = make_featurizer(model.spec, vgg_params)
     _, apply = heads.make_head(model.config)
@@ -129,6 +130,17 @@ def make_predictor(model: Model, vgg_params: dict | None = None) -> Callable:
                              f"{labels.ndim - 1}D (shape {labels.shape[1:]})")
         check_size(model.spec, labels.shape[1:])
         members = np.asarray(head(featurize(labels), data_module.phase_fractions(labels, model.spec.n_phases)))
-        return members.mean(0), members.std(0), members
+        return members.mean(0), model.record.get("uncertainty_scale", 1.0) * members.std(0), members
 
     return predict
+
+
+def uncertainty_scale(members: np.ndarray, truth: np.ndarray, coverage: float = 0.954) -> float:
+    """The factor on the members' spread that puts ``coverage`` of the labels within 2 sigma, over all tensor
+    components (fitted on the validation split: an ensemble of a few members is overconfident)."""
+    dim = truth.shape[-1]
+    upper = np.triu_indices(dim)
+    error = np.abs(members.mean(0) - truth)[:, upper[0], upper[1]]
+    spread = members.std(0)[:, upper[0], upper[1]]
+    ratio = error / np.maximum(spread, 1e-12 * (np.abs(truth).max() + 1e-30))
+    return float(max(np.quantile(ratio, coverage) / 2.0, 1e-6))

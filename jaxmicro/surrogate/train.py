@@ -22,7 +22,7 @@ from jaxmicro.errors import InputError
 from jaxmicro.io import atomic_write_path
 from jaxmicro.surrogate import data as data_module, heads
 from jaxmicro.surrogate.features import FeatureSpec, check_size, make_featurizer, weights_digest
-from jaxmicro.surrogate.model import Model, flatten, n_inputs, save_model, unflatten
+from jaxmicro.surrogate.model import Model, flatten, n_inputs, save_model, uncertainty_scale, unflatten
 
 STATE = "training_state.npz"
 
@@ -217,6 +217,10 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
               "training": dataclasses.asdict(options) | {"best_epoch": best_epoch, "best_validation_loss": best,
                                                          "epochs_run": len(history)},
               "history": history}
+    fractions = jnp.asarray(cached["validation_fractions"])
+    val_members = np.asarray(heads.to_tensor(apply(best_params, val_x),
+                                             *data_module.wiener_bounds(fractions, data["conductivities"])))
+    record["uncertainty_scale"] = uncertainty_scale(val_members, cached["validation_tensor"])
     model = Model(config, spec, digest, list(data["conductivities"]), best_params, normaliser, record)
     save_model(out, model)
     state_path.unlink(missing_ok=True)
