@@ -164,6 +164,29 @@ def speed(out, params, shape, batch):
             "speedup": solve[0] / head[0]}
 
 
+def design_comparison(out, params, steps=100):
+    """One design (k_xx = 4 at contrast 10, 64x64, no statistics terms, 4 seeds) with the solver and with the
+    c10 head in the loop: wall time and the solver's check of the final designs."""
+    from jaxmicro.inverse_design import design
+    from jaxmicro.surrogate.design import design_predictors, head_vs_solver
+
+    trained = trained_model(out / "c10", None, out / "data_c10", params)
+    exemplar = data.load_data(out / "data_c10")["labels"][0]
+    rows = {}
+    for name, predictors in (("solver", None), ("head", design_predictors(trained, params))):
+        start = time.perf_counter()
+        result = design(exemplar, targets={"k_xx": 4.0}, conductivity=[1.0, 10.0], steps=steps, count=4,
+                        statistics_weight=0, predictors=predictors)
+        seconds = time.perf_counter() - start
+        check = head_vs_solver(trained, params, result.labels)
+        rows[name] = {"seconds_with_compilation": seconds, "steps": steps, "designs": 4,
+                      "solver_k_xx": check["solver"][:, 0, 0].tolist(), "head_k_xx": check["head"][:, 0, 0].tolist(),
+                      "head_vs_solver_disagreement": check["disagreement"].tolist()}
+    rows["head_over_solver_time"] = rows["head"]["seconds_with_compilation"] / rows["solver"][
+        "seconds_with_compilation"]
+    return rows
+
+
 def pruning(out, folder, params, args):
     rows = []
     for taps in PRUNING:
@@ -275,6 +298,8 @@ def main():
     if not args.skip_3d:
         results["speed_64x64x64"] = cached(out / "speed_64_3.json", lambda: speed(out, params, (64, 64, 64), 4))
         print(f"speed 64^3: {json.dumps(results['speed_64x64x64'])}", flush=True)
+    results["design"] = cached(out / "design.json", lambda: design_comparison(out, params))
+    print(f"design: {json.dumps(results['design'])}", flush=True)
     if not args.skip_pruning:
         results["pruning"] = pruning(out, folder, params, args)
         report_pruning(results["pruning"], figures)
