@@ -134,20 +134,20 @@ def shared_crops(out, params, figure):
             "inside_bounds": evaluate.inside_bounds(mean, fractions, [1.0, 10.0])}
 
 
-def speed(out, params, shape, batch):
+def speed(out, params, shape, batch, head="gram"):
     """Median seconds per sample: the solver (contrast 10, tol 1e-5) and the head (features + MLP), batched."""
     rng = np.random.default_rng(0)
     images = np.stack([data.gaussian_sample(rng, shape)[0] for _ in range(batch)]).astype(np.int32)
     label = data.make_labeller([1.0, 10.0], 1e-5)
     solve = timed(lambda x: label(x)[0], jnp.asarray(images), repeats=3)
-    config = heads.HeadConfig(members=4, dim=len(shape))
-    spec = train.spec_for("gram")
+    config = heads.HeadConfig(head=head, members=4, dim=len(shape), components=train.default_components(head))
+    spec = train.spec_for(head)
     featurize = model.make_featurizer(spec, params, batch=min(batch, 32))
     features = featurize(images[:2])
     init, apply = heads.make_head(config)
-    normaliser = heads.fit_normaliser(np.concatenate([features, features + 1]))
+    normaliser = heads.fit_normaliser(np.concatenate([features, features + 1]), config.components)
     trained = model.Model(config, spec, model.weights_digest(params, spec), [1.0, 10.0],
-                          init(jax.random.PRNGKey(0), features.shape[1] + 1), normaliser)
+                          init(jax.random.PRNGKey(0), model.n_inputs(config, normaliser)), normaliser)
     predict = model.make_predictor(trained, params)
     start = time.perf_counter()
     predict(images)  # compile
@@ -295,6 +295,9 @@ def main():
     print(f"shared crops: {json.dumps(results['shared_crops'].get('components', {}).get('k_xx'))}", flush=True)
     results["speed_64x64"] = cached(out / "speed_64.json", lambda: speed(out, params, (64, 64), 256))
     print(f"speed 64x64: {json.dumps(results['speed_64x64'])}", flush=True)
+    results["speed_twopoint_64x64"] = cached(out / "speed_twopoint_64.json",
+                                             lambda: speed(out, params, (64, 64), 256, head="twopoint"))
+    print(f"speed 64x64, two-point head: {json.dumps(results['speed_twopoint_64x64'])}", flush=True)
     if not args.skip_3d:
         results["speed_64x64x64"] = cached(out / "speed_64_3.json", lambda: speed(out, params, (64, 64, 64), 4))
         print(f"speed 64^3: {json.dumps(results['speed_64x64x64'])}", flush=True)
