@@ -246,3 +246,9 @@ def test_head_drives_a_design_and_is_checked_by_the_solver(trained, tiny_params)
                     predictors=predictors)
     check = head_vs_solver(restored, tiny_params, result.labels)
     assert check["solver"].shape == (1, 2, 2) and np.isfinite(check["disagreement"]).all()
+
+
+def test_help_of_every_surrogate_action_has_examples(capsys):
+    for action in ["make-data", "train", "predict", "evaluate"]:
+        code, out, err = run_in_process(capsys, "surrogate", action, "--help")
+        assert code == 0 and "example" in out and "Traceback" not in err

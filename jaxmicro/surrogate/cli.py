@@ -189,7 +189,10 @@ def register(subparsers) -> None:
                "  jaxmicro surrogate evaluate model data --figure parity.png")
     sub = parent.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    p = sub.add_parser("make-data", help="generate structures and label them with the FFT solver")
+    p = sub.add_parser("make-data", help="generate structures and label them with the FFT solver",
+                       formatter_class=formatter,
+                       epilog="examples:\n  jaxmicro surrogate make-data --out data --count 1024 --conductivity 1,10\n"
+                              "  jaxmicro surrogate make-data --out data100 --conductivity 1,100 --shape 32x32x32")
     p.add_argument("--out", required=True, help="data folder (resumes there after an interruption)")
     p.add_argument("--count", type=_whole, default=1024, help="number of structures (default 1024)")
     p.add_argument("--shape", default="64x64", help="image shape, e.g. 64x64 or 32x32x32 (default 64x64)")
@@ -205,7 +208,10 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_make_data)
 
-    p = sub.add_parser("train", help="train a head on a data folder")
+    p = sub.add_parser("train", help="train a head on a data folder", formatter_class=formatter,
+                       epilog="examples:\n  jaxmicro surrogate train data --out model\n"
+                              "  jaxmicro surrogate train data --head twopoint --out baseline\n"
+                              "  jaxmicro surrogate train data --exclude disks --out without-disks")
     p.add_argument("data", help="data folder from make-data")
     p.add_argument("--out", required=True, help="model folder (a killed training resumes there)")
     p.add_argument("--head", default="gram", help="gram (pruned-VGG statistics) or twopoint (two-point "
@@ -225,7 +231,9 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("predict", help="conductivity tensors of images, with the ensemble's uncertainty")
+    p = sub.add_parser("predict", help="conductivity tensors of images, with the ensemble's uncertainty",
+                       formatter_class=formatter,
+                       epilog="examples:\n  jaxmicro surrogate predict model sample.tif --json k.json")
     p.add_argument("model")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--phases", type=_whole, help="segment grayscale images into N phases first")
@@ -233,7 +241,10 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_predict)
 
-    p = sub.add_parser("evaluate", help="accuracy of a model on a data folder (R^2, errors, parity figure)")
+    p = sub.add_parser("evaluate", help="accuracy of a model on a data folder (R^2, errors, parity figure)",
+                       formatter_class=formatter,
+                       epilog="examples:\n  jaxmicro surrogate evaluate model data --figure parity.png\n"
+                              "  jaxmicro surrogate evaluate model other-data --json metrics.json")
     p.add_argument("model")
     p.add_argument("data")
     p.add_argument("--split", default="auto", choices=["auto", "test", "all"],
