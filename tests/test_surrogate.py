@@ -252,3 +252,19 @@ def test_help_of_every_surrogate_action_has_examples(capsys):
     for action in ["make-data", "train", "predict", "evaluate"]:
         code, out, err = run_in_process(capsys, "surrogate", action, "--help")
         assert code == 0 and "example" in out and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_cnn_baseline_trains_end_to_end_inside_bounds(trained):
+    folder, _ = trained
+    config = heads.HeadConfig(head="cnn", hidden=(16,), members=2, shape=(16, 16), channels=(4, 8))
+    result = train.train(folder / "data", folder / "cnn", config=config, spec=train.spec_for("cnn", shape=(16, 16)),
+                         vgg_params=None, options=train.TrainOptions(epochs=15, batch=32, augment=2))
+    history = result.record["history"]
+    assert result.record["training"]["best_validation_loss"] < history[0]["validation_loss"]
+    images = data.load_data(folder / "data")
+    restored = model.load_model(folder / "cnn")
+    mean, _, _ = model.make_predictor(restored)(images["labels"][:16])
+    from jaxmicro.surrogate.evaluate import inside_bounds
+
+    assert inside_bounds(mean, images["fractions"][:16], CONDUCTIVITIES) == 1.0

@@ -103,7 +103,8 @@ def _train(args) -> int:
     if unknown:
         raise InputError(f"--exclude: unknown generator family {unknown}; choose from {', '.join(data.GENERATORS)}")
     config = heads.HeadConfig(head=args.head, hidden=tuple(args.hidden), members=args.members,
-                              dim=loaded["labels"].ndim - 1, components=train.default_components(args.head))
+                              dim=loaded["labels"].ndim - 1, components=train.default_components(args.head),
+                              shape=tuple(loaded["labels"].shape[1:]) if args.head == "cnn" else ())
     out = Path(args.out)
     if (out / "model.json").exists() and not args.force:
         raise InputError(f"{out} already holds a trained model; pass --force to train it again, or choose another "
@@ -214,8 +215,9 @@ def register(subparsers) -> None:
                               "  jaxmicro surrogate train data --exclude disks --out without-disks")
     p.add_argument("data", help="data folder from make-data")
     p.add_argument("--out", required=True, help="model folder (a killed training resumes there)")
-    p.add_argument("--head", default="gram", help="gram (pruned-VGG statistics) or twopoint (two-point "
-                                                  "correlation + PCA baseline); default gram")
+    p.add_argument("--head", default="gram", help="gram (pruned-VGG statistics), twopoint (two-point "
+                                                  "correlation + PCA baseline) or cnn (small CNN trained end to "
+                                                  "end, 2D); default gram")
     p.add_argument("--taps", help="VGG taps of the gram head (default relu1_2,relu2_2,relu3_1)")
     p.add_argument("--members", type=_whole, default=4, help="ensemble members (default 4)")
     p.add_argument("--hidden", type=_numbers, default=[256, 256], metavar="W1,W2", help="hidden widths")

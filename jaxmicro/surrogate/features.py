@@ -3,9 +3,10 @@ classical baseline, the two-point correlation.
 
 A ``FeatureSpec`` is data: ``kind`` ``"vgg"`` (per tap: each channel's spatial mean, i.e. the pooled activation,
 and its standard deviation, the square root of the centred Gram matrix's diagonal; Li et al. 2018's reduced Gram
-statistics) or ``"twopoint"`` (the phase-1 two-point correlation in a window of ``radius`` pixels, reduced later
-by PCA in the head). 3D volumes are described by their slices along each axis, averaged per axis, so the
-description keeps the direction. A model records its spec and the VGG weights' digest and refuses any other.
+statistics), ``"twopoint"`` (the phase-1 two-point correlation in a window of ``radius`` pixels, reduced later
+by PCA in the head) or ``"pixels"`` (the phase-1 indicator itself, for the end-to-end CNN baseline). 3D volumes
+are described by their slices along each axis, averaged per axis, so the description keeps the direction. A
+model records its spec and the VGG weights' digest and refuses any other.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from jaxmicro import vgg
 from jaxmicro.encoding import encode_labels
 from jaxmicro.errors import InputError
 
-FEATURE_KINDS = ("vgg", "twopoint")
+FEATURE_KINDS = ("vgg", "twopoint", "pixels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,15 +94,25 @@ def _two_point(spec: FeatureSpec) -> Callable:
     return one
 
 
+def _pixels(spec: FeatureSpec) -> Callable:
+    def one(labels):  # (H, W) -> (H W,)
+        return (labels == 1).astype(jnp.float32).reshape(-1)
+
+    return one
+
+
 def make_featurizer(spec: FeatureSpec, params: dict | None = None, batch: int = 32) -> Callable:
     """``labels (B, *shape) -> features (B, F)`` float32 numpy; 2D images or 3D volumes (slices per axis).
 
     Runs in jitted chunks of ``batch`` images (memory stays bounded whatever B)."""
     if spec.kind == "vgg" and params is None:
         raise InputError("VGG features need network weights (params)")
-    one = _vgg_moments(spec, params) if spec.kind == "vgg" else _two_point(spec)
+    one = {"vgg": lambda: _vgg_moments(spec, params), "twopoint": lambda: _two_point(spec),
+           "pixels": lambda: _pixels(spec)}[spec.kind]()
 
     def describe(image):
+        if image.ndim == 3 and spec.kind == "pixels":
+            raise InputError("the end-to-end CNN head reads 2D images only")
         if image.ndim == 2:
             return one(image)
         per_axis = []

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-HEADS = ("gram", "twopoint")
+HEADS = ("gram", "twopoint", "cnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,13 +31,15 @@ class HeadConfig:
     members: int = 4
     dim: int = 2
     components: int = 0  # PCA components of the features (0: none)
+    shape: tuple[int, ...] = ()  # image shape, for the end-to-end CNN
+    channels: tuple[int, ...] = (16, 32, 32)  # CNN widths (one 3x3 convolution and a 2x2 pooling each)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self) | {"hidden": list(self.hidden)}
+        return dataclasses.asdict(self) | {k: list(getattr(self, k)) for k in ("hidden", "shape", "channels")}
 
     @classmethod
     def from_json(cls, data: dict) -> "HeadConfig":
-        return cls(**{k: tuple(v) if k == "hidden" else v for k, v in data.items()})
+        return cls(**{k: tuple(v) if k in ("hidden", "shape", "channels") else v for k, v in data.items()})
 
 
 def output_size(dim: int) -> int:
@@ -53,6 +55,25 @@ class MLP(nn.Module):
         for width in self.hidden:
             x = nn.gelu(nn.Dense(width)(x))
         return nn.Dense(self.outputs, kernel_init=nn.initializers.variance_scaling(0.1, "fan_in", "normal"))(x)
+
+
+class CNN(nn.Module):
+    """The end-to-end baseline: phase-1 indicator (flattened, fraction appended) -> periodic 3x3 convolutions
+    with 2x2 average pooling -> global mean -> MLP."""
+
+    shape: tuple[int, ...]
+    channels: tuple[int, ...]
+    hidden: tuple[int, ...]
+    outputs: int
+
+    @nn.compact
+    def __call__(self, x):
+        image, fraction = x[..., :-1].reshape(x.shape[:-1] + tuple(self.shape) + (1,)), x[..., -1:]
+        for width in self.channels:
+            image = jnp.pad(image, [(0, 0)] * (image.ndim - 3) + [(1, 1), (1, 1), (0, 0)], mode="wrap")
+            image = nn.gelu(nn.Conv(width, (3, 3), padding="VALID")(image))
+            image = nn.avg_pool(image, (2, 2), strides=(2, 2))
+        return MLP(self.hidden, self.outputs)(jnp.concatenate([image.mean(axis=(-3, -2)), fraction], -1))
 
 
 def unit_tensor(raw: jax.Array, dim: int) -> jax.Array:
@@ -88,7 +109,8 @@ def to_unit(tensor: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
 def make_head(config: HeadConfig):
     """``(init, apply)``: ``init(key, n_inputs) -> params`` (leading member axis);
     ``apply(params, inputs (B, F)) -> unit tensors (members, B, d, d)``."""
-    module = MLP(tuple(config.hidden), output_size(config.dim))
+    module = (CNN(tuple(config.shape), tuple(config.channels), tuple(config.hidden), output_size(config.dim))
+              if config.head == "cnn" else MLP(tuple(config.hidden), output_size(config.dim)))
 
     def init(key, n_inputs):
         keys = jax.random.split(key, config.members)

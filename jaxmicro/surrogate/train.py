@@ -228,6 +228,8 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
 
 
 def fit_normaliser_for(config: heads.HeadConfig, features: np.ndarray) -> dict:
+    if config.head == "cnn":  # the image itself: no standardisation per pixel
+        return {"mean": np.zeros(features.shape[1], np.float32), "scale": np.ones(features.shape[1], np.float32)}
     return heads.fit_normaliser(features, config.components)
 
 
@@ -243,4 +245,8 @@ def spec_for(head: str, taps: Sequence[str] | str | None = None, n_phases: int =
         raise InputError(f"unknown head {head!r}; choose from {', '.join(heads.HEADS)}")
     if head == "twopoint":
         return FeatureSpec(kind="twopoint", n_phases=n_phases, radius=max(1, min(16, (min(shape) - 1) // 2)))
+    if head == "cnn":
+        if len(shape) != 2:
+            raise InputError(f"the cnn head reads 2D images only, the data are {len(shape)}D")
+        return FeatureSpec(kind="pixels", n_phases=n_phases)
     return FeatureSpec(kind="vgg", n_phases=n_phases, **({"taps": taps} if taps else {}))
