@@ -85,6 +85,21 @@ def train_and_evaluate(out, folder, name, params, args, head="gram", taps=None, 
     return report
 
 
+def cnn_baseline(out, folder, args, epochs=30):
+    """The small CNN trained end to end on the images (2 members, 2 symmetries, ``epochs`` epochs: the CPU budget
+    of this benchmark)."""
+    config = heads.HeadConfig(head="cnn", hidden=(64,), members=2, shape=(64, 64))
+    start = time.perf_counter()
+    trained = trained_model(out / "cnn", lambda: train.train(
+        folder, out / "cnn", config=config, spec=train.spec_for("cnn"), vgg_params=None,
+        feature_cache=out / "features", options=train.TrainOptions(epochs=epochs, augment=2, patience=15)),
+        folder, None)
+    report = evaluate.evaluate(trained, folder, None, split="test")
+    report["train_seconds"] = time.perf_counter() - start
+    report["epochs_run"] = len(trained.record["history"])
+    return report
+
+
 def left_out(out, folder, params, args, family):
     """Train without ``family``; metrics on every sample of that family (none of them seen in training)."""
     name = f"c10_without_{family}"
@@ -289,6 +304,8 @@ def main():
     results["twopoint_baseline"] = cached(out / "twopoint.json", lambda: train_and_evaluate(
         out, folder, "twopoint", params, args, head="twopoint"))
     print("two-point + PCA baseline:\n" + evaluate.format_report(results["twopoint_baseline"]), flush=True)
+    results["cnn_baseline"] = cached(out / "cnn.json", lambda: cnn_baseline(out, folder, args))
+    print("small CNN trained end to end:\n" + evaluate.format_report(results["cnn_baseline"]), flush=True)
     for family in ("disks", "gaussian"):
         results[f"without_{family}"] = cached(out / f"without_{family}.json",
                                               lambda: left_out(out, folder, params, args, family))
