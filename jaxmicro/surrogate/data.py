@@ -1,0 +1,406 @@
+"""Labelled structure-property data for learned heads: generators, FFT labels checked against bounds, shards.
+
+A data folder holds ``manifest.json`` (options, generator parameter ranges, solver tolerance, seeds, versions and
+the finished shards) and ``shard_00000.npz``, ... each with ``labels`` ``(S, *shape)`` uint8, ``tensor``
+``(S, d, d)`` float32 (effective conductivity, axes in array order), ``fractions`` ``(S, n)``, ``family``
+``(S,)`` (generator name), ``parameters`` ``(S,)`` (JSON text of each sample's generator parameters), ``seed``
+``(S,)``. Shards are written atomically and a finished shard is never redone, so ``make_data`` resumes after a
+kill where it stopped. Samples whose solve did not converge or whose tensor leaves the Voigt/Reuss bounds are
+dropped and counted in the manifest (failure as data, never a silent label).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import platform
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmicro.errors import InputError
+from jaxmicro.io import atomic_write_path, prepare_output_dir, write_json
+
+GENERATORS = ("gaussian", "disks", "reconstruction")
+DEFAULT_GENERATORS = ("gaussian", "disks")
+MANIFEST = "manifest.json"
+SHARD_SIZE = 64
+BOUND_SLACK = 1e-3  # relative slack of the bound check (solver tolerance 1e-4 leaves tensors at float32 rounding)
+
+
+# --- generators (one sample each, numpy, seeded) --------------------------------------------------------------
+
+
+def _frequencies(shape):
+    return np.meshgrid(*[np.fft.fftfreq(n) for n in shape], indexing="ij")
+
+
+def _random_rotation(rng, ndim):
+    """A uniformly random rotation matrix (QR of a Gaussian matrix with the sign fixed)."""
+    q, r = np.linalg.qr(rng.normal(size=(ndim, ndim)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def threshold(field: np.ndarray, fraction: float) -> np.ndarray:
+    """Phase 1 on the ``fraction`` of pixels where ``field`` is largest (exact up to ties)."""
+    return (field > np.quantile(field, 1.0 - fraction)).astype(np.uint8)
+
+
+def gaussian_sample(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.ndarray, dict]:
+    """A thresholded periodic Gaussian random field: anisotropic Gaussian spectrum (correlation lengths 1.5-10
+    pixels, ratio up to 4, random orientation), phase-1 fraction uniform in 0.1-0.9."""
+    ndim = len(shape)
+    lengths = rng.uniform(1.5, 10.0, size=ndim)
+    lengths = np.clip(lengths, lengths.max() / 4, None)
+    rotation = _random_rotation(rng, ndim)
+    fraction = float(rng.uniform(0.1, 0.9))
+    k = np.stack(_frequencies(shape), axis=-1) @ rotation  # frequencies in the principal frame
+    spectrum = np.exp(-2.0 * np.pi**2 * np.sum((k * lengths) ** 2, axis=-1))
+    field = np.fft.ifftn(np.fft.fftn(rng.normal(size=tuple(shape))) * np.sqrt(spectrum)).real
+    return threshold(field, fraction), {"correlation_lengths": lengths.tolist(), "rotation": rotation.tolist(),
+                                        "fraction": fraction}
+
+
+def disks_sample(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.ndarray, dict]:
+    """Overlapping periodic disks or ellipses (spheres or ellipsoids in 3D) of one phase in the other: radius
+    2-10 pixels (at most a sixth of the smallest side), aspect ratio 1-4, random orientation per inclusion,
+    placed until the target fraction (0.1-0.9) is reached; half the samples swap the phases."""
+    ndim = len(shape)
+    radius = float(rng.uniform(2.0, max(2.0, min(10.0, min(shape) / 6))))
+    aspect = float(rng.choice([1.0, rng.uniform(1.0, 4.0)]))
+    aligned = bool(rng.random() < 0.5)
+    common = _random_rotation(rng, ndim)
+    target = float(rng.uniform(0.1, 0.9))
+    swap = bool(rng.random() < 0.5)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).astype(np.float64)
+    sizes = np.asarray(shape, np.float64)
+    inside = np.zeros(tuple(shape), bool)
+    count = 0
+    want = 1.0 - target if swap else target
+    while inside.mean() < want and count < 5000:
+        centre = rng.uniform(0, sizes)
+        delta = grid - centre
+        delta -= sizes * np.round(delta / sizes)  # periodic distance
+        rotation = common if aligned else _random_rotation(rng, ndim)
+        semi = np.full(ndim, radius)
+        semi[0] = radius * aspect
+        local = delta @ rotation
+        inside |= np.sum((local / semi) ** 2, axis=-1) <= 1.0
+        count += 1
+    labels = (~inside if swap else inside).astype(np.uint8)
+    return labels, {"radius": radius, "aspect": aspect, "aligned": aligned, "swapped": swap,
+                    "target_fraction": target, "inclusions": count}
+
+
+def reconstruction_batch(exemplars: Sequence[np.ndarray], shape, seeds: Sequence[int], steps: int, params=None):
+    """Short reconstructions (``steps`` Adam steps) of exemplars chosen by seed: structures near real ones."""
+    from jaxmicro.reconstruction import reconstruct
+
+    out = []
+    for seed in seeds:
+        index = seed % len(exemplars)
+        result = reconstruct(exemplars[index], shape=tuple(shape), count=1, steps=steps, seed=int(seed),
+                             params=params, levels=1)
+        labels = np.asarray(result.labels[0]).astype(np.uint8)
+        out.append((labels, {"exemplar": index, "steps": steps}))
+    return out
+
+
+SAMPLERS: dict[str, Callable] = {"gaussian": gaussian_sample, "disks": disks_sample}
+
+
+# --- labels ---------------------------------------------------------------------------------------------------
+
+
+def make_labeller(conductivities: Sequence[float], tol: float, max_iterations: int = 2000) -> Callable:
+    """``labels (B, *shape) -> (tensor (B, d, d), status (B,), iterations (B,))``: the FFT solver, vmapped (one
+    compiled function per set of options, shared by every call)."""
+    return _labeller(tuple(float(k) for k in conductivities), float(tol), int(max_iterations))
+
+
+@functools.lru_cache(maxsize=8)
+def _labeller(conductivities: tuple[float, ...], tol: float, max_iterations: int) -> Callable:
+    from jaxmicro.physics import effective_conductivity
+
+    values = jnp.asarray(conductivities, jnp.float32)
+
+    @jax.jit
+    def label(batch):
+        result = jax.vmap(lambda one: effective_conductivity(one, values, tol=tol, max_iterations=max_iterations,
+                                                             throw=False))(batch)
+        return result.tensor, result.status, result.iterations
+
+    return label
+
+
+def phase_fractions(labels: np.ndarray, n_phases: int) -> np.ndarray:
+    """``(B, *shape)`` labels -> ``(B, n)`` volume fractions."""
+    flat = labels.reshape(labels.shape[0], -1)
+    return np.stack([(flat == i).mean(axis=1) for i in range(n_phases)], axis=1).astype(np.float32)
+
+
+def wiener_bounds(fractions, conductivities):
+    """Reuss (harmonic) and Voigt (arithmetic) means per sample: ``(B, n)`` fractions -> two ``(B,)`` arrays.
+
+    Every eigenvalue of an effective conductivity tensor lies between them, for any microstructure."""
+    fractions = jnp.asarray(fractions)
+    values = jnp.asarray(conductivities, fractions.dtype)
+    return 1.0 / jnp.sum(fractions / values, axis=-1), jnp.sum(fractions * values, axis=-1)
+
+
+def hashin_shtrikman(fractions, conductivities, dim: int):
+    """Hashin-Shtrikman bounds per sample (isotropic mixtures), ``(B, n)`` -> two ``(B,)`` arrays."""
+    fractions = jnp.asarray(fractions)
+    values = jnp.asarray(conductivities, fractions.dtype)
+
+    def bound(reference):
+        shift = (dim - 1) * reference
+        return 1.0 / jnp.sum(fractions / (values + shift), axis=-1) - shift
+
+    return bound(jnp.min(values)), bound(jnp.max(values))
+
+
+def check_bounds(tensor: np.ndarray, fractions: np.ndarray, conductivities) -> dict[str, np.ndarray]:
+    """Per sample: ``symmetric``, ``inside_wiener`` (eigenvalues within Reuss..Voigt, rigorous for any structure)
+    and ``inside_hs`` (the mean eigenvalue within the Hashin-Shtrikman bounds, which hold for isotropic samples
+    only: a diagnostic, not a rejection)."""
+    tensor = np.asarray(tensor, np.float64)
+    d = tensor.shape[-1]
+    lower, upper = (np.asarray(b, np.float64) for b in wiener_bounds(fractions, conductivities))
+    eig = np.linalg.eigvalsh(0.5 * (tensor + np.swapaxes(tensor, -1, -2)))
+    symmetric = np.max(np.abs(tensor - np.swapaxes(tensor, -1, -2)), axis=(-1, -2)) <= BOUND_SLACK * upper
+    inside = (eig.min(-1) >= lower * (1 - BOUND_SLACK)) & (eig.max(-1) <= upper * (1 + BOUND_SLACK))
+    hs_lower, hs_upper = (np.asarray(b, np.float64) for b in hashin_shtrikman(fractions, conductivities, d))
+    mean = eig.mean(-1)
+    inside_hs = (mean >= hs_lower * (1 - BOUND_SLACK)) & (mean <= hs_upper * (1 + BOUND_SLACK))
+    return {"symmetric": symmetric, "inside_wiener": inside, "inside_hs": inside_hs}
+
+
+# --- augmentation ---------------------------------------------------------------------------------------------
+
+
+def symmetries(ndim: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The symmetries of the square (8) or cube (48) as ``(permutation, flipped axes)``."""
+    return [(perm, tuple(a for a, f in enumerate(flips) if f))
+            for perm in itertools.permutations(range(ndim)) for flips in itertools.product((0, 1), repeat=ndim)]
+
+
+def symmetry_matrix(perm: Sequence[int], flips: Sequence[int]) -> np.ndarray:
+    """The orthogonal matrix ``R`` of ``np.flip(np.transpose(image, perm), flips)``: the tensor becomes
+    ``R K R^T``."""
+    ndim = len(perm)
+    matrix = np.zeros((ndim, ndim))
+    for i, p in enumerate(perm):
+        matrix[i, p] = -1.0 if i in flips else 1.0
+    return matrix
+
+
+def apply_symmetry(labels: np.ndarray, tensor: np.ndarray, perm, flips, batched: bool = True):
+    """Transform images ``(B, *shape)`` (or one image with ``batched=False``) and their tensors together."""
+    offset = 1 if batched else 0
+    axes = tuple(range(offset)) + tuple(p + offset for p in perm)
+    image = np.flip(np.transpose(labels, axes), tuple(f + offset for f in flips)) if flips else \
+        np.transpose(labels, axes)
+    matrix = symmetry_matrix(perm, flips)
+    return np.ascontiguousarray(image), (matrix @ np.asarray(tensor, np.float64) @ matrix.T).astype(np.float32)
+
+
+def periodic_shift(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each image ``(B, *shape)`` rolled by a random periodic shift (the tensor does not change)."""
+    out = np.empty_like(labels)
+    for i, image in enumerate(labels):
+        out[i] = np.roll(image, tuple(rng.integers(0, n) for n in image.shape), axis=tuple(range(image.ndim)))
+    return out
+
+
+def augment(labels: np.ndarray, tensor: np.ndarray, count: int, rng: np.random.Generator):
+    """``count`` transformed copies of the data set: symmetry ``k`` (of the 8 or 48, in order, 0 = identity) and
+    a random periodic shift for copy ``k``; returns the stacked images, tensors and the symmetry index."""
+    group = symmetries(labels.ndim - 1)
+    if not 1 <= count <= len(group):
+        raise InputError(f"augmentation count must lie in 1..{len(group)}, got {count}")
+    images, tensors, index = [], [], []
+    for k in range(count):
+        image, rotated = apply_symmetry(labels, tensor, *group[k])
+        images.append(image if k == 0 else periodic_shift(image, rng))
+        tensors.append(rotated)
+        index.append(np.full(len(labels), k, np.int32))
+    return np.concatenate(images), np.concatenate(tensors), np.concatenate(index)
+
+
+# --- the data folder ------------------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    from jaxmicro.io import _package_version
+
+    return {"jaxmicro": _package_version(), "jax": jax.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def data_options(*, count: int, shape: Sequence[int], conductivities: Sequence[float],
+                 generators: Sequence[str] = DEFAULT_GENERATORS, seed: int = 0, tol: float = 1e-5,
+                 shard_size: int = SHARD_SIZE, reconstruction_steps: int = 30,
+                 exemplars: Sequence[str] = ()) -> dict:
+    """Validated options of a data set (what the manifest records and a resume must match)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3) or min(shape) < 8:
+        raise InputError(f"--shape must be 2D or 3D with sides of at least 8 pixels, got {shape}")
+    if count < 1:
+        raise InputError(f"--count must be at least 1, got {count}")
+    conductivities = [float(k) for k in conductivities]
+    if len(conductivities) != 2 or min(conductivities) <= 0:
+        raise InputError(f"--conductivity takes two positive phase conductivities (K0,K1), got {conductivities}")
+    unknown = [g for g in generators if g not in GENERATORS]
+    if unknown or not generators:
+        raise InputError(f"unknown generator(s) {unknown or list(generators)}; choose from {', '.join(GENERATORS)}")
+    if "reconstruction" in generators and not exemplars:
+        raise InputError("the reconstruction generator needs --exemplars IMG... (two-phase images to reconstruct)")
+    return {"count": int(count), "shape": list(shape), "conductivities": conductivities,
+            "generators": list(generators), "seed": int(seed), "tol": float(tol), "shard_size": int(shard_size),
+            "reconstruction_steps": int(reconstruction_steps), "exemplars": [str(e) for e in exemplars]}
+
+
+def options_digest(options: dict) -> str:
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.npz"
+
+
+def _shard_complete(path: Path, size: int) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as shard:
+            return int(shard["planned"]) == size
+    except Exception:  # noqa: BLE001 - a damaged shard is redone
+        return False
+
+
+def _generate_shard(options: dict, index: int, size: int, exemplars, params) -> dict[str, np.ndarray]:
+    families = options["generators"]
+    shape = options["shape"]
+    seeds = [int(np.random.SeedSequence([options["seed"], index, i]).generate_state(1)[0]) for i in range(size)]
+    images, infos, names = [], [], []
+    rebuilt = [s for i, s in enumerate(seeds) if families[(index * size + i) % len(families)] == "reconstruction"]
+    from_exemplars = iter(reconstruction_batch(exemplars, shape, rebuilt, options["reconstruction_steps"], params)
+                          if rebuilt else [])
+    for i, seed in enumerate(seeds):
+        family = families[(index * size + i) % len(families)]
+        if family == "reconstruction":
+            image, info = next(from_exemplars)
+        else:
+            image, info = SAMPLERS[family](np.random.default_rng(seed), shape)
+        images.append(image)
+        infos.append(json.dumps(info))
+        names.append(family)
+    return {"labels": np.stack(images), "family": np.asarray(names), "parameters": np.asarray(infos),
+            "seed": np.asarray(seeds, np.uint32)}
+
+
+def make_data(out: str | Path, options: dict, *, exemplars: Sequence[np.ndarray] = (), params=None,
+              progress: Callable[[int], None] | None = None) -> dict:
+    """Generate, label and store ``options["count"]`` samples in ``out`` (see the module docstring); resumes.
+
+    Raises InputError when ``out`` holds data made with other options. ``progress(n)`` is called with the
+    number of samples finished (skipped shards included). Returns the manifest.
+    """
+    out = Path(out)
+    manifest_path = out / MANIFEST
+    digest = options_digest(options)
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as error:
+            raise InputError(f"{manifest_path} is damaged ({error}); delete {out} and make the data again") from error
+        if manifest.get("options_digest") != digest:
+            raise InputError(f"{out} holds data made with other options ({manifest_path}); make the new data in "
+                             "another --out folder, or repeat the original options to resume")
+    else:
+        manifest = {"format": "jaxmicro-surrogate-data/1", "options": options, "options_digest": digest,
+                    "versions": _versions(), "property": "conductivity", "solver": {
+                        "function": "jaxmicro.physics.effective_conductivity", "scheme": "rotated",
+                        "tol": options["tol"]},
+                    "generator_ranges": {
+                        "gaussian": {"correlation_length": [1.5, 10.0], "max_anisotropy": 4, "fraction": [0.1, 0.9]},
+                        "disks": {"radius": [2.0, 10.0], "aspect": [1.0, 4.0], "fraction": [0.1, 0.9]},
+                        "reconstruction": {"steps": options["reconstruction_steps"],
+                                           "exemplars": options["exemplars"]}},
+                    "seeding": "sample i of shard s: numpy SeedSequence([seed, s, i])",
+                    "shards": {}}
+        prepare_output_dir(out)
+        write_json(manifest_path, manifest)
+    size = options["shard_size"]
+    n_shards = -(-options["count"] // size)
+    label = make_labeller(options["conductivities"], options["tol"])
+    for index in range(n_shards):
+        planned = min(size, options["count"] - index * size)
+        path = out / shard_name(index)
+        if _shard_complete(path, planned):
+            if progress:
+                progress(planned)
+            continue
+        shard = _generate_shard(options, index, planned, exemplars, params)
+        tensor, status, iterations = (np.asarray(a) for a in label(jnp.asarray(shard["labels"].astype(np.int32))))
+        fractions = phase_fractions(shard["labels"], 2)
+        checks = check_bounds(tensor, fractions, options["conductivities"])
+        keep = (status == 0) & checks["inside_wiener"] & checks["symmetric"]
+        kept = {name: array[keep] for name, array in shard.items()}
+        kept.update(tensor=tensor[keep].astype(np.float32), fractions=fractions[keep],
+                    iterations=iterations[keep].astype(np.int32), inside_hs=checks["inside_hs"][keep],
+                    planned=np.asarray(planned))
+        with atomic_write_path(path) as temp:
+            np.savez(temp, **kept)
+        manifest["shards"][path.name] = {
+            "planned": planned, "kept": int(keep.sum()), "not_converged": int((status != 0).sum()),
+            "outside_wiener_bounds": int(((status == 0) & ~checks["inside_wiener"]).sum()),
+            "mean_outside_hashin_shtrikman": int((~checks["inside_hs"][keep]).sum()),
+            "max_iterations_used": int(iterations.max())}
+        write_json(manifest_path, manifest)
+        if progress:
+            progress(planned)
+    return manifest
+
+
+class DataSet(dict):
+    """All shards of a data folder concatenated: ``labels``, ``tensor``, ``fractions``, ``family``, ... plus
+    ``manifest``."""
+
+
+def load_data(folder: str | Path) -> DataSet:
+    """Read a data folder made by ``make_data`` (every finished shard), with clear errors for what is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"the data folder {folder} does not exist; make it with `jaxmicro surrogate make-data "
+                         f"--out {folder}`")
+    manifest_path = folder / MANIFEST
+    if not manifest_path.exists():
+        raise InputError(f"{folder} is not a surrogate data folder (no {MANIFEST}); make one with "
+                         "`jaxmicro surrogate make-data`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        options = manifest["options"]
+    except (OSError, ValueError, KeyError) as error:
+        raise InputError(f"{manifest_path} is damaged ({error}); make the data again") from error
+    parts = []
+    for name in sorted(manifest.get("shards", {})):
+        try:
+            with np.load(folder / name, allow_pickle=False) as shard:
+                parts.append({key: shard[key] for key in ("labels", "tensor", "fractions", "family", "seed")})
+        except (OSError, ValueError, KeyError) as error:
+            raise InputError(f"{folder / name} is damaged or missing ({error}); run the same make-data command "
+                             "again to redo it") from error
+    if not parts or sum(len(p["labels"]) for p in parts) == 0:
+        raise InputError(f"{folder} holds no finished samples yet; run make-data again to finish it")
+    data = DataSet({key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
+    data["manifest"] = manifest
+    data["conductivities"] = options["conductivities"]
+    return data

@@ -1,0 +1,78 @@
+"""A trained head as the property predictor of inverse design, and its disagreement with the solver.
+
+``design_predictors(model, vgg_params)`` gives ``{"conductivity": predict(fields)}`` for
+``jaxmicro.inverse_design.design(..., predictors=...)``: phase probabilities ``(*shape, n)`` -> soft RGB image ->
+the model's VGG features -> bounded tensor, differentiable end to end (the ensemble mean). ``head_vs_solver``
+checks final designs with the FFT solver and reports the relative disagreement.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmicro import vgg
+from jaxmicro.encoding import encode
+from jaxmicro.errors import InputError
+from jaxmicro.physics import HomogenisationResult, effective_conductivity
+from jaxmicro.surrogate import data as data_module, heads
+from jaxmicro.surrogate.model import Model, check_network
+
+
+def _soft_moments(model: Model, vgg_params: dict):
+    """Features of phase probabilities ``(H, W, n)`` (the label path's encoding, softened)."""
+    spec = model.spec
+    widths = tuple(int(vgg_params[name]["kernel"].shape[-1]) for name in ("conv1_1", "conv2_1", "conv3_1",
+                                                                           "conv4_1", "conv5_1") if name in vgg_params)
+    widths = widths + vgg.VGG19_WIDTHS[len(widths):]
+    network = vgg.VGG19Features(spec.taps, pooling=spec.pooling, padding=spec.padding, widths=widths)
+    variables = {"params": {name: vgg_params[name] for name in vgg.convs_needed(spec.taps)}}
+
+    def moments(probabilities):
+        taps = network.apply(variables, vgg.preprocess(encode(probabilities))[None])
+        stats = []
+        for name in spec.taps:
+            flat = taps[name][0].reshape(-1, taps[name].shape[-1])
+            stats += [flat.mean(0), jnp.sqrt(flat.var(0) + 1e-12)]
+        return jnp.concatenate(stats)
+
+    return moments
+
+
+def design_predictors(model: Model, vgg_params: dict | None) -> dict:
+    """``{"conductivity": predict(fields) -> HomogenisationResult}`` with the head in place of the solver (2D,
+    VGG heads; ``status`` always converged, ``iterations`` 0)."""
+    if model.spec.kind != "vgg" or model.config.dim != 2:
+        raise InputError("only 2D gram heads can drive a design (the two-point head is not differentiable here)")
+    check_network(model, None, vgg_params)
+    moments = _soft_moments(model, vgg_params)
+    _, apply = heads.make_head(model.config)
+
+    def predict(fields):
+        if fields.shape[-1] != model.spec.n_phases:
+            raise InputError(f"the head was trained on {model.spec.n_phases} phases, the design has "
+                             f"{fields.shape[-1]}")
+        fractions = jnp.mean(fields.reshape(-1, fields.shape[-1]), axis=0)[None]
+        bounds = data_module.wiener_bounds(fractions, model.conductivities)
+        members = heads.predict_tensors(apply, model.params, model.normaliser, moments(fields)[None], fractions,
+                                        bounds)
+        tensor = members.mean(0)[0]
+        return HomogenisationResult(tensor, jnp.asarray(0, jnp.int32), jnp.asarray(0.0, tensor.dtype),
+                                    jnp.asarray(0, jnp.int32))
+
+    return {"conductivity": predict}
+
+
+def head_vs_solver(model: Model, vgg_params: dict | None, labels: np.ndarray, tol: float = 1e-5) -> dict:
+    """The head and the FFT solver on final designs ``(B, H, W)``: both tensors and the relative Frobenius
+    disagreement ``|K_head - K_solver| / |K_solver|`` per design."""
+    from jaxmicro.surrogate.model import make_predictor
+
+    labels = np.asarray(labels)
+    head_mean, head_std, _ = make_predictor(model, vgg_params)(labels)
+    values = jnp.asarray(model.conductivities, jnp.float32)
+    solver = np.asarray(jax.vmap(lambda x: effective_conductivity(x, values, tol=tol, throw=False).tensor)(
+        jnp.asarray(labels, jnp.int32)))
+    disagreement = np.linalg.norm(head_mean - solver, axis=(-1, -2)) / np.linalg.norm(solver, axis=(-1, -2))
+    return {"head": head_mean, "head_uncertainty": head_std, "solver": solver, "disagreement": disagreement}

@@ -1,0 +1,118 @@
+"""Accuracy of a trained head on labelled data: R^2, median and 95th-percentile relative error per tensor
+component, the ensemble's calibration, the share of predictions inside the bounds, and a parity figure.
+
+Relative errors of diagonal components are ``|k_pred - k| / k``; off-diagonal components (often near zero) are
+measured against the sample's mean diagonal value ``tr(K) / d``, so the numbers stay meaningful.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from jaxmicro.surrogate import data as data_module
+from jaxmicro.surrogate.model import Model, make_predictor
+
+
+def component_names(dim: int) -> list[tuple[str, int, int]]:
+    axes = "xyz"[:dim]
+    return [(f"k_{axes[i]}{axes[j]}", i, j) for i in range(dim) for j in range(i, dim)]
+
+
+def metrics(predicted: np.ndarray, uncertainty: np.ndarray, truth: np.ndarray) -> dict:
+    """Per component: ``r2``, ``median_relative_error``, ``p95_relative_error``, ``within_2_sigma``."""
+    dim = truth.shape[-1]
+    scale = np.trace(truth, axis1=-2, axis2=-1) / dim
+    out = {}
+    for name, i, j in component_names(dim):
+        y, p, s = truth[:, i, j].astype(np.float64), predicted[:, i, j].astype(np.float64), uncertainty[:, i, j]
+        residual = np.sum((p - y) ** 2)
+        spread = np.sum((y - y.mean()) ** 2)
+        relative = np.abs(p - y) / (np.abs(y) if i == j else scale)
+        out[name] = {"r2": float(1 - residual / spread) if spread > 0 else None,
+                     "median_relative_error": float(np.median(relative)),
+                     "p95_relative_error": float(np.percentile(relative, 95)),
+                     "within_2_sigma": float(np.mean(np.abs(p - y) <= 2 * s))}
+    return out
+
+
+def inside_bounds(predicted: np.ndarray, fractions: np.ndarray, conductivities) -> float:
+    """Share of predicted tensors whose eigenvalues lie within the Reuss..Voigt bounds."""
+    lower, upper = (np.asarray(b, np.float64) for b in data_module.wiener_bounds(fractions, conductivities))
+    eig = np.linalg.eigvalsh(predicted.astype(np.float64))
+    slack = 1e-5 * upper
+    return float(np.mean((eig.min(-1) >= lower - slack) & (eig.max(-1) <= upper + slack)))
+
+
+def parity_figure(predicted, truth, families, path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxmicro.io import save_figure
+
+    names = component_names(truth.shape[-1])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.4), squeeze=False)
+    for ax, (name, i, j) in zip(axes[0], names):
+        for family in sorted(set(families)):
+            pick = families == family
+            ax.scatter(truth[pick, i, j], predicted[pick, i, j], s=6, alpha=0.6, label=family)
+        low, high = float(truth[:, i, j].min()), float(truth[:, i, j].max())
+        ax.plot([low, high], [low, high], "k-", lw=0.8)
+        ax.set_xlabel(f"{name} (FFT solver)")
+        ax.set_ylabel(f"{name} (head)")
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def evaluate(model: Model, folder: str | Path, vgg_params: dict | None, *, split: str = "auto",
+             figure: str | Path | None = None) -> dict:
+    """Metrics of ``model`` on a data folder; ``split``: ``test`` (the model's held-out samples, DATA must be
+    its training data), ``all``, or ``auto`` (test when DATA is the training data, else all)."""
+    from jaxmicro.errors import InputError
+
+    data = data_module.load_data(folder)
+    if [float(k) for k in data["conductivities"]] != [float(k) for k in model.conductivities]:
+        raise InputError(f"the data were labelled with conductivities {data['conductivities']}, the model was "
+                         f"trained on {model.conductivities}")
+    same = data["manifest"]["options_digest"] == model.record.get("data", {}).get("options_digest")
+    if split == "test" and not same:
+        raise InputError(f"{folder} is not the data the model was trained on; use --split all")
+    use_test = split == "test" or (split == "auto" and same)
+    index = np.asarray(model.record["split"]["test"], int) if use_test else np.arange(len(data["labels"]))
+    if len(index) == 0:
+        raise InputError("the model held out no test samples (trained with --test-fraction 0); use --split all")
+    predict = make_predictor(model, vgg_params)
+    mean, std, _ = predict(data["labels"][index])
+    truth = data["tensor"][index]
+    report = {"model_head": model.config.head, "data": str(folder), "split": "test" if use_test else "all",
+              "samples": int(len(index)), "conductivities": model.conductivities,
+              "components": metrics(mean, std, truth),
+              "inside_bounds": inside_bounds(mean, data["fractions"][index], model.conductivities),
+              "families": {}}
+    for family in sorted(set(data["family"][index].tolist())):
+        pick = data["family"][index] == family
+        report["families"][family] = {"samples": int(pick.sum()),
+                                      "components": metrics(mean[pick], std[pick], truth[pick])}
+    if figure:
+        parity_figure(mean, truth, data["family"][index], figure,
+                      title=f"{model.config.head} head, {report['split']} split of {Path(folder).name}")
+        report["figure"] = str(figure)
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['samples']} samples ({report['split']} split), predictions inside the bounds: "
+             f"{100 * report['inside_bounds']:.1f} %",
+             f"{'component':10s} {'R^2':>8s} {'median':>8s} {'p95':>8s} {'in 2 sigma':>10s}"]
+    for name, m in report["components"].items():
+        r2 = "n/a" if m["r2"] is None else f"{m['r2']:.4f}"
+        lines.append(f"{name:10s} {r2:>8s} {100 * m['median_relative_error']:7.2f}% "
+                     f"{100 * m['p95_relative_error']:7.2f}% {100 * m['within_2_sigma']:9.1f}%")
+    return "\n".join(lines)

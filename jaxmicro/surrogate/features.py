@@ -1,0 +1,152 @@
+"""Fixed (not trained) descriptors of phase-label images that the heads read: pruned-VGG statistics and, as the
+classical baseline, the two-point correlation.
+
+A ``FeatureSpec`` is data: ``kind`` ``"vgg"`` (per tap: each channel's spatial mean, i.e. the pooled activation,
+and its standard deviation, the square root of the centred Gram matrix's diagonal; Li et al. 2018's reduced Gram
+statistics), ``"twopoint"`` (the phase-1 two-point correlation in a window of ``radius`` pixels, reduced later
+by PCA in the head) or ``"pixels"`` (the phase-1 indicator itself, for the end-to-end CNN baseline). 3D volumes
+are described by their slices along each axis, averaged per axis, so the description keeps the direction. A
+model records its spec and the VGG weights' digest and refuses any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmicro import vgg
+from jaxmicro.encoding import encode_labels
+from jaxmicro.errors import InputError
+
+FEATURE_KINDS = ("vgg", "twopoint", "pixels")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """What the features are: kind, VGG taps, pooling and padding, two-point radius, phases."""
+
+    kind: str = "vgg"
+    taps: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_1")
+    pooling: str = "average"
+    padding: str = "periodic"
+    radius: int = 16
+    n_phases: int = 2
+
+    def __post_init__(self):
+        if self.kind not in FEATURE_KINDS:
+            raise InputError(f"unknown feature kind {self.kind!r}; choose from {', '.join(FEATURE_KINDS)}")
+        object.__setattr__(self, "taps", vgg.resolve_taps(self.taps))
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self) | {"taps": list(self.taps)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FeatureSpec":
+        return cls(**{k: tuple(v) if k == "taps" else v for k, v in data.items()})
+
+
+def weights_digest(params: dict | None, spec: FeatureSpec) -> str | None:
+    """Content digest of the convolutions ``spec`` uses (``jaxmicro.weights.content_digest``); None without VGG."""
+    if spec.kind != "vgg":
+        return None
+    from jaxmicro.weights import content_digest
+
+    needed = vgg.convs_needed(spec.taps)
+    missing = [name for name in needed if name not in params]
+    if missing:
+        raise InputError(f"the VGG weights lack the layers {missing} that the taps {list(spec.taps)} need")
+    return content_digest({f"{name}/{key}": np.asarray(params[name][key]) for name in needed
+                           for key in ("kernel", "bias")})
+
+
+def _vgg_moments(spec: FeatureSpec, params: dict) -> Callable:
+    widths = tuple(int(params[name]["kernel"].shape[-1]) for name in ("conv1_1", "conv2_1", "conv3_1",
+                                                                       "conv4_1", "conv5_1") if name in params)
+    widths = widths + vgg.VGG19_WIDTHS[len(widths):]
+    network = vgg.VGG19Features(spec.taps, pooling=spec.pooling, padding=spec.padding, widths=widths)
+    variables = {"params": {name: params[name] for name in vgg.convs_needed(spec.taps)}}
+
+    def one(labels):  # (H, W) -> (F,)
+        image = vgg.preprocess(encode_labels(labels, spec.n_phases))[None]
+        taps = network.apply(variables, image)
+        stats = []
+        for name in spec.taps:
+            flat = taps[name][0].reshape(-1, taps[name].shape[-1])
+            stats += [flat.mean(0), jnp.sqrt(flat.var(0) + 1e-12)]
+        return jnp.concatenate(stats)
+
+    return one
+
+
+def _two_point(spec: FeatureSpec) -> Callable:
+    def one(labels):  # (H, W) -> ((2r+1)^2,)
+        indicator = (labels == 1).astype(jnp.float32)
+        spectrum = jnp.fft.fft2(indicator)
+        s2 = jnp.fft.ifft2(spectrum * jnp.conj(spectrum)).real / indicator.size
+        r = spec.radius
+        window = jnp.roll(s2, (r, r), axis=(0, 1))[: 2 * r + 1, : 2 * r + 1]
+        return window.reshape(-1)
+
+    return one
+
+
+def _pixels(spec: FeatureSpec) -> Callable:
+    def one(labels):  # (H, W) -> (H W,)
+        return (labels == 1).astype(jnp.float32).reshape(-1)
+
+    return one
+
+
+def make_featurizer(spec: FeatureSpec, params: dict | None = None, batch: int = 32) -> Callable:
+    """``labels (B, *shape) -> features (B, F)`` float32 numpy; 2D images or 3D volumes (slices per axis).
+
+    Runs in jitted chunks of ``batch`` images (memory stays bounded whatever B)."""
+    if spec.kind == "vgg" and params is None:
+        raise InputError("VGG features need network weights (params)")
+    one = {"vgg": lambda: _vgg_moments(spec, params), "twopoint": lambda: _two_point(spec),
+           "pixels": lambda: _pixels(spec)}[spec.kind]()
+
+    def describe(image):
+        if image.ndim == 3 and spec.kind == "pixels":
+            raise InputError("the end-to-end CNN head reads 2D images only")
+        if image.ndim == 2:
+            return one(image)
+        per_axis = []
+        for axis in range(3):
+            sections = jnp.moveaxis(image, axis, 0)
+            per_axis.append(jax.lax.map(one, sections).mean(0))
+        return jnp.concatenate(per_axis)
+
+    chunk_fn = jax.jit(jax.vmap(describe))
+
+    def featurize(labels: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        labels = np.asarray(labels)
+        if labels.ndim not in (3, 4):
+            raise InputError(f"images must be a batch of 2D or 3D label arrays, got shape {labels.shape}")
+        if labels.size and int(labels.max()) >= spec.n_phases:
+            raise InputError(f"the images have {int(labels.max()) + 1} phases; the features are for "
+                             f"{spec.n_phases}")
+        out = []
+        for start in range(0, len(labels), batch):
+            part = labels[start:start + batch].astype(np.int32)
+            pad = batch - len(part)
+            if pad:  # one compiled shape
+                part = np.concatenate([part, np.repeat(part[:1], pad, axis=0)])
+            out.append(np.asarray(chunk_fn(jnp.asarray(part)))[: batch - pad])
+            if progress:
+                progress(batch - pad)
+        return np.concatenate(out).astype(np.float32)
+
+    return featurize
+
+
+def check_size(spec: FeatureSpec, shape: Sequence[int]) -> None:
+    if spec.kind == "vgg" and min(shape) < vgg.minimum_side(spec.taps):
+        raise InputError(f"images of shape {tuple(shape)} are too small for the taps {list(spec.taps)} "
+                         f"(sides of at least {vgg.minimum_side(spec.taps)} pixels)")
+    if spec.kind == "twopoint" and min(shape) < 2 * spec.radius + 1:
+        raise InputError(f"images of shape {tuple(shape)} are too small for a two-point radius of {spec.radius}")

@@ -1,0 +1,270 @@
+"""Learned property heads: bounds by construction, augmentation, data resume, save/restore, refusal of another
+network, a tiny training run, and the command line's messages for bad input."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmicro.errors import InputError
+from jaxmicro.physics import effective_conductivity
+from jaxmicro.surrogate import data, heads, model, train
+from jaxmicro.surrogate.features import FeatureSpec, weights_digest
+from tests.conftest import run_in_process
+
+TAPS = ("relu1_2", "relu2_2")
+CONDUCTIVITIES = [1.0, 10.0]
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_bounds_hold_by_construction(dim):
+    config = heads.HeadConfig(hidden=(16,), members=3, dim=dim)
+    init, apply = heads.make_head(config)
+    key_params, key_x, key_f = jax.random.split(jax.random.PRNGKey(dim), 3)
+    params = jax.tree.map(lambda p: p * 30.0, init(key_params, 5))  # large weights: saturated outputs too
+    x = 10.0 * jax.random.normal(key_x, (64, 5))
+    unit = np.asarray(apply(params, x), np.float64)
+    assert unit.shape == (3, 64, dim, dim)
+    np.testing.assert_allclose(unit, np.swapaxes(unit, -1, -2), atol=1e-6)
+    eig = np.linalg.eigvalsh(unit)
+    assert eig.min() >= -1e-6 and eig.max() <= 1 + 1e-6
+    fraction = jax.random.uniform(key_f, (64,))
+    fractions = jnp.stack([1 - fraction, fraction], -1)
+    lower, upper = data.wiener_bounds(fractions, CONDUCTIVITIES)
+    tensors = np.asarray(heads.to_tensor(jnp.asarray(unit), lower, upper), np.float64)
+    eig = np.linalg.eigvalsh(tensors)
+    assert np.all(eig.min(-1) >= np.asarray(lower) * (1 - 1e-5))
+    assert np.all(eig.max(-1) <= np.asarray(upper) * (1 + 1e-5))
+    assert np.all(eig > 0)
+
+
+def test_augmentation_rotates_tensors_like_the_solver():
+    rng = np.random.default_rng(0)
+    image, _ = data.gaussian_sample(rng, (16, 16))
+    solve = jax.jit(jax.vmap(lambda x: effective_conductivity(x, jnp.asarray(CONDUCTIVITIES), tol=1e-6,
+                                                              throw=False).tensor))
+    tensor = np.asarray(solve(jnp.asarray(image[None], jnp.int32)))
+    assert abs(tensor[0, 0, 1]) > 1e-3  # an anisotropic, tilted sample: the check is not trivial
+    images, tensors, index = data.augment(image[None], tensor, 8, rng)
+    assert sorted(index.tolist()) == list(range(8))
+    solved = np.asarray(solve(jnp.asarray(images, jnp.int32)))
+    np.testing.assert_allclose(tensors, solved, rtol=1e-4, atol=1e-4)
+    # transposition swaps k_xx and k_yy; a flip changes the sign of k_xy
+    matrix = data.symmetry_matrix((1, 0), ())
+    np.testing.assert_allclose((matrix @ tensor[0] @ matrix.T)[0, 0], tensor[0, 1, 1])
+    assert np.allclose(data.symmetry_matrix((0, 1), (0,)) @ tensor[0] @ data.symmetry_matrix((0, 1), (0,)).T,
+                       tensor[0] * np.array([[1, -1], [-1, 1]]))
+
+
+def _options(count=32, **extra):
+    return data.data_options(count=count, shape=(16, 16), conductivities=CONDUCTIVITIES, shard_size=16, **extra)
+
+
+def test_labels_are_inside_the_bounds_and_recorded(tmp_path):
+    manifest = data.make_data(tmp_path / "d", _options())
+    loaded = data.load_data(tmp_path / "d")
+    assert len(loaded["labels"]) == sum(s["kept"] for s in manifest["shards"].values()) == 32
+    checks = data.check_bounds(loaded["tensor"], loaded["fractions"], CONDUCTIVITIES)
+    assert checks["inside_wiener"].all() and checks["symmetric"].all()
+    saved = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert saved["options"]["tol"] == 1e-5 and "jax" in saved["versions"]
+    assert set(loaded["family"]) == {"gaussian", "disks"}
+    fractions = data.phase_fractions(loaded["labels"], 2)
+    assert fractions[:, 1].min() > 0.05 and fractions[:, 1].max() < 0.95
+
+
+def test_make_data_resumes_without_redoing_finished_shards(tmp_path, monkeypatch):
+    reference = data.make_data(tmp_path / "whole", _options(48))
+    calls = []
+    original = data._generate_shard
+
+    def counting(options, index, *args):
+        calls.append(index)
+        if index == 1 and len(calls) == 2:
+            raise KeyboardInterrupt  # killed while making the second shard
+        return original(options, index, *args)
+
+    monkeypatch.setattr(data, "_generate_shard", counting)
+    with pytest.raises(KeyboardInterrupt):
+        data.make_data(tmp_path / "cut", _options(48))
+    assert sorted(p.name for p in (tmp_path / "cut").glob("*.npz")) == ["shard_00000.npz"]
+    calls.clear()
+    resumed = data.make_data(tmp_path / "cut", _options(48))
+    assert calls == [1, 2]  # shard 0 was not redone
+    assert resumed["shards"] == reference["shards"]
+    a, b = data.load_data(tmp_path / "whole"), data.load_data(tmp_path / "cut")
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+    np.testing.assert_allclose(a["tensor"], b["tensor"])
+    with pytest.raises(InputError, match="other options"):
+        data.make_data(tmp_path / "cut", _options(48, seed=1))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_params):
+    folder = tmp_path_factory.mktemp("surrogate")
+    data.make_data(folder / "data", _options(64))
+    spec = FeatureSpec(taps=TAPS)
+    result = train.train(folder / "data", folder / "model", config=heads.HeadConfig(hidden=(32,), members=3),
+                         spec=spec, vgg_params=tiny_params,
+                         options=train.TrainOptions(epochs=60, batch=32, augment=2, patience=60, save_every=10))
+    return folder, result
+
+
+def test_tiny_training_lowers_the_loss(trained):
+    _, result = trained
+    history = result.record["history"]
+    assert len(history) == 60
+    assert result.record["training"]["best_validation_loss"] < 0.5 * history[0]["validation_loss"]
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert not (trained[0] / "model" / train.STATE).exists()
+    assert len(list((trained[0] / "data" / "features").glob("features-*.npz"))) == 1
+    assert result.record["uncertainty_scale"] > 0
+
+
+def test_uncertainty_scale_calibrates_the_spread():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(2000, 2, 2))
+    members = truth + rng.normal(size=(5, 2000, 2, 2)) * 0.1 + 0.3 * rng.normal(size=(1, 2000, 2, 2))
+    scale = model.uncertainty_scale(members, truth)
+    error, spread = np.abs(members.mean(0) - truth), scale * members.std(0)
+    assert scale > 1.5 and abs(np.mean(error <= 2 * spread) - 0.954) < 0.02
+
+
+def test_save_restore_gives_identical_predictions(trained, tiny_params):
+    folder, result = trained
+    images = data.load_data(folder / "data")["labels"][:8]
+    before = model.make_predictor(result, tiny_params)(images)
+    restored = model.load_model(folder / "model")
+    after = model.make_predictor(restored, tiny_params)(images)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert restored.spec == result.spec and restored.config == result.config
+    mean, std, members = after
+    assert members.shape == (3, 8, 2, 2) and np.all(std >= 0)
+
+
+def test_another_network_or_spec_is_refused(trained, tiny_params):
+    folder, _ = trained
+    restored = model.load_model(folder / "model")
+    other = jax.tree.map(lambda p: p * 1.01, tiny_params)
+    assert weights_digest(other, restored.spec) != restored.digest
+    with pytest.raises(InputError, match="digest"):
+        model.make_predictor(restored, other)
+    with pytest.raises(InputError, match="trained on features"):
+        model.check_network(restored, FeatureSpec(taps=("relu1_1",)), tiny_params)
+    with pytest.raises(InputError, match="trained on features"):
+        model.check_network(restored, FeatureSpec(taps=TAPS, padding="zero"), tiny_params)
+
+
+@pytest.mark.slow
+def test_training_resumes_from_its_saved_state(tmp_path, trained, tiny_params):
+    folder, _ = trained
+    options = train.TrainOptions(epochs=20, batch=32, augment=2, patience=60, save_every=10)
+    config, spec = heads.HeadConfig(hidden=(32,), members=3), FeatureSpec(taps=TAPS)
+    whole = train.train(folder / "data", tmp_path / "whole", config=config, spec=spec, vgg_params=tiny_params,
+                        options=options)
+
+    def stop(epoch, _):
+        if epoch == 15:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.train(folder / "data", tmp_path / "cut", config=config, spec=spec, vgg_params=tiny_params,
+                    options=options, epoch_progress=stop)
+    assert (tmp_path / "cut" / train.STATE).exists()
+    seen = []
+    resumed = train.train(folder / "data", tmp_path / "cut", config=config, spec=spec, vgg_params=tiny_params,
+                          options=options, epoch_progress=lambda e, v: seen.append(e))
+    assert seen == list(range(11, 21))
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_twopoint_baseline_trains_inside_bounds(trained):
+    folder, _ = trained
+    result = train.train(folder / "data", folder / "twopoint",
+                         config=heads.HeadConfig(head="twopoint", hidden=(32,), members=2, components=8),
+                         spec=train.spec_for("twopoint", shape=(16, 16)), vgg_params=None,
+                         options=train.TrainOptions(epochs=20, batch=32, augment=2))
+    images = data.load_data(folder / "data")
+    mean, _, _ = model.make_predictor(result)(images["labels"][:16])
+    from jaxmicro.surrogate.evaluate import inside_bounds
+
+    assert inside_bounds(mean, images["fractions"][:16], CONDUCTIVITIES) == 1.0
+
+
+def _no_traceback(code, err, match):
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("error:") == 1 and match in err, err
+
+
+def test_cli_bad_inputs_give_one_message_and_write_nothing(tmp_path, capsys, trained):
+    folder, _ = trained
+    out = tmp_path / "out"
+    code, _, err = run_in_process(capsys, "surrogate", "train", tmp_path / "missing", "--out", out)
+    _no_traceback(code, err, "does not exist")
+    code, _, err = run_in_process(capsys, "surrogate", "train", folder / "data", "--head", "resnet", "--out", out)
+    _no_traceback(code, err, "unknown head")
+    code, _, err = run_in_process(capsys, "surrogate", "make-data", "--out", out, "--shape", "4x4")
+    _no_traceback(code, err, "at least 8 pixels")
+    code, _, err = run_in_process(capsys, "surrogate", "make-data", "--out", out, "--conductivity", "1,2,3")
+    _no_traceback(code, err, "two positive")
+    code, _, err = run_in_process(capsys, "surrogate", "make-data", "--out", out, "--generators", "voronoi")
+    _no_traceback(code, err, "unknown generator")
+    three = tmp_path / "three.npy"
+    np.save(three, np.random.default_rng(0).integers(0, 3, (16, 16)).astype(np.uint8))
+    code, _, err = run_in_process(capsys, "surrogate", "predict", folder / "model", three, "--json", out / "p.json")
+    _no_traceback(code, err, "3 phases")
+    volume = tmp_path / "volume.npy"
+    np.save(volume, np.random.default_rng(0).integers(0, 2, (16, 16, 16)).astype(np.uint8))
+    code, _, err = run_in_process(capsys, "surrogate", "predict", folder / "model", volume, "--json", out / "p.json")
+    _no_traceback(code, err, "3D")
+    code, _, err = run_in_process(capsys, "surrogate", "evaluate", tmp_path / "nomodel", folder / "data")
+    _no_traceback(code, err, "no model.json")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_head_drives_a_design_and_is_checked_by_the_solver(trained, tiny_params):
+    from jaxmicro.inverse_design import design
+    from jaxmicro.surrogate.design import design_predictors, head_vs_solver
+
+    folder, _ = trained
+    restored = model.load_model(folder / "model")
+    predictors = design_predictors(restored, tiny_params)
+    images = data.load_data(folder / "data")["labels"][:2]
+    fields = jax.nn.one_hot(images[0], 2)
+    soft = predictors["conductivity"](fields).tensor
+    hard, _, _ = model.make_predictor(restored, tiny_params)(images[:1])
+    np.testing.assert_allclose(soft, hard[0], rtol=1e-4)  # one-hot fields give the label path's prediction
+    gradient = jax.grad(lambda f: predictors["conductivity"](f).tensor[0, 0])(fields)
+    assert np.all(np.isfinite(gradient)) and np.abs(gradient).max() > 0
+    result = design(images[0], targets={"k_xx": 4.0}, conductivity=CONDUCTIVITIES, steps=5, statistics_weight=0,
+                    predictors=predictors)
+    check = head_vs_solver(restored, tiny_params, result.labels)
+    assert check["solver"].shape == (1, 2, 2) and np.isfinite(check["disagreement"]).all()
+
+
+def test_help_of_every_surrogate_action_has_examples(capsys):
+    for action in ["make-data", "train", "predict", "evaluate"]:
+        code, out, err = run_in_process(capsys, "surrogate", action, "--help")
+        assert code == 0 and "example" in out and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_cnn_baseline_trains_end_to_end_inside_bounds(trained):
+    folder, _ = trained
+    config = heads.HeadConfig(head="cnn", hidden=(16,), members=2, shape=(16, 16), channels=(4, 8))
+    result = train.train(folder / "data", folder / "cnn", config=config, spec=train.spec_for("cnn", shape=(16, 16)),
+                         vgg_params=None, options=train.TrainOptions(epochs=15, batch=32, augment=2))
+    history = result.record["history"]
+    assert result.record["training"]["best_validation_loss"] < history[0]["validation_loss"]
+    images = data.load_data(folder / "data")
+    restored = model.load_model(folder / "cnn")
+    mean, _, _ = model.make_predictor(restored)(images["labels"][:16])
+    from jaxmicro.surrogate.evaluate import inside_bounds
+
+    assert inside_bounds(mean, images["fractions"][:16], CONDUCTIVITIES) == 1.0
