@@ -96,7 +96,10 @@ def tortuosity(
     Args:
         labels: integer phase labels ``(*spatial)``.
         phase: the conducting phase (conductivity 1); every other phase has conductivity 0.
-        scheme, tol, max_iterations, throw: as for ``effective_conductivity``.
+        scheme: as for ``effective_conductivity``.
+        tol: as for ``effective_conductivity``.
+        max_iterations: as for ``effective_conductivity``.
+        throw: as for ``effective_conductivity``.
         dtype: float dtype of the solve (float32, or float64 with ``jax_enable_x64``).
 
     Returns:
