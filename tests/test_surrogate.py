@@ -217,14 +217,22 @@ def test_cli_bad_inputs_give_one_message_and_write_nothing(tmp_path, capsys, tra
     three = tmp_path / "three.npy"
     np.save(three, np.random.default_rng(0).integers(0, 3, (16, 16)).astype(np.uint8))
     code, _, err = run_in_process(capsys, "surrogate", "predict", folder / "model", three, "--json", out / "p.json")
+    _no_traceback(code, err, "does not exist")  # the output's folder is checked first
+    code, _, err = run_in_process(capsys, "surrogate", "predict", folder / "model", three, "--json",
+                                  tmp_path / "p.json")
     _no_traceback(code, err, "3 phases")
     volume = tmp_path / "volume.npy"
     np.save(volume, np.random.default_rng(0).integers(0, 2, (16, 16, 16)).astype(np.uint8))
-    code, _, err = run_in_process(capsys, "surrogate", "predict", folder / "model", volume, "--json", out / "p.json")
+    code, _, err = run_in_process(capsys, "surrogate", "predict", folder / "model", volume, "--json",
+                                  tmp_path / "p.json")
     _no_traceback(code, err, "3D")
+    (tmp_path / "p.json").write_text("{}")
+    code, _, err = run_in_process(capsys, "surrogate", "predict", folder / "model", volume, "--json",
+                                  tmp_path / "p.json")
+    _no_traceback(code, err, "--force")
     code, _, err = run_in_process(capsys, "surrogate", "evaluate", tmp_path / "nomodel", folder / "data")
     _no_traceback(code, err, "no model.json")
-    assert not out.exists()
+    assert not out.exists() and (tmp_path / "p.json").read_text() == "{}"
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jaxmicro import cli as shared  # the options and output helpers of every command
 from jaxmicro.errors import InputError
 
 
@@ -79,8 +80,8 @@ def _make_data(args) -> int:
     with _bar(options["count"], "sample", args.quiet, "make-data") as bar:
         manifest = data.make_data(args.out, options, exemplars=exemplars, params=params, progress=bar.update)
     kept = sum(s["kept"] for s in manifest["shards"].values())
-    print(f"{kept} labelled samples in {args.out} ({options['count'] - kept} dropped: not converged or outside "
-          "the bounds; see manifest.json)")
+    shared.say(args, f"{kept} labelled samples in {args.out} ({options['count'] - kept} dropped: not converged or "
+                     "outside the bounds; see manifest.json)")
     return 0
 
 
@@ -127,8 +128,8 @@ def _train(args) -> int:
         model = train.train(args.data, out, config=config, spec=spec, vgg_params=params, options=options,
                             feature_progress=bar.update, epoch_progress=epoch_progress)
     record = model.record["training"]
-    print(f"trained {args.head} head ({config.members} members) in {out}: best validation loss "
-          f"{record['best_validation_loss']:.3e} at epoch {record['best_epoch']} of {record['epochs_run']}")
+    shared.say(args, f"trained {args.head} head ({config.members} members) in {out}: best validation loss "
+                     f"{record['best_validation_loss']:.3e} at epoch {record['best_epoch']} of {record['epochs_run']}")
     return 0
 
 
@@ -138,9 +139,10 @@ def _train(args) -> int:
 def _predict(args) -> int:
     import numpy as np
 
-    from jaxmicro.io import read_microstructure, write_json
+    from jaxmicro.io import read_microstructure
     from jaxmicro.surrogate import model as model_module
 
+    shared.check_outputs(args, "json")
     model = model_module.load_model(args.model)
     images = []
     for path in args.files:
@@ -156,11 +158,10 @@ def _predict(args) -> int:
     for path, image in zip(args.files, images):
         mean, std, _ = predict(image[None])
         results[str(path)] = {"conductivity": mean[0].tolist(), "uncertainty": std[0].tolist()}
-        if not args.quiet:
-            print(f"{path}: k = {np.array2string(mean[0], precision=4)} +- {np.array2string(std[0], precision=4)}")
-    if args.json:
-        write_json(args.json, {"model": str(args.model), "conductivities": model.conductivities,
-                               "predictions": results})
+        shared.say(args, f"{path}: k = {np.array2string(mean[0], precision=4)} +- "
+                         f"{np.array2string(std[0], precision=4)}")
+    shared.write_json_output(args, {"model": str(args.model), "conductivities": model.conductivities,
+                                    "predictions": results})
     return 0
 
 
@@ -168,14 +169,13 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from jaxmicro.io import write_json
     from jaxmicro.surrogate import evaluate, model as model_module
 
+    shared.check_outputs(args, "json", "figure")
     model = model_module.load_model(args.model)
     report = evaluate.evaluate(model, args.data, _vgg_params(model.spec), split=args.split, figure=args.figure)
-    print(evaluate.format_report(report))
-    if args.json:
-        write_json(args.json, report)
+    shared.say(args, evaluate.format_report(report))
+    shared.write_json_output(args, report)
     return 0
 
 
@@ -206,7 +206,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tol", type=float, default=1e-5, help="solver tolerance (default 1e-5)")
     p.add_argument("--shard-size", type=_whole, default=64, help="samples per shard file (default 64)")
-    p.add_argument("--quiet", action="store_true")
+    shared.add_verbosity_options(p)
     p.set_defaults(handler=_make_data)
 
     p = sub.add_parser("train", help="train a head on a data folder", formatter_class=formatter,
@@ -230,7 +230,7 @@ def register(subparsers) -> None:
     p.add_argument("--exclude", type=_names, metavar="FAMILIES", help="leave generator families out of training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite a trained model in --out")
-    p.add_argument("--quiet", action="store_true")
+    shared.add_verbosity_options(p)
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("predict", help="conductivity tensors of images, with the ensemble's uncertainty",
@@ -239,8 +239,10 @@ def register(subparsers) -> None:
     p.add_argument("model")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--phases", type=_whole, help="segment grayscale images into N phases first")
-    p.add_argument("--json", help="write {file: {conductivity, uncertainty}} here")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", metavar="PATH", help="write {file: {conductivity, uncertainty}} here (- for standard "
+                                                  "output)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    shared.add_verbosity_options(p)
     p.set_defaults(handler=_predict)
 
     p = sub.add_parser("evaluate", help="accuracy of a model on a data folder (R^2, errors, parity figure)",
@@ -252,5 +254,7 @@ def register(subparsers) -> None:
     p.add_argument("--split", default="auto", choices=["auto", "test", "all"],
                    help="auto: the model's held-out test split when DATA is its training data, else all samples")
     p.add_argument("--figure", help="parity figure (png, pdf, svg)")
-    p.add_argument("--json", help="write the metrics as JSON")
+    p.add_argument("--json", metavar="PATH", help="write the metrics as JSON (- for standard output)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json or --figure file")
+    shared.add_verbosity_options(p)
     p.set_defaults(handler=_evaluate)
