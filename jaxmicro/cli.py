@@ -51,6 +51,16 @@ def add_verbosity_options(p):
                        help="print extra detail on stderr: resolved options, timings, solver iterations")
 
 
+def _add_report_options(p, what: str, figure: bool = True):
+    """--json (- for standard output), --figure, --force and -q/-v of the commands that report on images."""
+    p.add_argument("--json", metavar="PATH", help=f"write {what} as JSON (- for standard output)")
+    if figure:
+        p.add_argument("--figure", help="write a figure (PNG)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing --json" + (" or --figure file" if figure else " file"))
+    add_verbosity_options(p)
+
+
 def check_outputs(args, *options):
     """Refuse, before any work, to overwrite an existing --json/--figure file without --force (exit 2)."""
     for option in options:
@@ -994,10 +1004,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("describe", formatter_class=formatter, help="statistics of one image",
                        epilog="example:\n  jaxmicro describe sample.tif --json stats.json --figure stats.png")
     p.add_argument("image")
-    p.add_argument("--json", metavar="PATH", help="write the statistics as JSON (- for standard output)")
-    p.add_argument("--figure", help="write a figure (PNG)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --json or --figure file")
-    add_verbosity_options(p)
+    _add_report_options(p, "the statistics")
     _add_reading_options(p)
     _add_input_options(p)
     p.set_defaults(handler=_describe)
@@ -1007,10 +1014,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "out/reconstruction_001.tif --json cmp.json --figure cmp.png")
     p.add_argument("exemplar")
     p.add_argument("reconstructions", nargs="+")
-    p.add_argument("--json", metavar="PATH", help="write the comparison as JSON (- for standard output)")
-    p.add_argument("--figure", help="write a figure (PNG)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --json or --figure file")
-    add_verbosity_options(p)
+    _add_report_options(p, "the comparison")
     p.add_argument("--max-distance", type=_positive_int, help="cut-off distance for S2 and lineal path")
     _add_reading_options(p)
     _add_input_options(p)
@@ -1033,10 +1037,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tortuosity", type=_non_negative_int, metavar="PHASE",
                    help="tortuosity factor per axis of PHASE (conductivity 1 there, 0 elsewhere): f / k_eff, inf "
                         "where the phase does not percolate")
-    p.add_argument("--json", metavar="PATH",
-                   help="write the results as JSON (keys conductivity, stiffness, tortuosity; - for standard output)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
-    add_verbosity_options(p)
+    _add_report_options(p, "the results (keys conductivity, stiffness, tortuosity)", figure=False)
     _add_reading_options(p)
     _add_input_options(p)
     p.set_defaults(handler=_property)
