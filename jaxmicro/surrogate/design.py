@@ -12,32 +12,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmicro import vgg
 from jaxmicro.encoding import encode
 from jaxmicro.errors import InputError
 from jaxmicro.physics import HomogenisationResult, effective_conductivity
 from jaxmicro.surrogate import data as data_module, heads
+from jaxmicro.surrogate.features import vgg_moments
 from jaxmicro.surrogate.model import Model, check_network
 
 
 def _soft_moments(model: Model, vgg_params: dict):
     """Features of phase probabilities ``(H, W, n)`` (the label path's encoding, softened)."""
-    spec = model.spec
-    widths = tuple(int(vgg_params[name]["kernel"].shape[-1]) for name in ("conv1_1", "conv2_1", "conv3_1",
-                                                                           "conv4_1", "conv5_1") if name in vgg_params)
-    widths = widths + vgg.VGG19_WIDTHS[len(widths):]
-    network = vgg.VGG19Features(spec.taps, pooling=spec.pooling, padding=spec.padding, widths=widths)
-    variables = {"params": {name: vgg_params[name] for name in vgg.convs_needed(spec.taps)}}
-
-    def moments(probabilities):
-        taps = network.apply(variables, vgg.preprocess(encode(probabilities))[None])
-        stats = []
-        for name in spec.taps:
-            flat = taps[name][0].reshape(-1, taps[name].shape[-1])
-            stats += [flat.mean(0), jnp.sqrt(flat.var(0) + 1e-12)]
-        return jnp.concatenate(stats)
-
-    return moments
+    moments = vgg_moments(model.spec, vgg_params)
+    return lambda probabilities: moments(encode(probabilities))
 
 
 def design_predictors(model: Model, vgg_params: dict | None) -> dict:

@@ -63,23 +63,29 @@ def weights_digest(params: dict | None, spec: FeatureSpec) -> str | None:
                            for key in ("kernel", "bias")})
 
 
-def _vgg_moments(spec: FeatureSpec, params: dict) -> Callable:
+def vgg_moments(spec: FeatureSpec, params: dict) -> Callable:
+    """``moments(rgb)``: the per-channel mean and standard deviation of ``spec``'s taps for one encoded 3-channel
+    image ``(H, W, 3)`` (labels or, in design, phase probabilities encoded by ``jaxmicro.encoding``)."""
     widths = tuple(int(params[name]["kernel"].shape[-1]) for name in ("conv1_1", "conv2_1", "conv3_1",
                                                                        "conv4_1", "conv5_1") if name in params)
     widths = widths + vgg.VGG19_WIDTHS[len(widths):]
     network = vgg.VGG19Features(spec.taps, pooling=spec.pooling, padding=spec.padding, widths=widths)
     variables = {"params": {name: params[name] for name in vgg.convs_needed(spec.taps)}}
 
-    def one(labels):  # (H, W) -> (F,)
-        image = vgg.preprocess(encode_labels(labels, spec.n_phases))[None]
-        taps = network.apply(variables, image)
+    def moments(rgb):  # (H, W, 3) -> (F,)
+        taps = network.apply(variables, vgg.preprocess(rgb)[None])
         stats = []
         for name in spec.taps:
             flat = taps[name][0].reshape(-1, taps[name].shape[-1])
             stats += [flat.mean(0), jnp.sqrt(flat.var(0) + 1e-12)]
         return jnp.concatenate(stats)
 
-    return one
+    return moments
+
+
+def _vgg_labels(spec: FeatureSpec, params: dict) -> Callable:
+    moments = vgg_moments(spec, params)
+    return lambda labels: moments(encode_labels(labels, spec.n_phases))  # (H, W) -> (F,)
 
 
 def _two_point(spec: FeatureSpec) -> Callable:
@@ -107,7 +113,7 @@ def make_featurizer(spec: FeatureSpec, params: dict | None = None, batch: int = 
     Runs in jitted chunks of ``batch`` images (memory stays bounded whatever B)."""
     if spec.kind == "vgg" and params is None:
         raise InputError("VGG features need network weights (params)")
-    one = {"vgg": lambda: _vgg_moments(spec, params), "twopoint": lambda: _two_point(spec),
+    one = {"vgg": lambda: _vgg_labels(spec, params), "twopoint": lambda: _two_point(spec),
            "pixels": lambda: _pixels(spec)}[spec.kind]()
 
     def describe(image):
