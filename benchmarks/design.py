@@ -11,7 +11,7 @@ statistics: the shared ceramics, alloy and NMC (2D) images, 64x64 designs, condu
 particles 10, carbon-binder 3.16), targets at -20, -10, +10, +20 % of the exemplar's own k_xx (the whole image),
 each target a batch of 4 seeds, all 16 designs of an image in one batch. Needs ../shared/data.
 speed: wall time of one 64x64 design (default schedule) with the statistics and the solver in the loop; one
-design against a 16-target sweep as one batch (--sweep-steps design steps each, no coarse start); the time of
+design against a 16-target sweep as one batch (--sweep-steps design steps each, started from noise); the time of
 one loss-and-gradient evaluation split into network (Gram), two-point and solver terms.
 Every run prints the device, versions and the command's settings.
 """
@@ -80,7 +80,7 @@ def statistics(args):
         start = time.perf_counter()
         result = D.design(exemplar, targets={"k_xx": targets}, shape=(args.size,) * 2, conductivity=conductivity,
                           count=args.count, steps=args.steps, seed=args.seed, hold_fraction=args.hold_fraction,
-                          statistics_weight=args.statistics_weight, layers=args.layers)
+                          statistics_weight=args.statistics_weight, layers=args.layers, start=args.start)
         wall = time.perf_counter() - start
         checked = D.design_records(result, exemplar)
         records = checked["designs"]
@@ -119,10 +119,10 @@ def speed(args):
                            ("16-target sweep", {"k_xx": list(np.linspace(0.8, 1.2, 16) * own)})):
         start = time.perf_counter()
         result = D.design(exemplar, targets=targets, count=1, params=params, **{**common, "steps": args.sweep_steps},
-                          coarse_steps=0)
+                          start="noise")
         walls[label] = time.perf_counter() - start
         print(f"{label}: {walls[label]:.1f} s for {len(result.labels)} design(s) x {args.sweep_steps} design steps "
-              f"(no coarse start; compilation included)", flush=True)
+              f"(from noise; compilation included)", flush=True)
     print(f"sweep / one design: {walls['16-target sweep'] / walls['one design']:.2f}x")
 
     # one loss-and-gradient evaluation, each term alone (jit, steady state, median of 20)
@@ -158,6 +158,7 @@ def main():
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--count", type=int, default=4, help="seeds per target")
     parser.add_argument("--steps", type=int, default=D.DESIGN_STEPS)
+    parser.add_argument("--start", choices=D.STARTS, default="coarse", help="statistics: where the designs start")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sweep-steps", type=int, default=200, help="speed: design steps of the sweep comparison")
     parser.add_argument("--layers", default="default")

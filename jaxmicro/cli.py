@@ -338,9 +338,9 @@ def _reconstruct(args) -> int:
 # --- design -------------------------------------------------------------------------------------------------
 
 
-DESIGN_OPTIONS = ("exemplar", "shape", "count", "steps", "coarse_steps", "seed", "target", "conductivity", "young",
-                  "poisson", "hold_fraction", "statistics_weight", "property_weight", "filter_radius", "layers",
-                  "learning_rate", "phases", "gray_from_rgb", "checkpoint_every", *INPUT_OPTIONS)
+DESIGN_OPTIONS = ("exemplar", "shape", "count", "steps", "start", "coarse_steps", "seed", "target", "conductivity",
+                  "young", "poisson", "hold_fraction", "statistics_weight", "property_weight", "filter_radius",
+                  "layers", "learning_rate", "phases", "gray_from_rgb", "checkpoint_every", *INPUT_OPTIONS)
 
 
 def _design(args) -> int:
@@ -378,12 +378,19 @@ def _design(args) -> int:
                                               DESIGN_OPTIONS, image, mesh, resolved_shape=shape)
 
     # 3. Run.
-    coarse = (D.COARSE_STEPS if args.coarse_steps is None else args.coarse_steps) if uses_network else 0
-    outcome = _run_interruptibly(args, out, checkpointer, "designing", args.steps + coarse, shape, mesh,
+    # the start's levels, then its full-size level, its polish and the design steps as one level on the bar
+    begun = D.start_schedule(plan) if uses_network and args.start == "reconstruction" else None
+    coarse, full = ((begun["levels"] - 1) * begun["coarse_steps"], begun["steps"]) if begun else (0, 0)
+    if uses_network and args.start == "coarse":
+        coarse = args.coarse_steps
+    after = (begun["polish_steps"] if begun else 0) + args.steps
+    outcome = _run_interruptibly(args, out, checkpointer, "designing", coarse + full + after, shape, mesh,
                                  lambda callback, progress, chunk: D.design(
-        image, **request, count=args.count, seed=args.seed, steps=args.steps, coarse_steps=args.coarse_steps,
-        property_weight=args.property_weight, filter_radius=args.filter_radius, learning_rate=args.learning_rate,
-        params=params, chunk=chunk, callback=callback, progress=progress, checkpoint=checkpointer))
+        image, **request, count=args.count, seed=args.seed, steps=args.steps, start=args.start,
+        coarse_steps=args.coarse_steps, property_weight=args.property_weight, filter_radius=args.filter_radius,
+        learning_rate=args.learning_rate, params=params, chunk=chunk, callback=callback, progress=progress,
+        checkpoint=checkpointer),
+                                 polish_steps=after if begun else 0)
     if outcome is None:
         return EXIT_INTERRUPTED
     result, elapsed = outcome
@@ -983,9 +990,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="density filter radius in pixels (default 3 with --statistics-weight 0, else 0)")
     p.add_argument("--shape", help="output shape HxW or DxHxW, e.g. 64x64 (default: the exemplar's)")
     p.add_argument("--count", type=_positive_int, default=4, help="designs per target (seeds; default 4)")
-    p.add_argument("--steps", type=_positive_int, default=1000, help="optimiser steps at full size (default 1000)")
-    p.add_argument("--coarse-steps", type=_non_negative_int, metavar="K",
-                   help="statistics-only steps at half size first (default 1000; 0: start from noise)")
+    p.add_argument("--steps", type=_positive_int, default=1000, help="design steps after the start (default 1000)")
+    p.add_argument("--start", choices=("coarse", "reconstruction", "noise"), default="coarse",
+                   help="with statistics: start from --coarse-steps statistics-only steps at half size (default), "
+                        "from a default reconstruction of the exemplar at --shape, or from noise")
+    p.add_argument("--coarse-steps", type=_positive_int, default=1000, metavar="K",
+                   help="statistics-only steps at half size of --start coarse (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--layers", default="default", help="tap set or layer names, as for reconstruct")
     p.add_argument("--learning-rate", type=float, help="Adam step size (default 0.05)")

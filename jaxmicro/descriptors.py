@@ -24,6 +24,7 @@ so a target and the value it is compared with are computed the same way.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -124,24 +125,61 @@ def lineal_path(fields: jax.Array, radius: int) -> jax.Array:
 
     Products of the fields, so it is exact on labels (``jaxmicro.statistics.lineal_path``) and smooth in
     probabilities."""
-
-    def along(axis):
-        def extend(run, r):
-            run = run * jnp.roll(fields, -r, axis=axis)
-            return run, jnp.mean(run, axis=tuple(range(fields.ndim - 1)))
-
-        _, means = jax.lax.scan(extend, fields, jnp.arange(1, radius + 1))
-        return jnp.concatenate([jnp.mean(fields, axis=tuple(range(fields.ndim - 1)))[None], means])
-
-    return jnp.stack([along(axis) for axis in range(fields.ndim - 1)])
+    return jnp.stack([lineal_path_along(fields, axis, radius) for axis in range(fields.ndim - 1)])
 
 
-def make_describe(config, properties: Mapping[str, Callable] | None = None) -> Callable:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def lineal_path_along(fields: jax.Array, axis: int, radius: int) -> jax.Array:
+    """The lineal path along one axis, ``(radius + 1, C)``. Its gradient is written out (a reverse scan with
+    shifts by one pixel), twice as fast on a CPU as differentiating the forward scan."""
+    return _runs_forward(fields, axis, radius, keep=False)[0]
+
+
+def _runs_forward(fields, axis, radius, keep=True):
+    """The means of the runs ``run_r = prod_{k=0..r} I(x + k e)``, and with ``keep`` what the gradient needs:
+    ``run_0 .. run_{R-1}`` (R copies of the field: not kept for a value alone, e.g. a large tomogram's targets)
+    and the field shifted by ``R``."""
+    spatial = tuple(range(fields.ndim - 1))
+
+    def extend(carry, _):
+        run, shifted = carry
+        shifted = jnp.roll(shifted, -1, axis=axis)
+        longer = run * shifted
+        return (longer, shifted), (jnp.mean(longer, axis=spatial), run if keep else None)
+
+    (_, shifted), (means, runs) = jax.lax.scan(extend, (fields, fields), None, length=radius, unroll=4)
+    return jnp.concatenate([jnp.mean(fields, axis=spatial)[None], means]), (fields, runs, shifted)
+
+
+def _runs_backward(axis, radius, residuals, cotangent):
+    """``d run_r = d run_{r-1} * S^r I + run_{r-1} * d S^r I`` accumulated from ``r = R`` down: ``total`` holds
+    ``sum_{s >= r} S^{r-s} (cot_s run_{s-1})`` so that every shift is by one pixel."""
+    fields, runs, shifted = residuals
+    per_pixel = cotangent / np.prod(fields.shape[:-1])  # (R + 1, C): the cotangent of each run's pixels
+
+    def back(carry, inputs):
+        cot, total, shifted = carry
+        run_before, cot_before = inputs
+        total = cot * run_before + jnp.roll(total, 1, axis=axis)
+        cot = cot_before + cot * shifted
+        return (cot, total, jnp.roll(shifted, 1, axis=axis)), None
+
+    start = (jnp.broadcast_to(per_pixel[radius], fields.shape), jnp.zeros_like(fields), shifted)
+    (cot, total, _), _ = jax.lax.scan(back, start, (runs, per_pixel[:radius]), reverse=True, unroll=4)
+    return (cot + jnp.roll(total, 1, axis=axis),)
+
+
+lineal_path_along.defvjp(lambda fields, axis, radius: _runs_forward(fields, axis, radius), _runs_backward)
+
+
+def make_describe(config, properties: Mapping[str, Callable] | None = None,
+                  with_lineal_path: bool = True) -> Callable:
     """``describe(params, fields, key=None, network=True) -> Descriptors`` for one sample of any size.
 
     ``key`` picks the sampled slices of a volume (``config.slices_per_step``); without it every slice counts.
     ``network=False`` leaves ``grams`` empty (no VGG19 pass), as does a configuration without taps.
     ``properties``: ``{name: predict}`` with ``predict(fields) -> pytree`` (a physics solver or learned head).
+    ``with_lineal_path=False`` leaves ``lineal_path`` None (for objectives without the terms that read it).
     """
     properties = dict(properties or {})
     features = make_network(config) if config.taps else None
@@ -168,7 +206,7 @@ def make_describe(config, properties: Mapping[str, Callable] | None = None) -> C
         else:
             fractions = jnp.mean(flat, axis=0)
         predicted = {name: predict(fields) for name, predict in properties.items()}
-        path = lineal_path(fields, config.correlation_radius)
+        path = lineal_path(fields, config.correlation_radius) if with_lineal_path else None
         return Descriptors(grams, correlation, fractions, interface_measure(fields), predicted, path)
 
     return describe

@@ -34,7 +34,9 @@ HOLD_FRACTION_WEIGHT = 1000.0  # fraction term weight with hold_fraction: (0.01 
 PROPERTY_WEIGHT = 1000.0  # weight of a target term: a 1 % miss costs 0.1, about a converged statistics loss
 OPTIMUM_WEIGHT = 100.0  # weight of a max / min term (the value over its largest phase value, of order 1)
 DESIGN_STEPS = 1000
-COARSE_STEPS = 1000  # statistics-only steps at half size before the design steps (with statistics terms)
+COARSE_STEPS = 1000  # statistics-only steps at half size before the design steps (start="coarse")
+STARTS = ("coarse", "reconstruction", "noise")  # where a design with statistics terms starts
+STRUCTURE_OPTIONS = ("widths", "pooling", "padding", "dtype", "convolution")  # the network the start shares
 DEFAULT_FILTER_RADIUS = 3.0  # pixels, the density filter of designs without statistics terms
 CORRELATION_WEIGHT = 30.0  # the two-point weight of the statistics terms the design defaults were measured with
 TENSORS = {"k": "conductivity", "C": "stiffness"}  # whole-tensor targets: k (conductivity), C (Voigt stiffness)
@@ -466,6 +468,14 @@ def anisotropy_notes(targets: Sequence[PropertyTarget], phases: PhaseProperties,
     return notes
 
 
+def start_schedule(plan: DesignPlan) -> dict[str, int]:
+    """The schedule of the reconstruction a design with statistics terms starts from (``R.resolve_schedule``):
+    ``levels``, ``coarse_steps``, ``steps`` (full size) and ``polish_steps``."""
+    schedule = R.resolve_schedule(plan.images[0], shape=plan.config.shape, layers=plan.config.taps)
+    return {"levels": schedule["levels"], "coarse_steps": schedule.get("coarse_steps", schedule["steps"]),
+            "steps": schedule["steps"], "polish_steps": schedule.get("polish_steps", 0)}
+
+
 def design(
     exemplar,
     *,
@@ -477,7 +487,8 @@ def design(
     count: int = 1,
     seed: int = 0,
     steps: int = DESIGN_STEPS,
-    coarse_steps: int | None = None,
+    start: str = "coarse",
+    coarse_steps: int = COARSE_STEPS,
     hold_fraction: bool = False,
     statistics_weight: float | Sequence[float] | str = 1.0,
     property_weight: float | None = None,
@@ -505,8 +516,10 @@ def design(
     ``'a:b:n'``); 0 leaves the network out. ``options``: ReconstructionConfig fields (``correlation_weight``,
     ``interface_weight``, ``widths``, ...). ``filter_radius``: a periodic Gaussian density filter on the logits
     (pixels; default ``DEFAULT_FILTER_RADIUS`` without statistics, where nothing else sets a length scale,
-    else none). ``coarse_steps``: with statistics terms, that many statistics-only steps at half size start the
-    design (default ``COARSE_STEPS``; 0: start from noise). ``property_weight``: default ``PROPERTY_WEIGHT``
+    else none). ``start``: with statistics terms, 'coarse' starts the design from ``coarse_steps``
+    statistics-only steps at half size, 'reconstruction' from a default ``jaxmicro.reconstruct`` of the exemplar at
+    the design's shape (``start_schedule``; cleaner and faster, but far targets are reached less often: see
+    docs/results.md), 'noise' from white noise. ``property_weight``: default ``PROPERTY_WEIGHT``
     for targets, ``OPTIMUM_WEIGHT`` for max / min. ``callback`` and ``progress`` as for ``reconstruct``.
 
     ``predictors``: ``{kind: predict(fields)}`` used in place of the solver during the optimisation (e.g. a
@@ -520,9 +533,10 @@ def design(
     for name, value in (("count", count), ("steps", steps), ("chunk", chunk)):
         if int(value) != value or value <= 0:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
-    coarse_steps = COARSE_STEPS if coarse_steps is None else coarse_steps
-    if int(coarse_steps) != coarse_steps or coarse_steps < 0:
-        raise InputError(f"coarse steps must be an integer >= 0, got {coarse_steps!r}")
+    if start not in STARTS:
+        raise InputError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
+    if int(coarse_steps) != coarse_steps or coarse_steps <= 0:
+        raise InputError(f"coarse steps must be a positive integer, got {coarse_steps!r}")
     config, images, property_targets, phases = plan.config, plan.images, plan.targets, plan.phases
     weights_swept, n_targets, dim = plan.statistics_weights, plan.n_targets, len(plan.config.shape)
     use_network = max(weights_swept) > 0
@@ -561,24 +575,31 @@ def design(
 
     kinds = {component(t.name, dim)[0] for t in property_targets}
     solvers = make_predictors(phases, kinds, tol=tol, max_iterations=max_iterations)
-    describe = make_describe(config, {**solvers, **{k: p for k, p in (predictors or {}).items() if k in kinds}})
+    describe = make_describe(config, {**solvers, **{k: p for k, p in (predictors or {}).items() if k in kinds}},
+                             with_lineal_path=R.uses_lineal_path(config))
     loss = T.make_loss(describe, {**R.make_terms(config), **property_terms},
                        lambda logits: R.fields_from_logits(config, smooth(logits, filter_radius)), network=use_network)
     tx = optimise.make_optimizer("adam", learning_rate, steps)
     keys = jax.random.split(jax.random.PRNGKey(seed), batch)
-    start = None
+    start_logits, done_before = None, 0
     resuming = checkpoint is not None and checkpoint.resume and checkpoint.latest_step() is not None
-    if use_network and coarse_steps and not resuming:  # the statistics first, at half size (coarse to fine)
+    if use_network and start == "coarse" and not resuming:  # the statistics first, at half size (coarse to fine)
         coarse = R.reconstruct([R.subsample(images[0])], shape=tuple(s // 2 for s in config.shape), count=batch,
                                steps=coarse_steps, seed=seed, layers=config.taps, params=params, levels=1,
                                chunk=chunk, progress=progress, initial="noise", polish_steps=0,
                                **{**dict.fromkeys(R.MORPHOLOGY_WEIGHTS, 0.0),
                                   **{k: v for k, v in options.items() if k != "correlation_radius"}})
-        start = jax.image.resize(coarse.logits, (batch, *config.shape, config.channels), "nearest")
-    states = jax.vmap(lambda key, logits: R.init_state(config, tx, key, logits))(keys, start)
+        start_logits = jax.image.resize(coarse.logits, (batch, *config.shape, config.channels), "nearest")
+    if use_network and start == "reconstruction" and not resuming:  # the statistics first: a reconstruction
+        begun = R.reconstruct(images[0], shape=config.shape, count=batch, seed=seed, layers=config.taps,
+                              params=params, chunk=chunk, progress=progress,
+                              **{k: v for k, v in options.items() if k in STRUCTURE_OPTIONS})
+        start_logits, done_before = begun.logits, begun.loss_history.shape[1]
+    states = jax.vmap(lambda key, logits: R.init_state(config, tx, key, logits))(keys, start_logits)
     labels = lambda logits: optimise.decoded_phases(smooth(logits, filter_radius))  # noqa: E731
     run_chunk = optimise.make_run_chunk(optimise.make_step(loss, tx, steps, labels), steps, min(chunk, steps))
-    level_progress = None if progress is None else functools.partial(progress, config.shape)
+    level_progress = None if progress is None else (  # the start's full-size level goes on
+        lambda done, total: progress(config.shape, done_before + done, done_before + total))
     states, history = optimise.run(run_chunk, params, states, objective, steps, checkpoint=checkpoint,
                                    callback=callback, progress=level_progress)
     states = states._replace(logits=jax.vmap(smooth, (0, None))(states.logits, filter_radius))  # what was decoded

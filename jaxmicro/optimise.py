@@ -113,7 +113,8 @@ def make_run_chunk(step: Callable, total_steps: int, chunk: int) -> Callable:
     Splitting a run into chunks, or stopping and resuming between them, gives bitwise the same result on the
     same device.
     """
-    batched_step = jax.vmap(step, in_axes=(None, 0, 0))
+    # jitted so that tracing it for the output shapes of a skipped step and for the step itself is done once
+    batched_step = jax.jit(jax.vmap(step, in_axes=(None, 0, 0)))
 
     @functools.partial(jax.jit, donate_argnums=1)
     def run_chunk(params, states, objective, start=None):

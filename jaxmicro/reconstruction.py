@@ -162,11 +162,20 @@ def directions(config: ReconstructionConfig) -> tuple[int, ...]:
     return (0,) if len(config.shape) == 2 else (0, 1, 2)
 
 
+def uses_lineal_path(config: ReconstructionConfig) -> bool:
+    """Whether the objective holds the lineal-path and short-chord terms: phase labels with either weight set
+    in the configuration. Without them the lineal path is not computed at all (in a 64^3 volume it costs more
+    than the rest of a step's statistics together)."""
+    return not config.grayscale and bool(config.lineal_path_weight or config.short_chords_weight)
+
+
 def make_terms(config: ReconstructionConfig) -> dict[str, T.Term]:
-    """The reconstruction terms by name (``TERM_NAMES``)."""
-    return {"gram": T.gram(dict(zip(config.taps, config.weights))), "correlation": T.two_point(),
-            "volume_fraction": T.fractions(), "interface": T.interface(), "lineal_path": T.lineal_path(),
-            "short_chords": T.short_chords()}
+    """The reconstruction terms by name (``TERM_NAMES``; the lineal-path ones only where ``uses_lineal_path``)."""
+    terms = {"gram": T.gram(dict(zip(config.taps, config.weights))), "correlation": T.two_point(),
+             "volume_fraction": T.fractions(), "interface": T.interface()}
+    if uses_lineal_path(config):
+        terms.update(lineal_path=T.lineal_path(), short_chords=T.short_chords())
+    return terms
 
 
 def make_targets(config: ReconstructionConfig, params, exemplars: Sequence) -> Descriptors:
@@ -184,6 +193,11 @@ def make_objective(config: ReconstructionConfig, targets: Descriptors,
     if config.grayscale:  # products of intensities are no lineal path
         defaults.update(lineal_path=0.0, short_chords=0.0)
     defaults.update(weights or {})
+    absent = [name for name in ("lineal_path", "short_chords")
+              if not uses_lineal_path(config) and np.any(np.asarray(defaults[name]) != 0)]
+    if absent:
+        raise InputError(f"{' and '.join(absent)} weights need a configuration that holds those terms: set "
+                         "lineal_path_weight or short_chords_weight when making it (not for grayscale)")
     return T.Objective(
         targets={"gram": targets.grams, "correlation": targets.correlation,
                  "volume_fraction": targets.fractions, "interface": targets.interface,
@@ -196,15 +210,16 @@ def make_field_loss(config: ReconstructionConfig) -> Callable:
     """``loss(params, fields, objective, key=None) -> (total, {name: value})``: smooth in the fields (phase
     probabilities or intensity, ``(*shape, channels)``) of one sample. ``key`` picks the sampled slices of a
     volume (``slices_per_step``); without it every slice counts."""
-    return T.make_loss(make_describe(config), make_terms(config), lambda fields: fields)
+    return T.make_loss(make_describe(config, with_lineal_path=uses_lineal_path(config)), make_terms(config),
+                       lambda fields: fields)
 
 
 def make_loss(config: ReconstructionConfig, network: bool = True) -> Callable:
     """``loss(params, logits, objective, key=None) -> (total, {name: value})`` for one sample: the terms on the
     decoded phases, with the straight-through gradient to the logits. ``network=False``: no VGG19 pass (the
     Gram term reads 0), for the statistics-only polish."""
-    return T.make_loss(make_describe(config), make_terms(config), functools.partial(fields_from_logits, config),
-                       network=network)
+    return T.make_loss(make_describe(config, with_lineal_path=uses_lineal_path(config)), make_terms(config),
+                       functools.partial(fields_from_logits, config), network=network)
 
 
 # --- the loop ---------------------------------------------------------------------------------------------
@@ -647,6 +662,9 @@ def reconstruct(
         raise InputError(f"unknown initial field {initial!r}; use one of {', '.join(INITIAL_FIELDS)}")
     config, images = make_config(exemplar, shape=shape, layers=layers, layer_weights=layer_weights,
                                  grayscale=grayscale, dtype=dtype, **options)
+    given = [f"{name}_weight" for name in ("lineal_path", "short_chords")  # a weight given for this run needs its
+             if np.any(np.asarray((weights or {}).get(name, 0.0)) != 0)]  # term in the program (its value: below)
+    config = config._replace(**{field: 1.0 for field in given if not getattr(config, field)})
     if stored is not None:
         stored_level(stored, config)  # made for this configuration? (before the weights: the clearer reason)
     if params is None:

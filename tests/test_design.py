@@ -142,6 +142,21 @@ def test_a_tiny_design_hits_a_conductivity_target_with_statistics(params):
         checked["bounds"]["conductivity"]["voigt"]
 
 
+def test_a_design_can_start_from_a_reconstruction_and_the_progress_goes_on(params):
+    exemplar = blobs((32, 32), fraction=0.4)
+    calls = []
+    result = D.design(exemplar, targets={"k_xx": 3.0}, shape=(16, 16), conductivity=[1.0, 10.0], count=1, steps=10,
+                      start="reconstruction", seed=1, layers=TAPS, params=params, widths=TINY_WIDTHS, chunk=5,
+                      progress=lambda shape, done, total: calls.append((tuple(shape), done, total)))
+    plan = D.prepare(exemplar, targets={"k_xx": 3.0}, shape=(16, 16), conductivity=[1.0, 10.0], layers=TAPS)
+    schedule = D.start_schedule(plan)
+    full = schedule["steps"] + schedule["polish_steps"]  # the reconstruction's full-size level and its polish
+    assert calls[-1] == ((16, 16), full + 10, full + 10)  # the design steps continue that level on the bar
+    assert result.loss_history.shape == (1, 10) and result.labels.shape == (1, 16, 16)
+    with pytest.raises(InputError, match="start must be one of coarse, reconstruction, noise"):
+        D.design(exemplar, targets={"k_xx": 3.0}, shape=(16, 16), conductivity=[1.0, 10.0], start="gaussian")
+
+
 def test_a_design_whose_solver_fails_is_marked_not_raised():
     exemplar = blobs((32, 32), fraction=0.4)
     result = D.design(exemplar, targets={"k_xx": 4.0}, shape=(16, 16), conductivity=[1.0, 10.0], count=2,

@@ -36,7 +36,7 @@ def params(tiny_params):
 
 
 def test_targets_of_exemplar_give_zero_loss(params):
-    config, exemplar = setup(shape=(32, 32))
+    config, exemplar = setup(shape=(32, 32), lineal_path_weight=1.0)  # every term
     objective = R.make_objective(config, R.make_targets(config, params, [exemplar]), {"interface": 1.0})
     logits = jax.nn.one_hot(exemplar, 2)  # decodes to the exemplar itself
     total, terms = R.make_loss(config)(params, logits, objective)
@@ -86,7 +86,7 @@ def test_logit_gradient_is_the_straight_through_estimate(params):
 
 
 def test_vmapped_step_equals_loop_of_single_steps(params):
-    config, exemplar = setup()
+    config, exemplar = setup(short_chords_weight=1.0)
     targets = R.make_objective(config, R.make_targets(config, params, [exemplar]))
     tx = R.make_optimizer("adam")
     step = R.make_step(config, tx, total_steps=10)
@@ -100,6 +100,19 @@ def test_vmapped_step_equals_loop_of_single_steps(params):
         np.testing.assert_allclose(losses[i], loss, rtol=1e-5)
         for name in R.TERM_NAMES:
             np.testing.assert_allclose(terms[name][i], single_terms[name], rtol=1e-5, atol=1e-7)
+
+
+def test_terms_without_weight_are_left_out_and_a_given_weight_brings_them_back(params):
+    config, exemplar = setup()  # no lineal-path weights: neither those terms nor the lineal path are computed
+    assert set(R.make_terms(config)) == set(R.TERM_NAMES) - {"lineal_path", "short_chords"}
+    targets = R.make_targets(config, params, [exemplar])
+    with pytest.raises(InputError, match="lineal_path weights need a configuration that holds those terms"):
+        R.make_objective(config, targets, {"lineal_path": 2.0})
+    result = R.reconstruct(exemplar, shape=(16, 16), count=1, steps=3, layers=TAPS, params=params, levels=1,
+                           widths=TINY_WIDTHS, correlation_radius=4, polish_steps=0, lineal_path_weight=0.0,
+                           short_chords_weight=0.0, weights={"short_chords": 2.0})
+    assert {"lineal_path", "short_chords"} <= set(result.term_history)
+    assert np.all(result.term_history["short_chords"] > 0)
 
 
 def test_run_compiles_once_and_chunking_does_not_change_the_result(params):
@@ -117,7 +130,7 @@ def test_run_compiles_once_and_chunking_does_not_change_the_result(params):
 
 
 def test_second_chunk_does_not_recompile(params):
-    config, exemplar = setup()
+    config, exemplar = setup(lineal_path_weight=1.0)
     tx = R.make_optimizer("adam")
     objective = jax.tree.map(lambda x: x[None], R.make_objective(config, R.make_targets(config, params, [exemplar])))
     states = jax.vmap(lambda k: R.init_state(config, tx, k))(jax.random.split(jax.random.PRNGKey(0), 1))
