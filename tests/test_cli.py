@@ -285,6 +285,7 @@ def test_grayscale_reconstruct_describe_and_compare(micrograph, tmp_path, capsys
     assert code == 0, stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["kind"] == "grayscale" and metrics["run"]["exemplar"]["mapping"]["kind"] == "grayscale"
+    assert metrics["run"]["learning_rate"] == 0.1  # the grayscale step size, resolved and recorded
     entry = metrics["reconstructions"][0]
     for key in ["intensity_histogram_distance", "autocovariance_max_abs_error", "copy_correlation", "copy_baseline",
                 "likely_copy", "exemplar_crops", "status"]:

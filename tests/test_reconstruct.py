@@ -204,6 +204,18 @@ def test_grayscale_reconstruction_matches_the_intensity_histogram(params):
     assert abs(result.labels.mean() / 255 - gray.mean()) < 0.05
 
 
+def test_grayscale_starts_from_the_histogram_with_its_own_step_size(params):
+    gray = (0.2 + 0.6 * blobs() + 0.02 * np.random.default_rng(1).normal(size=(32, 32))).astype(np.float32)
+    run = dict(grayscale=True, shape=(16, 16), steps=4, levels=1, layers=TAPS, params=params, widths=TINY_WIDTHS,
+               correlation_radius=4)
+    default = R.reconstruct(gray, **run)
+    np.testing.assert_array_equal(default.logits, R.reconstruct(gray, learning_rate=R.GRAYSCALE_LEARNING_RATE,
+                                                                **run).logits)
+    start = R.reconstruct(gray, **{**run, "steps": 1}, learning_rate=1e-9).labels[0] / 255  # the Gaussian start
+    levels = (np.arange(start.size) + 0.5) / start.size
+    assert np.mean(np.abs(np.sort(start.ravel()) - np.quantile(gray, levels))) < 0.005  # Wasserstein-1
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(count=0), "count must be a positive integer"),
     (dict(steps=-3), "steps must be a positive integer"),

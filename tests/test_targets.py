@@ -46,6 +46,18 @@ def test_reconstruct_from_stored_targets_is_bitwise_the_same(exemplar, tiny_para
         np.testing.assert_array_equal(a, b)
 
 
+def test_stored_grayscale_targets_hold_the_gaussian_start(exemplar, tiny_params, tmp_path):
+    gray = (0.2 + 0.6 * exemplar + 0.05 * np.random.default_rng(0).random(exemplar.shape)).astype(np.float32)
+    run = dict(shape=(16, 16), count=1, steps=3, levels=1, params=tiny_params, layers="relu1_2", widths=TINY_WIDTHS,
+               grayscale=True)
+    from_image = R.reconstruct(gray, **run)
+    stored = R.characterise(gray, shape=(16, 16), levels=1, params=tiny_params, layers="relu1_2",
+                            widths=TINY_WIDTHS, grayscale=True)
+    assert stored.levels[0].correlations.shape == (1, 1, 16, 16)
+    T.save_targets(tmp_path / "g.npz", stored)
+    _same(from_image, R.reconstruct(targets=tmp_path / "g.npz", **run))
+
+
 @pytest.mark.slow
 def test_stored_targets_coarse_to_fine_with_polish(exemplar, tiny_params, tmp_path):
     run = dict(count=2, steps=3, coarse_steps=3, polish_steps=2, seed=1, params=tiny_params, **TINY)
