@@ -262,7 +262,7 @@ def main():
     parser.add_argument("--out", default="/tmp/surrogate-bench")
     parser.add_argument("--figures", help="folder for the figures (e.g. docs/figures)")
     parser.add_argument("--count", type=int, default=2048)
-    parser.add_argument("--augment", type=int, default=4)
+    parser.add_argument("--augment", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--skip-pruning", action="store_true")

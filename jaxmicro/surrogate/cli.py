@@ -225,7 +225,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=_whole, default=128)
     p.add_argument("--learning-rate", type=float, default=2e-3)
     p.add_argument("--patience", type=_whole, default=60, help="early stopping patience in epochs")
-    p.add_argument("--augment", type=_whole, default=4, help="square symmetries per training sample (1-8)")
+    p.add_argument("--augment", type=_whole, default=8,
+                   help="symmetries per training sample (1-8 of the square, 1-48 of the cube; default 8)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of samples held out for evaluate")
     p.add_argument("--exclude", type=_names, metavar="FAMILIES", help="leave generator families out of training")
     p.add_argument("--seed", type=int, default=0)

@@ -34,7 +34,7 @@ class TrainOptions:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     patience: int = 60
-    augment: int = 4
+    augment: int = 8  # all symmetries of the square (the first 4 hold no axis swap: k_xx and k_yy never trade)
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
