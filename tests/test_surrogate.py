@@ -196,6 +196,18 @@ def test_twopoint_baseline_trains_inside_bounds(trained):
     assert inside_bounds(mean, images["fractions"][:16], CONDUCTIVITIES) == 1.0
 
 
+def test_cli_trains_a_head_of_the_given_widths(tmp_path, capsys, trained):
+    folder, _ = trained
+    code, _, err = run_in_process(capsys, "surrogate", "train", folder / "data", "--head", "twopoint", "--hidden",
+                                  "16,8", "--members", "2", "--epochs", "3", "--augment", "2", "-q",
+                                  "--out", tmp_path / "m")
+    assert code == 0, err
+    assert model.load_model(tmp_path / "m").config.hidden == (16, 8)
+    code, _, err = run_in_process(capsys, "surrogate", "train", folder / "data", "--hidden", "16.5",
+                                  "--out", tmp_path / "n")
+    _no_traceback(code, err, "whole number")
+
+
 def _no_traceback(code, err, match):
     assert code == 2, err
     assert "Traceback" not in err and err.count("error:") == 1 and match in err, err

@@ -34,6 +34,11 @@ def _whole(text: str) -> int:
     return value
 
 
+def _widths(text: str) -> list[int]:
+    """Layer widths such as 256,256: positive whole numbers."""
+    return [_whole(t.strip()) for t in text.split(",") if t.strip()]
+
+
 def _bar(total: int, unit: str, quiet: bool, description: str):
     from tqdm.auto import tqdm
 
@@ -220,7 +225,7 @@ def register(subparsers) -> None:
                                                   "end, 2D); default gram")
     p.add_argument("--taps", help="VGG taps of the gram head (default relu1_2,relu2_2,relu3_1)")
     p.add_argument("--members", type=_whole, default=4, help="ensemble members (default 4)")
-    p.add_argument("--hidden", type=_numbers, default=[256, 256], metavar="W1,W2", help="hidden widths")
+    p.add_argument("--hidden", type=_widths, default=[256, 256], metavar="W1,W2", help="hidden widths (256,256)")
     p.add_argument("--epochs", type=_whole, default=300)
     p.add_argument("--batch", type=_whole, default=128)
     p.add_argument("--learning-rate", type=float, default=2e-3)
