@@ -717,7 +717,8 @@ def reconstruct(
     else:
         level = stored_level(stored, config)
         if gaussian and level.correlations is None:
-            raise InputError("the stored targets hold no Gaussian start for this shape; use initial='noise'")
+            raise InputError("the stored targets hold no Gaussian start for this shape (made by an earlier version, "
+                             "or for a volume); characterise the exemplar again, or use initial='noise'")
     exemplar_index = np.repeat(np.arange(len(level.targets.fractions)), count)
     targets = jax.tree.map(lambda x: x[exemplar_index], level.targets)
     batch = exemplar_index.size

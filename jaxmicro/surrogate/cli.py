@@ -124,9 +124,9 @@ def _train(args) -> int:
         def epoch_progress(epoch, validation):
             if not stage:
                 stage.append("train")
+                bar.unit = "epoch"  # before the reset, which redraws the bar
+                bar.set_description("train", refresh=False)
                 bar.reset(total=options.epochs)
-                bar.set_description("train")
-                bar.unit = "epoch"
             bar.update(1)
             bar.set_postfix(validation=f"{validation:.2e}")
 
