@@ -249,8 +249,7 @@ def _reconstruct(args) -> int:
     for name in ("steps", "levels", "coarse_steps", "slices_per_step"):
         setattr(args, name, options.pop(name, None))
     polish_steps = options.pop("polish_steps", 0)
-    if args.learning_rate is None and grayscale and args.optimizer == "adam":
-        args.learning_rate = R.GRAYSCALE_LEARNING_RATE  # what reconstruct would use; recorded in run.json
+    args.learning_rate = R.resolve_learning_rate(args.learning_rate, args.optimizer, grayscale)  # for run.json
     _detail(args, "resolved schedule: " + ", ".join(f"{k}={getattr(args, k)}" for k in (
         "steps", "levels", "coarse_steps", "slices_per_step")) + f", polish_steps={polish_steps}")
     config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype,

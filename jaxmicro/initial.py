@@ -198,4 +198,4 @@ def gaussian_intensity_logits(key: jax.Array, correlation: jax.Array, quantiles:
     levels = jnp.linspace(0.0, 1.0, quantiles.shape[0])
     intensity = jnp.interp((ranks + 0.5) / field.size, levels, quantiles)
     intensity = jnp.clip(intensity, floor, 1.0 - floor).reshape(correlation.shape[1:])
-    return jnp.log(intensity / (1.0 - intensity))[..., None]
+    return jax.scipy.special.logit(intensity)[..., None]

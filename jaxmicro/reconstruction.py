@@ -75,6 +75,14 @@ ReconstructionState = OptimisationState
 ReconstructionTargets = Descriptors
 
 
+def resolve_learning_rate(learning_rate: float | None, optimizer, grayscale: bool) -> float | None:
+    """The step size a run uses: as given; unset, ``GRAYSCALE_LEARNING_RATE`` for grayscale Adam runs, else None
+    (the optimiser's own default, ``optimise.make_optimizer``)."""
+    if learning_rate is None and grayscale and optimizer == "adam":
+        return GRAYSCALE_LEARNING_RATE
+    return learning_rate
+
+
 class ReconstructionConfig(NamedTuple):
     """Static description of a reconstruction (hashable): what changes shapes or the compiled program.
 
@@ -669,8 +677,7 @@ def reconstruct(
                                 **{name: options.pop(name, None) for name in MORPHOLOGY_WEIGHTS})
     steps, levels, coarse_steps = schedule.pop("steps"), schedule.pop("levels"), schedule.pop("coarse_steps", None)
     polish_steps = schedule.pop("polish_steps", 0)
-    if learning_rate is None and grayscale and optimizer == "adam":
-        learning_rate = GRAYSCALE_LEARNING_RATE
+    learning_rate = resolve_learning_rate(learning_rate, optimizer, grayscale)
     options.update(schedule)
     for name, value in (("count", count), ("steps", steps), ("chunk", chunk)):
         if int(value) != value or value <= 0:
