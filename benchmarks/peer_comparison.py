@@ -56,7 +56,10 @@ def load(name: str, data: Path) -> np.ndarray:
 
 
 def judge(exemplar: np.ndarray, labels: np.ndarray) -> dict:
-    """The statistics of one output against its exemplar (largest absolute error over phases)."""
+    """The statistics of one output against its exemplar (largest absolute error over phases); all NaN for an
+    output that lost a phase (a collapsed run: no statistic is defined, and NaN marks it failed in the medians)."""
+    if set(np.unique(exemplar)) - set(np.unique(labels)):
+        return dict.fromkeys([*TARGETS, "copy_excess"], float("nan"))
     r = report.compare(exemplar, [labels])
     ex, rec = r["exemplar"], r["reconstructions"][0]
     return {

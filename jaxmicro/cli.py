@@ -224,8 +224,8 @@ def _add_reading_options(p):
 
 
 RUN_OPTIONS = ("exemplar", "shape", "count", "steps", "seed", "optimizer", "learning_rate", "layers", "dtype",
-               "grayscale", "phases", "gray_from_rgb", "checkpoint_every", "levels", "coarse_steps", "slices_per_step",
-               "exemplar_x", "exemplar_y", "exemplar_z", "targets", *INPUT_OPTIONS)
+               "grayscale", "phases", "gray_from_rgb", "checkpoint_every", "levels", "coarse_steps", "polish_steps",
+               "slices_per_step", "exemplar_x", "exemplar_y", "exemplar_z", "targets", *INPUT_OPTIONS)
 # what run.json records beside the options: not options (a run resumes on any devices), so --resume skips them
 RECORDS = ("devices_used",)
 
@@ -245,13 +245,13 @@ def _reconstruct(args) -> int:
     # unset schedule options follow R.IMAGE_SCHEDULE / R.VOLUME_SCHEDULE; the resolved values go into run.json
     options = R.resolve_schedule(image, shape=shape, layers=args.layers, grayscale=grayscale, steps=args.steps,
                                  levels=args.levels, coarse_steps=args.coarse_steps,
-                                 slices_per_step=args.slices_per_step)
-    for name in ("steps", "levels", "coarse_steps", "slices_per_step"):
+                                 polish_steps=args.polish_steps, slices_per_step=args.slices_per_step)
+    for name in ("steps", "levels", "coarse_steps", "polish_steps", "slices_per_step"):
         setattr(args, name, options.pop(name, None))
-    polish_steps = options.pop("polish_steps", 0)
+    polish_steps = args.polish_steps = args.polish_steps or 0
     args.learning_rate = R.resolve_learning_rate(args.learning_rate, args.optimizer, grayscale)  # for run.json
     _detail(args, "resolved schedule: " + ", ".join(f"{k}={getattr(args, k)}" for k in (
-        "steps", "levels", "coarse_steps", "slices_per_step")) + f", polish_steps={polish_steps}")
+        "steps", "levels", "coarse_steps", "polish_steps", "slices_per_step")))
     config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype,
                               slices_per_step=args.slices_per_step, **options)
     if source["stored"] is not None:
@@ -919,6 +919,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coarse-to-fine levels: 2 first reconstructs at half size (default 2; volumes 3)")
     p.add_argument("--coarse-steps", type=_positive_int, metavar="K",
                    help="steps at each coarser level (default 300 for images, 200 for volumes; twice a given --steps)")
+    p.add_argument("--polish-steps", type=_non_negative_int, metavar="K",
+                   help="2D phase images: network-free steps after the full size (default 300; twice a given --steps; "
+                        "0: none)")
     p.add_argument("--slices-per-step", type=_positive_int, metavar="K",
                    help="3D: slices per direction through the network each step (default 2)")
     p.add_argument("--out", default="jaxmicro-out", help="output folder (default jaxmicro-out)")

@@ -712,9 +712,10 @@ def reconstruct(
             dtype=dtype, params=params, chunk=chunk, levels=levels - 1, coarse_steps=coarse_steps, progress=progress,
             initial=initial, polish_steps=0, **options,
         )
-        # phases: each pixel keeps its coarse parent's phase; intensities: interpolated, no 2x2 blocks
+        # 2D: logits interpolated (phase boundaries and intensities without the 2x2 blocks of a copy);
+        # volumes: each voxel keeps its coarse parent's phase
         initial_logits = jax.image.resize(coarse.logits, (coarse.logits.shape[0], *config.shape, config.channels),
-                                          "linear" if config.grayscale else "nearest")
+                                          "linear" if config.grayscale or len(config.shape) == 2 else "nearest")
 
     # L-BFGS's line search sees no decrease from a decided start (the decoded loss is flat for small steps)
     initial = initial or ("gaussian" if len(config.shape) == 2 and optimizer != "lbfgs" else "noise")

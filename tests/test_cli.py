@@ -61,6 +61,12 @@ def test_reconstruct_writes_tiffs_metrics_and_figure(exemplar, tmp_path, capsys)
     code, _, _ = run_in_process(capsys, "reconstruct", exemplar, *SMALL, "--seed", "7", "--out", tmp_path / "again")
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "again" / "reconstruction_001.tif"),
                                   tifffile.imread(out / "reconstruction_001.tif"))
+    # the polish: twice --steps unless given, kept in run.json for --resume
+    assert json.loads((out / "run.json").read_text())["polish_steps"] == 24
+    code, _, stderr = run_in_process(capsys, "reconstruct", exemplar, *SMALL, "--polish-steps", "0", "--out",
+                                     tmp_path / "unpolished")
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "unpolished" / "run.json").read_text())["polish_steps"] == 0
 
 
 def test_reconstruct_a_volume_from_a_2d_exemplar_with_the_volume_schedule(exemplar, tmp_path, capsys):
@@ -71,7 +77,8 @@ def test_reconstruct_a_volume_from_a_2d_exemplar_with_the_volume_schedule(exempl
     volume = tifffile.imread(out / "reconstruction_000.tif")  # multi-page: one page per slice
     assert volume.shape == (16, 16, 16) and set(np.unique(volume)) <= {0, 1}
     saved = json.loads((out / "run.json").read_text())  # the volume defaults, resolved and kept for --resume
-    assert (saved["steps"], saved["levels"], saved["coarse_steps"], saved["slices_per_step"]) == (100, 3, 200, 2)
+    assert (saved["steps"], saved["levels"], saved["coarse_steps"], saved["slices_per_step"],
+            saved["polish_steps"]) == (100, 3, 200, 2, 0)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["correlation_weight"] == 100.0
     entry = metrics["reconstructions"][0]

@@ -381,6 +381,23 @@ def test_real_network_reconstructs_a_shared_microstructure(real_params):
     assert np.all(result.undecided_fraction < 0.1)
 
 
+def test_coarse_to_fine_interpolates_2d_logits_and_copies_volume_voxels(params):
+    # a step size of 1e-9 leaves every level at its start: the full size starts from the coarse result, upsampled
+    kwargs = dict(count=1, seed=0, layers=TAPS, params=params, widths=TINY_WIDTHS, initial="noise",
+                  learning_rate=1e-9, polish_steps=0, cleanup=False)
+    for exemplar, shape, method in ((blobs((32, 32), fraction=0.3), (16, 16), "linear"),
+                                    (blobs((16, 16, 16), fraction=0.3), (8, 8, 8), "nearest")):
+        half = tuple(s // 2 for s in shape)
+        coarse = R.reconstruct([R.subsample(exemplar)], shape=half, levels=1, steps=3, **kwargs)
+        fine = R.reconstruct(exemplar, shape=shape, levels=2, coarse_steps=3, steps=1, **kwargs)
+        expected = jax.image.resize(coarse.logits, (1, *shape, 2), method)
+        np.testing.assert_allclose(fine.logits, expected, atol=1e-5)
+        blocks = np.asarray(fine.labels[0]).reshape(*[n for s in half for n in (s, 2)])
+        first = blocks[(slice(None), slice(0, 1)) * len(shape)]
+        uniform_blocks = np.all(blocks == first, axis=tuple(range(1, 2 * len(shape), 2)))
+        assert np.all(uniform_blocks) == (method == "nearest")  # 2D: boundaries inside the coarse pixels
+
+
 def test_coarse_to_fine_starts_the_full_size_from_the_coarse_result(params):
     exemplar = blobs((32, 32), fraction=0.3)
     kwargs = dict(shape=(16, 16), count=2, steps=20, seed=0, layers=TAPS, params=params, widths=TINY_WIDTHS,
