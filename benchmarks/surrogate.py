@@ -1,6 +1,7 @@
-"""Learned conductivity heads against the FFT solver: accuracy at contrast 10 and 100, out of distribution
-(a generator family left out; 64x64 crops of the shared two-phase images), the two-point + PCA baseline, the
-pruning study (taps against accuracy and time per prediction), and batched prediction speed at 64x64 and 64^3.
+"""Learned property heads against the FFT solver: conductivity accuracy at contrast 10 and 100, out of distribution
+(a generator family left out; 64x64 crops of the shared two-phase images), the two-point + PCA and end-to-end CNN
+baselines, stiffness heads (Young's moduli 10 and 100), the pruning study (taps against accuracy and time per
+prediction), and batched prediction speed against the solvers at 64x64 and 64^3.
 
 Every stage caches its result in --out (data, features, models, JSON), so a killed run continues where it
 stopped. Prints the device and versions; writes results.json and the figures.
@@ -24,6 +25,11 @@ import numpy as np
 
 from jaxmicro.io import write_json
 from jaxmicro.surrogate import data, evaluate, heads, model, train
+from jaxmicro.surrogate.properties import PropertySpec
+
+C10 = PropertySpec("conductivity", conductivities=(1.0, 10.0))
+ELASTIC = {"young": (10.0, 100.0), "poisson": (0.3, 0.25)}
+STIFFNESS = PropertySpec("stiffness", **ELASTIC)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TWO_PHASE = ("li2018_alloy_2d_256.npy", "li2018_carbonate_2d_256.npy", "li2018_ceramics_2d_256.npy",
@@ -65,14 +71,16 @@ def trained_model(folder: Path, fit, data_folder, params):
         loaded = data.load_data(data_folder)
         index = np.asarray(trained.record["split"]["validation"])
         _, _, members = model.make_predictor(trained, params)(loaded["labels"][index])
-        trained.record["uncertainty_scale"] = model.uncertainty_scale(members, loaded["tensor"][index])
+        trained.record["uncertainty_scale"] = model.uncertainty_scale(
+            members, loaded[trained.property_spec.name][index])
         model.save_model(folder, trained)
     return trained
 
 
-def train_and_evaluate(out, folder, name, params, args, head="gram", taps=None, exclude=()):
+def train_and_evaluate(out, folder, name, params, args, head="gram", taps=None, exclude=(), prop="conductivity"):
     spec = train.spec_for(head, taps)
-    config = heads.HeadConfig(head=head, members=args.members, components=train.default_components(head))
+    config = heads.HeadConfig(head=head, members=args.members, components=train.default_components(head),
+                              property=prop)
     options = train.TrainOptions(epochs=args.epochs, augment=args.augment, exclude=tuple(exclude))
     start = time.perf_counter()
     trained = trained_model(out / name, lambda: train.train(
@@ -85,7 +93,7 @@ def train_and_evaluate(out, folder, name, params, args, head="gram", taps=None, 
     return report
 
 
-def cnn_baseline(out, folder, args, epochs=30):
+def cnn_baseline(out, folder, args, epochs=60):
     """The small CNN trained end to end on the images (2 members, 2 symmetries, ``epochs`` epochs: the CPU budget
     of this benchmark)."""
     config = heads.HeadConfig(head="cnn", hidden=(64,), members=2, shape=(64, 64))
@@ -112,8 +120,8 @@ def left_out(out, folder, params, args, family):
     pick = loaded["family"] == family
     mean, std, _ = model.make_predictor(trained, params)(loaded["labels"][pick])
     return {"family": family, "samples": int(pick.sum()),
-            "components": evaluate.metrics(mean, std, loaded["tensor"][pick]),
-            "inside_bounds": evaluate.inside_bounds(mean, loaded["fractions"][pick], trained.conductivities)}
+            "components": evaluate.metrics(mean, std, loaded["conductivity"][pick], C10, 2),
+            "inside_bounds": evaluate.inside_bounds(mean, loaded["fractions"][pick], C10, 2)}
 
 
 def shared_crops(out, params, figure):
@@ -132,36 +140,40 @@ def shared_crops(out, params, figure):
     if not crops:
         return {"skipped": f"no shared images at {SHARED}"}
     crops = np.stack(crops).astype(np.uint8)
-    label = data.make_labeller([1.0, 10.0], 1e-5)
-    tensor, status, _ = (np.asarray(a) for a in label(jnp.asarray(crops, jnp.int32)))
+    tensor, status, _ = (np.asarray(a) for a in C10.labeller(1e-5)(jnp.asarray(crops, jnp.int32)))
     trained = trained_model(out / "c10", None, out / "data_c10", params)
     mean, std, _ = model.make_predictor(trained, params)(crops)
     fractions = data.phase_fractions(crops, 2)
     if figure:
-        evaluate.parity_figure(mean, tensor, np.asarray(names), figure,
+        evaluate.parity_figure(mean, tensor, np.asarray(names), figure, C10, 2,
                                title="gram head (contrast 10) on 64x64 crops of the shared images")
     per_image = {}
     for material in sorted(set(names)):
         pick = np.asarray(names) == material
-        per_image[material] = evaluate.metrics(mean[pick], std[pick], tensor[pick])["k_xx"]
+        per_image[material] = evaluate.metrics(mean[pick], std[pick], tensor[pick], C10, 2)["k_xx"]
     return {"crops": len(crops), "converged": int((status == 0).sum()),
-            "components": evaluate.metrics(mean, std, tensor), "k_xx_per_material": per_image,
-            "inside_bounds": evaluate.inside_bounds(mean, fractions, [1.0, 10.0])}
+            "components": evaluate.metrics(mean, std, tensor, C10, 2), "k_xx_per_material": per_image,
+            "inside_bounds": evaluate.inside_bounds(mean, fractions, C10, 2)}
 
 
-def speed(out, params, shape, batch, head="gram"):
-    """Median seconds per sample: the solver (contrast 10, tol 1e-5) and the head (features + MLP), batched."""
+def gaussian_images(shape, batch):
     rng = np.random.default_rng(0)
-    images = np.stack([data.gaussian_sample(rng, shape)[0] for _ in range(batch)]).astype(np.int32)
-    label = data.make_labeller([1.0, 10.0], 1e-5)
+    return np.stack([data.gaussian_sample(rng, shape)[0] for _ in range(batch)]).astype(np.int32)
+
+
+def speed(out, params, shape, batch, head="gram", prop=C10):
+    """Median seconds per sample: the solver (``prop``, tol 1e-5) and the head (features + MLP), batched."""
+    images = gaussian_images(shape, batch)
+    label = prop.labeller(1e-5)
     solve = timed(lambda x: label(x)[0], jnp.asarray(images), repeats=3)
-    config = heads.HeadConfig(head=head, members=4, dim=len(shape), components=train.default_components(head))
+    config = heads.HeadConfig(head=head, members=4, dim=len(shape), components=train.default_components(head),
+                              property=prop.name)
     spec = train.spec_for(head)
     featurize = model.make_featurizer(spec, params, batch=min(batch, 32))
     features = featurize(images[:2])
     init, apply = heads.make_head(config)
     normaliser = heads.fit_normaliser(np.concatenate([features, features + 1]), config.components)
-    trained = model.Model(config, spec, model.weights_digest(params, spec), [1.0, 10.0],
+    trained = model.Model(config, spec, model.weights_digest(params, spec), prop,
                           init(jax.random.PRNGKey(0), model.n_inputs(config, normaliser)), normaliser)
     predict = model.make_predictor(trained, params)
     start = time.perf_counter()
@@ -173,29 +185,45 @@ def speed(out, params, shape, batch, head="gram"):
         predict(images)
         times.append(time.perf_counter() - start)
     head = (statistics.median(times), min(times), max(times))
-    return {"shape": list(shape), "batch": batch, "solver_seconds_per_sample": solve[0] / batch,
+    return {"property": prop.name, "shape": list(shape), "batch": batch, "solver_seconds_per_sample": solve[0] / batch,
             "solver_spread": [solve[1] / batch, solve[2] / batch], "head_seconds_per_sample": head[0] / batch,
             "head_spread": [head[1] / batch, head[2] / batch], "head_compile_seconds": compile_seconds,
             "speedup": solve[0] / head[0]}
 
 
-def design_comparison(out, params, steps=100):
-    """One design (k_xx = 4 at contrast 10, 64x64, no statistics terms, 4 seeds) with the solver and with the
-    c10 head in the loop: wall time and the solver's check of the final designs."""
+def solver_speed(prop, shape, batch):
+    """Median seconds per sample of the solver alone (``prop``, tol 1e-5), batched."""
+    images = gaussian_images(shape, batch)
+    label = prop.labeller(1e-5)
+    seconds = timed(lambda x: label(x)[0], jnp.asarray(images), repeats=3)
+    return {"property": prop.name, "shape": list(shape), "batch": batch,
+            "solver_seconds_per_sample": seconds[0] / batch}
+
+
+def design_comparison(out, params, prop=C10, steps=100):
+    """One design (k_xx = 4 at contrast 10, or C_1111 = 40 for the stiffness; 64x64, no statistics terms, 4
+    seeds) with the solver and with the gram head in the loop: wall time and the solver's check of the final
+    designs."""
     from jaxmicro.inverse_design import design
     from jaxmicro.surrogate.design import design_predictors, head_vs_solver
 
-    trained = trained_model(out / "c10", None, out / "data_c10", params)
-    exemplar = data.load_data(out / "data_c10")["labels"][0]
+    conductivity = prop.name == "conductivity"
+    folder = out / ("data_c10" if conductivity else "data_elastic")
+    trained = trained_model(out / ("c10" if conductivity else "stiffness_gram"), None, folder, params)
+    exemplar = data.load_data(folder)["labels"][0]
+    component, target = ("k_xx", 4.0) if conductivity else ("C_1111", 40.0)
+    phases = {"conductivity": list(prop.conductivities)} if conductivity else {"young": list(prop.young),
+                                                                                  "poisson": list(prop.poisson)}
     rows = {}
     for name, predictors in (("solver", None), ("head", design_predictors(trained, params))):
         start = time.perf_counter()
-        result = design(exemplar, targets={"k_xx": 4.0}, conductivity=[1.0, 10.0], steps=steps, count=4,
+        result = design(exemplar, targets={component: target}, **phases, steps=steps, count=4,
                         statistics_weight=0, predictors=predictors)
         seconds = time.perf_counter() - start
         check = head_vs_solver(trained, params, result.labels)
         rows[name] = {"seconds_with_compilation": seconds, "steps": steps, "designs": 4,
-                      "solver_k_xx": check["solver"][:, 0, 0].tolist(), "head_k_xx": check["head"][:, 0, 0].tolist(),
+                      f"solver_{component}": check["solver"][:, 0, 0].tolist(),
+                      f"head_{component}": check["head"][:, 0, 0].tolist(),
                       "head_vs_solver_disagreement": check["disagreement"].tolist()}
     rows["head_over_solver_time"] = rows["head"]["seconds_with_compilation"] / rows["solver"][
         "seconds_with_compilation"]
@@ -304,6 +332,27 @@ def main():
     results["twopoint_baseline"] = cached(out / "twopoint.json", lambda: train_and_evaluate(
         out, folder, "twopoint", params, args, head="twopoint"))
     print("two-point + PCA baseline:\n" + evaluate.format_report(results["twopoint_baseline"]), flush=True)
+    elastic_folder = out / "data_elastic"  # the contrast-10 images (same seeds), labelled with stiffness too
+    start = time.perf_counter()
+    manifest = data.make_data(elastic_folder, data.data_options(count=args.count, shape=(64, 64),
+                                                                conductivities=(1, 10), **ELASTIC))
+    results["data_elastic"] = {"seconds": time.perf_counter() - start,
+                               "kept": sum(s["kept"] for s in manifest["shards"].values())}
+    for head in ("gram", "twopoint"):
+        results[f"stiffness_{head}"] = cached(out / f"stiffness_{head}.json", lambda: train_and_evaluate(
+            out, elastic_folder, f"stiffness_{head}", params, args, head=head, prop="stiffness"))
+        print(f"stiffness, {head} head:\n" + evaluate.format_report(results[f"stiffness_{head}"]), flush=True)
+        results[f"speed_stiffness_{head}_64x64"] = cached(out / f"speed_stiffness_{head}_64.json", lambda: speed(
+            out, params, (64, 64), 256, head=head, prop=STIFFNESS))
+        print(f"speed 64x64, stiffness, {head} head: {json.dumps(results[f'speed_stiffness_{head}_64x64'])}",
+              flush=True)
+    if figures:
+        evaluate.evaluate(trained_model(out / "stiffness_gram", None, elastic_folder, params), elastic_folder,
+                          params, split="test", figure=figures / "surrogate_parity_stiffness.png")
+    if not args.skip_3d:
+        results["solver_stiffness_64x64x64"] = cached(out / "solver_stiffness_64_3.json",
+                                                      lambda: solver_speed(STIFFNESS, (64, 64, 64), 4))
+        print(f"stiffness solver at 64^3: {json.dumps(results['solver_stiffness_64x64x64'])}", flush=True)
     results["cnn_baseline"] = cached(out / "cnn.json", lambda: cnn_baseline(out, folder, args))
     print("small CNN trained end to end:\n" + evaluate.format_report(results["cnn_baseline"]), flush=True)
     for family in ("disks", "gaussian"):
@@ -323,6 +372,9 @@ def main():
         print(f"speed 64^3: {json.dumps(results['speed_64x64x64'])}", flush=True)
     results["design"] = cached(out / "design.json", lambda: design_comparison(out, params))
     print(f"design: {json.dumps(results['design'])}", flush=True)
+    results["design_stiffness"] = cached(out / "design_stiffness.json", lambda: design_comparison(
+        out, params, STIFFNESS))
+    print(f"design, stiffness: {json.dumps(results['design_stiffness'])}", flush=True)
     if not args.skip_pruning:
         results["pruning"] = pruning(out, folder, params, args)
         report_pruning(results["pruning"], figures)

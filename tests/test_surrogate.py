@@ -9,35 +9,82 @@ import numpy as np
 import pytest
 
 from jaxmicro.errors import InputError
-from jaxmicro.physics import effective_conductivity
+from jaxmicro.physics import (
+    effective_conductivity,
+    effective_stiffness,
+    isotropic_stiffness,
+    young_poisson_to_bulk_shear,
+)
 from jaxmicro.surrogate import data, heads, model, train
 from jaxmicro.surrogate.features import FeatureSpec, weights_digest
+from jaxmicro.surrogate.properties import PropertySpec, mandel_rotation
 from tests.conftest import run_in_process
 
 TAPS = ("relu1_2", "relu2_2")
 CONDUCTIVITIES = [1.0, 10.0]
+YOUNG, POISSON = [10.0, 100.0], [0.3, 0.2]
+CONDUCTIVITY = PropertySpec("conductivity", conductivities=tuple(CONDUCTIVITIES))
+STIFFNESS = PropertySpec("stiffness", young=tuple(YOUNG), poisson=tuple(POISSON))
 
 
-@pytest.mark.parametrize("dim", [2, 3])
-def test_bounds_hold_by_construction(dim):
-    config = heads.HeadConfig(hidden=(16,), members=3, dim=dim)
+@pytest.mark.parametrize("prop, dim", [(CONDUCTIVITY, 2), (CONDUCTIVITY, 3), (STIFFNESS, 2), (STIFFNESS, 3)])
+def test_bounds_hold_by_construction(prop, dim):
+    config = heads.HeadConfig(hidden=(16,), members=3, dim=dim, property=prop.name)
+    m = prop.size(dim)
     init, apply = heads.make_head(config)
     key_params, key_x, key_f = jax.random.split(jax.random.PRNGKey(dim), 3)
     params = jax.tree.map(lambda p: p * 30.0, init(key_params, 5))  # large weights: saturated outputs too
     x = 10.0 * jax.random.normal(key_x, (64, 5))
     unit = np.asarray(apply(params, x), np.float64)
-    assert unit.shape == (3, 64, dim, dim)
-    np.testing.assert_allclose(unit, np.swapaxes(unit, -1, -2), atol=1e-6)
+    assert unit.shape == (3, 64, m, m)
+    np.testing.assert_allclose(unit, np.swapaxes(unit, -1, -2), atol=1e-5)
     eig = np.linalg.eigvalsh(unit)
-    assert eig.min() >= -1e-6 and eig.max() <= 1 + 1e-6
+    assert eig.min() >= -1e-5 and eig.max() <= 1 + 1e-5
     fraction = jax.random.uniform(key_f, (64,))
     fractions = jnp.stack([1 - fraction, fraction], -1)
-    lower, upper = data.wiener_bounds(fractions, CONDUCTIVITIES)
-    tensors = np.asarray(heads.to_tensor(jnp.asarray(unit), lower, upper), np.float64)
-    eig = np.linalg.eigvalsh(tensors)
-    assert np.all(eig.min(-1) >= np.asarray(lower) * (1 - 1e-5))
-    assert np.all(eig.max(-1) <= np.asarray(upper) * (1 + 1e-5))
-    assert np.all(eig > 0)
+    lower, upper = prop.bounds(fractions, dim)
+    tensors = np.asarray(prop.to_tensor(jnp.asarray(unit, jnp.float32), lower, upper, dim), np.float64)
+    assert prop.inside(tensors, fractions, dim, slack=1e-5).all()
+    assert np.linalg.eigvalsh(tensors).min() > 0
+    np.testing.assert_allclose(prop.to_unit(jnp.asarray(tensors, jnp.float32), lower, upper, dim), unit,
+                               atol=2e-4)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_stiffness_bounds_are_the_means_of_the_phase_stiffnesses_and_their_inverses(dim):
+    """Voigt: the mean stiffness; Reuss: the inverse of the mean compliance (computed here from the phases'
+    Mandel matrices, independently of the moduli averages the heads use)."""
+    phases = [np.asarray(isotropic_stiffness(*young_poisson_to_bulk_shear(e, nu, dim), dim), np.float64)
+              for e, nu in zip(YOUNG, POISSON)]
+    fractions = np.array([[0.3, 0.7], [0.9, 0.1]])
+    lower, upper = (np.asarray(STIFFNESS.isotropic(b, dim), np.float64) for b in STIFFNESS.bounds(fractions, dim))
+    for row, f in enumerate(fractions):
+        np.testing.assert_allclose(upper[row], f[0] * phases[0] + f[1] * phases[1], rtol=1e-5)
+        reuss = np.linalg.inv(f[0] * np.linalg.inv(phases[0]) + f[1] * np.linalg.inv(phases[1]))
+        np.testing.assert_allclose(lower[row], reuss, rtol=1e-5, atol=1e-6 * np.abs(reuss).max())
+
+
+def test_mandel_rotation_turns_a_stiffness_like_the_fourth_order_tensor():
+    rng = np.random.default_rng(3)
+    matrix = rng.normal(size=(3, 3))
+    mandel = matrix @ matrix.T  # any symmetric 2D Mandel stiffness
+    rotation = np.array([[0.6, -0.8], [0.8, 0.6]])
+    turned = mandel_rotation(rotation) @ mandel @ mandel_rotation(rotation).T
+    pairs, factor = [(0, 0), (1, 1), (0, 1)], [1, 1, np.sqrt(2)]
+
+    def tensor(c):  # Mandel (3, 3) -> C_ijkl
+        out = np.zeros((2, 2, 2, 2))
+        for a, (i, j) in enumerate(pairs):
+            for b, (k, l_) in enumerate(pairs):
+                value = c[a, b] / (factor[a] * factor[b])
+                for p, q in {(i, j), (j, i)}:
+                    for r, t in {(k, l_), (l_, k)}:
+                        out[p, q, r, t] = value
+        return out
+
+    expected = np.einsum("ip,jq,kr,ls,pqrs->ijkl", rotation, rotation, rotation, rotation, tensor(mandel))
+    np.testing.assert_allclose(tensor(turned), expected, atol=1e-12)
+    assert np.allclose(mandel_rotation(rotation) @ mandel_rotation(rotation).T, np.eye(3))
 
 
 def test_augmentation_rotates_tensors_like_the_solver():
@@ -58,6 +105,18 @@ def test_augmentation_rotates_tensors_like_the_solver():
                        tensor[0] * np.array([[1, -1], [-1, 1]]))
 
 
+def test_augmentation_rotates_stiffnesses_like_the_solver():
+    rng = np.random.default_rng(1)
+    image, _ = data.gaussian_sample(rng, (16, 16))
+    solve = jax.jit(jax.vmap(lambda x: effective_stiffness(x, young=jnp.asarray(YOUNG), poisson=jnp.asarray(POISSON),
+                                                           tol=1e-6, throw=False).tensor))
+    tensor = np.asarray(solve(jnp.asarray(image[None], jnp.int32)))
+    assert abs(tensor[0, 0, 2]) > 20 * 1e-4 * tensor.max()  # shear-normal coupling well above the tolerance
+    images, tensors, _ = data.augment(image[None], tensor, 8, rng, prop=STIFFNESS)
+    solved = np.asarray(solve(jnp.asarray(images, jnp.int32)))
+    np.testing.assert_allclose(tensors, solved, rtol=1e-4, atol=1e-4 * tensor.max())
+
+
 def _options(count=32, **extra):
     return data.data_options(count=count, shape=(16, 16), conductivities=CONDUCTIVITIES, shard_size=16, **extra)
 
@@ -66,8 +125,9 @@ def test_labels_are_inside_the_bounds_and_recorded(tmp_path):
     manifest = data.make_data(tmp_path / "d", _options())
     loaded = data.load_data(tmp_path / "d")
     assert len(loaded["labels"]) == sum(s["kept"] for s in manifest["shards"].values()) == 32
-    checks = data.check_bounds(loaded["tensor"], loaded["fractions"], CONDUCTIVITIES)
+    checks = data.check_labels(loaded["conductivity"], loaded["fractions"], CONDUCTIVITY, 2)
     assert checks["inside_wiener"].all() and checks["symmetric"].all()
+    assert "stiffness" not in loaded and set(loaded["properties"]) == {"conductivity"}
     saved = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert saved["options"]["tol"] == 1e-5 and "jax" in saved["versions"]
     assert set(loaded["family"]) == {"gaussian", "disks"}
@@ -96,7 +156,7 @@ def test_make_data_resumes_without_redoing_finished_shards(tmp_path, monkeypatch
     assert resumed["shards"] == reference["shards"]
     a, b = data.load_data(tmp_path / "whole"), data.load_data(tmp_path / "cut")
     np.testing.assert_array_equal(a["labels"], b["labels"])
-    np.testing.assert_allclose(a["tensor"], b["tensor"])
+    np.testing.assert_allclose(a["conductivity"], b["conductivity"])
     with pytest.raises(InputError, match="other options"):
         data.make_data(tmp_path / "cut", _options(48, seed=1))
 
@@ -104,7 +164,7 @@ def test_make_data_resumes_without_redoing_finished_shards(tmp_path, monkeypatch
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_params):
     folder = tmp_path_factory.mktemp("surrogate")
-    data.make_data(folder / "data", _options(64))
+    data.make_data(folder / "data", _options(64, young=YOUNG, poisson=POISSON))
     spec = FeatureSpec(taps=TAPS)
     result = train.train(folder / "data", folder / "model", config=heads.HeadConfig(hidden=(32,), members=3),
                          spec=spec, vgg_params=tiny_params,
@@ -121,6 +181,55 @@ def test_tiny_training_lowers_the_loss(trained):
     assert not (trained[0] / "model" / train.STATE).exists()
     assert len(list((trained[0] / "data" / "features").glob("features-*.npz"))) == 1
     assert result.record["uncertainty_scale"] > 0
+
+
+def test_stiffness_head_trains_inside_the_bounds_and_is_judged_by_tensor_components(tmp_path, trained,
+                                                                                   tiny_params):
+    from jaxmicro.surrogate.evaluate import evaluate
+
+    folder, _ = trained
+    loaded = data.load_data(folder / "data")
+    assert loaded["stiffness"].shape == (len(loaded["labels"]), 3, 3)
+    assert data.check_labels(loaded["stiffness"], loaded["fractions"], STIFFNESS, 2)["inside_wiener"].all()
+    config = heads.HeadConfig(hidden=(32,), members=2, property="stiffness")
+    result = train.train(folder / "data", tmp_path / "stiff", config=config, spec=FeatureSpec(taps=TAPS),
+                         vgg_params=tiny_params, options=train.TrainOptions(epochs=40, batch=32, augment=2))
+    history = result.record["history"]
+    assert result.record["training"]["best_validation_loss"] < 0.5 * history[0]["validation_loss"]
+    restored = model.load_model(tmp_path / "stiff")
+    assert restored.property_spec == STIFFNESS and restored.config.property == "stiffness"
+    report = evaluate(restored, folder / "data", tiny_params, split="all")
+    assert set(report["components"]) == {"C_1111", "C_1122", "C_1112", "C_2222", "C_2212", "C_1212"}
+    assert report["inside_bounds"] == 1.0 and report["young"] == YOUNG
+    assert report["components"]["C_1111"]["r2"] > 0.5
+
+
+def test_cli_trains_and_predicts_a_stiffness_head(tmp_path, capsys, trained):
+    folder, _ = trained
+    code, _, err = run_in_process(capsys, "surrogate", "train", folder / "data", "--head", "twopoint", "--property",
+                                  "stiffness", "--members", "2", "--epochs", "3", "--augment", "2", "-q",
+                                  "--out", tmp_path / "m")
+    assert code == 0, err
+    image = tmp_path / "image.npy"
+    np.save(image, data.load_data(folder / "data")["labels"][0])
+    code, _, err = run_in_process(capsys, "surrogate", "predict", tmp_path / "m", image, "--json",
+                                  tmp_path / "p.json", "-q")
+    assert code == 0, err
+    written = json.loads((tmp_path / "p.json").read_text())
+    assert written["property"] == "stiffness" and written["poisson"] == POISSON
+    assert "Mandel" in written["stiffness_notation"]
+    assert np.asarray(written["predictions"][str(image)]["stiffness"]).shape == (3, 3)
+    data.make_data(tmp_path / "conductivity-only", _options(16))
+    code, _, err = run_in_process(capsys, "surrogate", "train", tmp_path / "conductivity-only", "--property",
+                                  "stiffness", "--out", tmp_path / "n")
+    _no_traceback(code, err, "no stiffness labels")
+    assert not (tmp_path / "n").exists()
+    code, _, err = run_in_process(capsys, "surrogate", "make-data", "--out", tmp_path / "e", "--young", "1,10")
+    _no_traceback(code, err, "--poisson")
+    code, _, err = run_in_process(capsys, "surrogate", "make-data", "--out", tmp_path / "e", "--young", "1,10",
+                                  "--poisson", "0.3,0.6")
+    _no_traceback(code, err, "between -1 and 0.5")
+    assert not (tmp_path / "e").exists()
 
 
 def test_uncertainty_scale_calibrates_the_spread():
@@ -193,7 +302,7 @@ def test_twopoint_baseline_trains_inside_bounds(trained):
     mean, _, _ = model.make_predictor(result)(images["labels"][:16])
     from jaxmicro.surrogate.evaluate import inside_bounds
 
-    assert inside_bounds(mean, images["fractions"][:16], CONDUCTIVITIES) == 1.0
+    assert inside_bounds(mean, images["fractions"][:16], CONDUCTIVITY, 2) == 1.0
 
 
 def test_cli_trains_a_head_of_the_given_widths(tmp_path, capsys, trained):
@@ -287,4 +396,4 @@ def test_cnn_baseline_trains_end_to_end_inside_bounds(trained):
     mean, _, _ = model.make_predictor(restored)(images["labels"][:16])
     from jaxmicro.surrogate.evaluate import inside_bounds
 
-    assert inside_bounds(mean, images["fractions"][:16], CONDUCTIVITIES) == 1.0
+    assert inside_bounds(mean, images["fractions"][:16], CONDUCTIVITY, 2) == 1.0

@@ -64,7 +64,8 @@ def _make_data(args) -> int:
     from jaxmicro.surrogate import data
 
     options = data.data_options(count=args.count, shape=parse_shape(args.shape), conductivities=args.conductivity,
-                                generators=args.generators, seed=args.seed, tol=args.tol,
+                                young=args.young or (), poisson=args.poisson or (), generators=args.generators,
+                                seed=args.seed, tol=args.tol,
                                 shard_size=args.shard_size, reconstruction_steps=args.reconstruction_steps,
                                 exemplars=args.exemplars or ())
     exemplars = []
@@ -108,9 +109,11 @@ def _train(args) -> int:
     unknown = [f for f in options.exclude if f not in data.GENERATORS]
     if unknown:
         raise InputError(f"--exclude: unknown generator family {unknown}; choose from {', '.join(data.GENERATORS)}")
+    train.property_of(loaded, args.property)
     config = heads.HeadConfig(head=args.head, hidden=tuple(args.hidden), members=args.members,
                               dim=loaded["labels"].ndim - 1, components=train.default_components(args.head),
-                              shape=tuple(loaded["labels"].shape[1:]) if args.head == "cnn" else ())
+                              shape=tuple(loaded["labels"].shape[1:]) if args.head == "cnn" else (),
+                              property=args.property)
     out = Path(args.out)
     if (out / "model.json").exists() and not args.force:
         raise InputError(f"{out} already holds a trained model; pass --force to train it again, or choose another "
@@ -133,7 +136,8 @@ def _train(args) -> int:
         model = train.train(args.data, out, config=config, spec=spec, vgg_params=params, options=options,
                             feature_progress=bar.update, epoch_progress=epoch_progress)
     record = model.record["training"]
-    shared.say(args, f"trained {args.head} head ({config.members} members) in {out}: best validation loss "
+    shared.say(args, f"trained {args.head} head for {args.property} ({config.members} members) in {out}: best "
+                     "validation loss "
                      f"{record['best_validation_loss']:.3e} at epoch {record['best_epoch']} of {record['epochs_run']}")
     return 0
 
@@ -154,18 +158,21 @@ def _predict(args) -> int:
         image = read_microstructure(path, phases=args.phases)
         if image.n_phases != model.spec.n_phases:
             raise InputError(f"{path} has {image.n_phases} phases but the model was trained on "
-                             f"{model.spec.n_phases}-phase images (conductivities {model.conductivities})")
+                             f"{model.spec.n_phases}-phase images ({model.property_spec.describe()})")
         if image.ndim != model.config.dim:
             raise InputError(f"{path} is {image.ndim}D but the model predicts {model.config.dim}D tensors")
         images.append(np.asarray(image.labels))
     predict = model_module.make_predictor(model, _vgg_params(model.spec))
+    name = model.property_spec.name
+    symbol = "k" if name == "conductivity" else "C (Mandel)"
     results = {}
     for path, image in zip(args.files, images):
         mean, std, _ = predict(image[None])
-        results[str(path)] = {"conductivity": mean[0].tolist(), "uncertainty": std[0].tolist()}
-        shared.say(args, f"{path}: k = {np.array2string(mean[0], precision=4)} +- "
+        results[str(path)] = {name: mean[0].tolist(), "uncertainty": std[0].tolist()}
+        shared.say(args, f"{path}: {symbol} = {np.array2string(mean[0], precision=4)} +- "
                          f"{np.array2string(std[0], precision=4)}")
-    shared.write_json_output(args, {"model": str(args.model), "conductivities": model.conductivities,
+    notation = {} if name == "conductivity" else {"stiffness_notation": "Mandel (shear components scaled by sqrt 2)"}
+    shared.write_json_output(args, {"model": str(args.model), **model.property_spec.to_json(), **notation,
                                     "predictions": results})
     return 0
 
@@ -191,6 +198,8 @@ def register(subparsers) -> None:
         "surrogate", formatter_class=formatter, help="learned property heads: data, training, prediction",
         epilog="examples:\n  jaxmicro surrogate make-data --out data --count 1024 --conductivity 1,10\n"
                "  jaxmicro surrogate train data --head gram --out model\n"
+               "  jaxmicro surrogate make-data --out elastic --young 10,100 --poisson 0.3,0.25\n"
+               "  jaxmicro surrogate train elastic --property stiffness --out stiff-model\n"
                "  jaxmicro surrogate predict model sample.tif --json k.json\n"
                "  jaxmicro surrogate evaluate model data --figure parity.png")
     sub = parent.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -198,12 +207,16 @@ def register(subparsers) -> None:
     p = sub.add_parser("make-data", help="generate structures and label them with the FFT solver",
                        formatter_class=formatter,
                        epilog="examples:\n  jaxmicro surrogate make-data --out data --count 1024 --conductivity 1,10\n"
-                              "  jaxmicro surrogate make-data --out data100 --conductivity 1,100 --shape 32x32x32")
+                              "  jaxmicro surrogate make-data --out data100 --conductivity 1,100 --shape 32x32x32\n"
+                              "  jaxmicro surrogate make-data --out elastic --young 10,100 --poisson 0.3,0.25")
     p.add_argument("--out", required=True, help="data folder (resumes there after an interruption)")
     p.add_argument("--count", type=_whole, default=1024, help="number of structures (default 1024)")
     p.add_argument("--shape", default="64x64", help="image shape, e.g. 64x64 or 32x32x32 (default 64x64)")
     p.add_argument("--conductivity", type=_numbers, default=[1.0, 10.0], metavar="K0,K1",
                    help="conductivity of phases 0 and 1 (default 1,10)")
+    p.add_argument("--young", type=_numbers, metavar="E0,E1",
+                   help="Young's moduli of phases 0 and 1: label the stiffness too (with --poisson)")
+    p.add_argument("--poisson", type=_numbers, metavar="NU0,NU1", help="Poisson's ratios of phases 0 and 1")
     p.add_argument("--generators", type=_names, default=["gaussian", "disks"], metavar="NAMES",
                    help="structure families: gaussian, disks, reconstruction (default gaussian,disks)")
     p.add_argument("--exemplars", nargs="+", metavar="IMG", help="two-phase images for the reconstruction family")
@@ -224,6 +237,8 @@ def register(subparsers) -> None:
                                                   "correlation + PCA baseline) or cnn (small CNN trained end to "
                                                   "end, 2D); default gram")
     p.add_argument("--taps", help="VGG taps of the gram head (default relu1_2,relu2_2,relu3_1)")
+    p.add_argument("--property", default="conductivity", choices=["conductivity", "stiffness"],
+                   help="what the head predicts (stiffness needs data made with --young and --poisson)")
     p.add_argument("--members", type=_whole, default=4, help="ensemble members (default 4)")
     p.add_argument("--hidden", type=_widths, default=[256, 256], metavar="W1,W2", help="hidden widths (256,256)")
     p.add_argument("--epochs", type=_whole, default=300)
@@ -239,14 +254,15 @@ def register(subparsers) -> None:
     shared.add_verbosity_options(p)
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("predict", help="conductivity tensors of images, with the ensemble's uncertainty",
+    p = sub.add_parser("predict", help="conductivity tensors or stiffnesses of images, with the ensemble's "
+                                       "uncertainty",
                        formatter_class=formatter,
                        epilog="examples:\n  jaxmicro surrogate predict model sample.tif --json k.json")
     p.add_argument("model")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--phases", type=_whole, help="segment grayscale images into N phases first")
-    p.add_argument("--json", metavar="PATH", help="write {file: {conductivity, uncertainty}} here (- for standard "
-                                                  "output)")
+    p.add_argument("--json", metavar="PATH", help="write {file: {conductivity or stiffness, uncertainty}} here (- "
+                                                  "for standard output)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     shared.add_verbosity_options(p)
     p.set_defaults(handler=_predict)

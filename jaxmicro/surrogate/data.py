@@ -1,17 +1,17 @@
 """Labelled structure-property data for learned heads: generators, FFT labels checked against bounds, shards.
 
 A data folder holds ``manifest.json`` (options, generator parameter ranges, solver tolerance, seeds, versions and
-the finished shards) and ``shard_00000.npz``, ... each with ``labels`` ``(S, *shape)`` uint8, ``tensor``
-``(S, d, d)`` float32 (effective conductivity, axes in array order), ``fractions`` ``(S, n)``, ``family``
+the finished shards) and ``shard_00000.npz``, ... each with ``labels`` ``(S, *shape)`` uint8, ``conductivity``
+``(S, d, d)`` float32 (effective conductivity, axes in array order; ``tensor`` in folders made before stiffness
+labels), ``stiffness`` ``(S, m, m)`` (Mandel, when elastic moduli were given), ``fractions`` ``(S, n)``, ``family``
 ``(S,)`` (generator name), ``parameters`` ``(S,)`` (JSON text of each sample's generator parameters), ``seed``
 ``(S,)``. Shards are written atomically and a finished shard is never redone, so ``make_data`` resumes after a
-kill where it stopped. Samples whose solve did not converge or whose tensor leaves the Voigt/Reuss bounds are
-dropped and counted in the manifest (failure as data, never a silent label).
+kill where it stopped. Samples whose solve (any property) did not converge or whose tensor leaves the Voigt/Reuss
+bounds are dropped and counted in the manifest (failure as data, never a silent label).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxmicro.errors import InputError
 from jaxmicro.io import atomic_write_path, prepare_output_dir, write_json
+from jaxmicro.surrogate.properties import PropertySpec, specs_of
 
 GENERATORS = ("gaussian", "disks", "reconstruction")
 DEFAULT_GENERATORS = ("gaussian", "disks")
@@ -120,40 +121,10 @@ SAMPLERS: dict[str, Callable] = {"gaussian": gaussian_sample, "disks": disks_sam
 # --- labels ---------------------------------------------------------------------------------------------------
 
 
-def make_labeller(conductivities: Sequence[float], tol: float, max_iterations: int = 2000) -> Callable:
-    """``labels (B, *shape) -> (tensor (B, d, d), status (B,), iterations (B,))``: the FFT solver, vmapped (one
-    compiled function per set of options, shared by every call)."""
-    return _labeller(tuple(float(k) for k in conductivities), float(tol), int(max_iterations))
-
-
-@functools.lru_cache(maxsize=8)
-def _labeller(conductivities: tuple[float, ...], tol: float, max_iterations: int) -> Callable:
-    from jaxmicro.physics import effective_conductivity
-
-    values = jnp.asarray(conductivities, jnp.float32)
-
-    @jax.jit
-    def label(batch):
-        result = jax.vmap(lambda one: effective_conductivity(one, values, tol=tol, max_iterations=max_iterations,
-                                                             throw=False))(batch)
-        return result.tensor, result.status, result.iterations
-
-    return label
-
-
 def phase_fractions(labels: np.ndarray, n_phases: int) -> np.ndarray:
     """``(B, *shape)`` labels -> ``(B, n)`` volume fractions."""
     flat = labels.reshape(labels.shape[0], -1)
     return np.stack([(flat == i).mean(axis=1) for i in range(n_phases)], axis=1).astype(np.float32)
-
-
-def wiener_bounds(fractions, conductivities):
-    """Reuss (harmonic) and Voigt (arithmetic) means per sample: ``(B, n)`` fractions -> two ``(B,)`` arrays.
-
-    Every eigenvalue of an effective conductivity tensor lies between them, for any microstructure."""
-    fractions = jnp.asarray(fractions)
-    values = jnp.asarray(conductivities, fractions.dtype)
-    return 1.0 / jnp.sum(fractions / values, axis=-1), jnp.sum(fractions * values, axis=-1)
 
 
 def hashin_shtrikman(fractions, conductivities, dim: int):
@@ -168,20 +139,20 @@ def hashin_shtrikman(fractions, conductivities, dim: int):
     return bound(jnp.min(values)), bound(jnp.max(values))
 
 
-def check_bounds(tensor: np.ndarray, fractions: np.ndarray, conductivities) -> dict[str, np.ndarray]:
-    """Per sample: ``symmetric``, ``inside_wiener`` (eigenvalues within Reuss..Voigt, rigorous for any structure)
-    and ``inside_hs`` (the mean eigenvalue within the Hashin-Shtrikman bounds, which hold for isotropic samples
-    only: a diagnostic, not a rejection)."""
+def check_labels(tensor: np.ndarray, fractions: np.ndarray, spec: PropertySpec, dim: int) -> dict[str, np.ndarray]:
+    """Per sample: ``symmetric``, ``inside_wiener`` (within the Reuss..Voigt tensors in the Loewner order,
+    rigorous for any structure) and, for conductivity, ``inside_hs`` (the mean eigenvalue within the
+    Hashin-Shtrikman bounds, which hold for isotropic samples only: a diagnostic, not a rejection)."""
     tensor = np.asarray(tensor, np.float64)
-    d = tensor.shape[-1]
-    lower, upper = (np.asarray(b, np.float64) for b in wiener_bounds(fractions, conductivities))
-    eig = np.linalg.eigvalsh(0.5 * (tensor + np.swapaxes(tensor, -1, -2)))
-    symmetric = np.max(np.abs(tensor - np.swapaxes(tensor, -1, -2)), axis=(-1, -2)) <= BOUND_SLACK * upper
-    inside = (eig.min(-1) >= lower * (1 - BOUND_SLACK)) & (eig.max(-1) <= upper * (1 + BOUND_SLACK))
-    hs_lower, hs_upper = (np.asarray(b, np.float64) for b in hashin_shtrikman(fractions, conductivities, d))
-    mean = eig.mean(-1)
-    inside_hs = (mean >= hs_lower * (1 - BOUND_SLACK)) & (mean <= hs_upper * (1 + BOUND_SLACK))
-    return {"symmetric": symmetric, "inside_wiener": inside, "inside_hs": inside_hs}
+    scale = np.abs(tensor).max(axis=(-1, -2))
+    symmetric = np.max(np.abs(tensor - np.swapaxes(tensor, -1, -2)), axis=(-1, -2)) <= BOUND_SLACK * scale
+    checks = {"symmetric": symmetric, "inside_wiener": spec.inside(tensor, fractions, dim, BOUND_SLACK)}
+    if spec.name == "conductivity":
+        eig = np.linalg.eigvalsh(0.5 * (tensor + np.swapaxes(tensor, -1, -2)))
+        lower, upper = (np.asarray(b, np.float64) for b in hashin_shtrikman(fractions, spec.conductivities, dim))
+        mean = eig.mean(-1)
+        checks["inside_hs"] = (mean >= lower * (1 - BOUND_SLACK)) & (mean <= upper * (1 + BOUND_SLACK))
+    return checks
 
 
 # --- augmentation ---------------------------------------------------------------------------------------------
@@ -203,13 +174,15 @@ def symmetry_matrix(perm: Sequence[int], flips: Sequence[int]) -> np.ndarray:
     return matrix
 
 
-def apply_symmetry(labels: np.ndarray, tensor: np.ndarray, perm, flips, batched: bool = True):
-    """Transform images ``(B, *shape)`` (or one image with ``batched=False``) and their tensors together."""
+def apply_symmetry(labels: np.ndarray, tensor: np.ndarray, perm, flips, batched: bool = True,
+                   prop: PropertySpec | None = None):
+    """Transform images ``(B, *shape)`` (or one image with ``batched=False``) and their tensors together (a
+    conductivity tensor, or the property ``prop``'s: a Mandel stiffness turns by ``mandel_rotation``)."""
     offset = 1 if batched else 0
     axes = tuple(range(offset)) + tuple(p + offset for p in perm)
     image = np.flip(np.transpose(labels, axes), tuple(f + offset for f in flips)) if flips else \
         np.transpose(labels, axes)
-    matrix = symmetry_matrix(perm, flips)
+    matrix = symmetry_matrix(perm, flips) if prop is None else prop.rotation(symmetry_matrix(perm, flips))
     return np.ascontiguousarray(image), (matrix @ np.asarray(tensor, np.float64) @ matrix.T).astype(np.float32)
 
 
@@ -221,7 +194,8 @@ def periodic_shift(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def augment(labels: np.ndarray, tensor: np.ndarray, count: int, rng: np.random.Generator):
+def augment(labels: np.ndarray, tensor: np.ndarray, count: int, rng: np.random.Generator,
+            prop: PropertySpec | None = None):
     """``count`` transformed copies of the data set: symmetry ``k`` (of the 8 or 48, in order, 0 = identity) and
     a random periodic shift for copy ``k``; returns the stacked images, tensors and the symmetry index."""
     group = symmetries(labels.ndim - 1)
@@ -229,7 +203,7 @@ def augment(labels: np.ndarray, tensor: np.ndarray, count: int, rng: np.random.G
         raise InputError(f"augmentation count must lie in 1..{len(group)}, got {count}")
     images, tensors, index = [], [], []
     for k in range(count):
-        image, rotated = apply_symmetry(labels, tensor, *group[k])
+        image, rotated = apply_symmetry(labels, tensor, *group[k], prop=prop)
         images.append(image if k == 0 else periodic_shift(image, rng))
         tensors.append(rotated)
         index.append(np.full(len(labels), k, np.int32))
@@ -247,18 +221,24 @@ def _versions() -> dict[str, str]:
 
 
 def data_options(*, count: int, shape: Sequence[int], conductivities: Sequence[float],
+                 young: Sequence[float] = (), poisson: Sequence[float] = (),
                  generators: Sequence[str] = DEFAULT_GENERATORS, seed: int = 0, tol: float = 1e-5,
                  shard_size: int = SHARD_SIZE, reconstruction_steps: int = 30,
                  exemplars: Sequence[str] = ()) -> dict:
-    """Validated options of a data set (what the manifest records and a resume must match)."""
+    """Validated options of a data set (what the manifest records and a resume must match). Every sample is
+    labelled with its conductivity; with ``young`` and ``poisson`` (one value per phase) also its stiffness."""
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (2, 3) or min(shape) < 8:
         raise InputError(f"--shape must be 2D or 3D with sides of at least 8 pixels, got {shape}")
     if count < 1:
         raise InputError(f"--count must be at least 1, got {count}")
-    conductivities = [float(k) for k in conductivities]
-    if len(conductivities) != 2 or min(conductivities) <= 0:
-        raise InputError(f"--conductivity takes two positive phase conductivities (K0,K1), got {conductivities}")
+    conductivities = list(PropertySpec("conductivity", conductivities=tuple(conductivities)).conductivities)
+    if bool(young) != bool(poisson):
+        raise InputError("stiffness labels need both --young E0,E1 and --poisson NU0,NU1")
+    elastic = {}
+    if young:
+        spec = PropertySpec("stiffness", young=tuple(young), poisson=tuple(poisson))
+        elastic = {"young": list(spec.young), "poisson": list(spec.poisson)}
     unknown = [g for g in generators if g not in GENERATORS]
     if unknown or not generators:
         raise InputError(f"unknown generator(s) {unknown or list(generators)}; choose from {', '.join(GENERATORS)}")
@@ -266,7 +246,7 @@ def data_options(*, count: int, shape: Sequence[int], conductivities: Sequence[f
         raise InputError("the reconstruction generator needs --exemplars IMG... (two-phase images to reconstruct)")
     return {"count": int(count), "shape": list(shape), "conductivities": conductivities,
             "generators": list(generators), "seed": int(seed), "tol": float(tol), "shard_size": int(shard_size),
-            "reconstruction_steps": int(reconstruction_steps), "exemplars": [str(e) for e in exemplars]}
+            "reconstruction_steps": int(reconstruction_steps), "exemplars": [str(e) for e in exemplars], **elastic}
 
 
 def options_digest(options: dict) -> str:
@@ -326,9 +306,9 @@ def make_data(out: str | Path, options: dict, *, exemplars: Sequence[np.ndarray]
                              "another --out folder, or repeat the original options to resume")
     else:
         manifest = {"format": "jaxmicro-surrogate-data/1", "options": options, "options_digest": digest,
-                    "versions": _versions(), "property": "conductivity", "solver": {
-                        "function": "jaxmicro.physics.effective_conductivity", "scheme": "rotated",
-                        "tol": options["tol"]},
+                    "versions": _versions(), "properties": {name: spec.to_json() | {
+                        "function": f"jaxmicro.physics.effective_{name}", "scheme": "rotated", "tol": options["tol"]}
+                        for name, spec in specs_of(options).items()},
                     "generator_ranges": {
                         "gaussian": {"correlation_length": [1.5, 10.0], "max_anisotropy": 4, "fraction": [0.1, 0.9]},
                         "disks": {"radius": [2.0, 10.0], "aspect": [1.0, 4.0], "fraction": [0.1, 0.9]},
@@ -340,7 +320,8 @@ def make_data(out: str | Path, options: dict, *, exemplars: Sequence[np.ndarray]
         write_json(manifest_path, manifest)
     size = options["shard_size"]
     n_shards = -(-options["count"] // size)
-    label = make_labeller(options["conductivities"], options["tol"])
+    specs = specs_of(options)
+    dim = len(options["shape"])
     for index in range(n_shards):
         planned = min(size, options["count"] - index * size)
         path = out / shard_name(index)
@@ -349,21 +330,29 @@ def make_data(out: str | Path, options: dict, *, exemplars: Sequence[np.ndarray]
                 progress(planned)
             continue
         shard = _generate_shard(options, index, planned, exemplars, params)
-        tensor, status, iterations = (np.asarray(a) for a in label(jnp.asarray(shard["labels"].astype(np.int32))))
         fractions = phase_fractions(shard["labels"], 2)
-        checks = check_bounds(tensor, fractions, options["conductivities"])
-        keep = (status == 0) & checks["inside_wiener"] & checks["symmetric"]
+        images = jnp.asarray(shard["labels"].astype(np.int32))
+        solved, record = {}, {"planned": planned}
+        keep = np.ones(planned, bool)
+        for name, spec in specs.items():
+            tensor, status, iterations = (np.asarray(a) for a in spec.labeller(options["tol"])(images))
+            checks = check_labels(tensor, fractions, spec, dim)
+            good = (status == 0) & checks["inside_wiener"] & checks["symmetric"]
+            keep &= good
+            solved[name] = tensor
+            suffix = "" if name == "conductivity" else f"_{name}"
+            record |= {f"not_converged{suffix}": int((status != 0).sum()),
+                       f"outside_wiener_bounds{suffix}": int(((status == 0) & ~good).sum()),
+                       f"max_iterations_used{suffix}": int(iterations.max())}
+            if "inside_hs" in checks:
+                solved["inside_hs"] = checks["inside_hs"]
         kept = {name: array[keep] for name, array in shard.items()}
-        kept.update(tensor=tensor[keep].astype(np.float32), fractions=fractions[keep],
-                    iterations=iterations[keep].astype(np.int32), inside_hs=checks["inside_hs"][keep],
-                    planned=np.asarray(planned))
+        kept.update({name: array[keep].astype(np.float32 if name in specs else array.dtype)
+                     for name, array in solved.items()}, fractions=fractions[keep], planned=np.asarray(planned))
         with atomic_write_path(path) as temp:
             np.savez(temp, **kept)
-        manifest["shards"][path.name] = {
-            "planned": planned, "kept": int(keep.sum()), "not_converged": int((status != 0).sum()),
-            "outside_wiener_bounds": int(((status == 0) & ~checks["inside_wiener"]).sum()),
-            "mean_outside_hashin_shtrikman": int((~checks["inside_hs"][keep]).sum()),
-            "max_iterations_used": int(iterations.max())}
+        manifest["shards"][path.name] = record | {
+            "kept": int(keep.sum()), "mean_outside_hashin_shtrikman": int((~solved["inside_hs"][keep]).sum())}
         write_json(manifest_path, manifest)
         if progress:
             progress(planned)
@@ -371,8 +360,8 @@ def make_data(out: str | Path, options: dict, *, exemplars: Sequence[np.ndarray]
 
 
 class DataSet(dict):
-    """All shards of a data folder concatenated: ``labels``, ``tensor``, ``fractions``, ``family``, ... plus
-    ``manifest``."""
+    """All shards of a data folder concatenated: ``labels``, ``conductivity`` (and ``stiffness``),
+    ``fractions``, ``family``, ``seed``, plus ``manifest`` and ``properties`` (name -> ``PropertySpec``)."""
 
 
 def load_data(folder: str | Path) -> DataSet:
@@ -387,14 +376,17 @@ def load_data(folder: str | Path) -> DataSet:
                          "`jaxmicro surrogate make-data`")
     try:
         manifest = json.loads(manifest_path.read_text())
-        options = manifest["options"]
-    except (OSError, ValueError, KeyError) as error:
+        specs = specs_of(manifest["options"])
+    except (OSError, ValueError, KeyError, InputError) as error:
         raise InputError(f"{manifest_path} is damaged ({error}); make the data again") from error
     parts = []
     for name in sorted(manifest.get("shards", {})):
         try:
             with np.load(folder / name, allow_pickle=False) as shard:
-                parts.append({key: shard[key] for key in ("labels", "tensor", "fractions", "family", "seed")})
+                part = {key: shard[key] for key in ("labels", "fractions", "family", "seed")}
+                part["conductivity"] = shard["conductivity" if "conductivity" in shard else "tensor"]
+                part.update({key: shard[key] for key in specs if key != "conductivity"})
+                parts.append(part)
         except (OSError, ValueError, KeyError) as error:
             raise InputError(f"{folder / name} is damaged or missing ({error}); run the same make-data command "
                              "again to redo it") from error
@@ -402,5 +394,5 @@ def load_data(folder: str | Path) -> DataSet:
         raise InputError(f"{folder} holds no finished samples yet; run make-data again to finish it")
     data = DataSet({key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
     data["manifest"] = manifest
-    data["conductivities"] = options["conductivities"]
+    data["properties"] = specs
     return data

@@ -1,6 +1,6 @@
 """A trained head as the property predictor of inverse design, and its disagreement with the solver.
 
-``design_predictors(model, vgg_params)`` gives ``{"conductivity": predict(fields)}`` for
+``design_predictors(model, vgg_params)`` gives ``{"conductivity": predict(fields)}`` (or ``"stiffness"``) for
 ``jaxmicro.inverse_design.design(..., predictors=...)``: phase probabilities ``(*shape, n)`` -> soft RGB image ->
 the model's VGG features -> bounded tensor, differentiable end to end (the ensemble mean). ``head_vs_solver``
 checks final designs with the FFT solver and reports the relative disagreement.
@@ -8,14 +8,13 @@ checks final designs with the FFT solver and reports the relative disagreement.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmicro.encoding import encode
 from jaxmicro.errors import InputError
-from jaxmicro.physics import HomogenisationResult, effective_conductivity
-from jaxmicro.surrogate import data as data_module, heads
+from jaxmicro.physics import HomogenisationResult
+from jaxmicro.surrogate import heads
 from jaxmicro.surrogate.features import vgg_moments
 from jaxmicro.surrogate.model import Model, check_network
 
@@ -27,8 +26,8 @@ def _soft_moments(model: Model, vgg_params: dict):
 
 
 def design_predictors(model: Model, vgg_params: dict | None) -> dict:
-    """``{"conductivity": predict(fields) -> HomogenisationResult}`` with the head in place of the solver (2D,
-    VGG heads; ``status`` always converged, ``iterations`` 0)."""
+    """``{property: predict(fields) -> HomogenisationResult}`` with the head in place of the solver (2D, VGG
+    heads; ``status`` always converged, ``iterations`` 0)."""
     if model.spec.kind != "vgg" or model.config.dim != 2:
         raise InputError("only 2D gram heads can drive a design (the two-point head is not differentiable here)")
     check_network(model, None, vgg_params)
@@ -40,14 +39,13 @@ def design_predictors(model: Model, vgg_params: dict | None) -> dict:
             raise InputError(f"the head was trained on {model.spec.n_phases} phases, the design has "
                              f"{fields.shape[-1]}")
         fractions = jnp.mean(fields.reshape(-1, fields.shape[-1]), axis=0)[None]
-        bounds = data_module.wiener_bounds(fractions, model.conductivities)
         members = heads.predict_tensors(apply, model.params, model.normaliser, moments(fields)[None], fractions,
-                                        bounds)
+                                        model.property_spec, model.config.dim)
         tensor = members.mean(0)[0]
         return HomogenisationResult(tensor, jnp.asarray(0, jnp.int32), jnp.asarray(0.0, tensor.dtype),
                                     jnp.asarray(0, jnp.int32))
 
-    return {"conductivity": predict}
+    return {model.property_spec.name: predict}
 
 
 def head_vs_solver(model: Model, vgg_params: dict | None, labels: np.ndarray, tol: float = 1e-5) -> dict:
@@ -57,8 +55,6 @@ def head_vs_solver(model: Model, vgg_params: dict | None, labels: np.ndarray, to
 
     labels = np.asarray(labels)
     head_mean, head_std, _ = make_predictor(model, vgg_params)(labels)
-    values = jnp.asarray(model.conductivities, jnp.float32)
-    solver = np.asarray(jax.vmap(lambda x: effective_conductivity(x, values, tol=tol, throw=False).tensor)(
-        jnp.asarray(labels, jnp.int32)))
+    solver = np.asarray(model.property_spec.labeller(tol)(jnp.asarray(labels, jnp.int32))[0])
     disagreement = np.linalg.norm(head_mean - solver, axis=(-1, -2)) / np.linalg.norm(solver, axis=(-1, -2))
     return {"head": head_mean, "head_uncertainty": head_std, "solver": solver, "disagreement": disagreement}

@@ -2,7 +2,8 @@
 component, the ensemble's calibration, the share of predictions inside the bounds, and a parity figure.
 
 Relative errors of diagonal components are ``|k_pred - k| / k``; off-diagonal components (often near zero) are
-measured against the sample's mean diagonal value ``tr(K) / d``, so the numbers stay meaningful.
+measured against the sample's mean diagonal value ``tr(K) / d``, so the numbers stay meaningful. A stiffness is
+judged by its tensor components (``C_1111, C_1122, C_1212, ...``: the Voigt matrix, without Mandel's factors).
 """
 
 from __future__ import annotations
@@ -13,19 +14,17 @@ import numpy as np
 
 from jaxmicro.surrogate import data as data_module
 from jaxmicro.surrogate.model import Model, make_predictor
+from jaxmicro.surrogate.properties import PropertySpec
 
 
-def component_names(dim: int) -> list[tuple[str, int, int]]:
-    axes = "xyz"[:dim]
-    return [(f"k_{axes[i]}{axes[j]}", i, j) for i in range(dim) for j in range(i, dim)]
-
-
-def metrics(predicted: np.ndarray, uncertainty: np.ndarray, truth: np.ndarray) -> dict:
-    """Per component: ``r2``, ``median_relative_error``, ``p95_relative_error``, ``within_2_sigma``."""
-    dim = truth.shape[-1]
-    scale = np.trace(truth, axis1=-2, axis2=-1) / dim
+def metrics(predicted: np.ndarray, uncertainty: np.ndarray, truth: np.ndarray, prop: PropertySpec,
+            dim: int) -> dict:
+    """Per component of ``prop``'s tensors ``(B, m, m)``: ``r2``, ``median_relative_error``,
+    ``p95_relative_error``, ``within_2_sigma``."""
+    predicted, uncertainty, truth = (prop.tensor_components(a) for a in (predicted, uncertainty, truth))
+    scale = np.trace(truth, axis1=-2, axis2=-1) / truth.shape[-1]
     out = {}
-    for name, i, j in component_names(dim):
+    for name, i, j in prop.component_names(dim):
         y, p, s = truth[:, i, j].astype(np.float64), predicted[:, i, j].astype(np.float64), uncertainty[:, i, j]
         residual = np.sum((p - y) ** 2)
         spread = np.sum((y - y.mean()) ** 2)
@@ -37,15 +36,12 @@ def metrics(predicted: np.ndarray, uncertainty: np.ndarray, truth: np.ndarray) -
     return out
 
 
-def inside_bounds(predicted: np.ndarray, fractions: np.ndarray, conductivities) -> float:
-    """Share of predicted tensors whose eigenvalues lie within the Reuss..Voigt bounds."""
-    lower, upper = (np.asarray(b, np.float64) for b in data_module.wiener_bounds(fractions, conductivities))
-    eig = np.linalg.eigvalsh(predicted.astype(np.float64))
-    slack = 1e-5 * upper
-    return float(np.mean((eig.min(-1) >= lower - slack) & (eig.max(-1) <= upper + slack)))
+def inside_bounds(predicted: np.ndarray, fractions: np.ndarray, prop: PropertySpec, dim: int) -> float:
+    """Share of predicted tensors within the Reuss..Voigt tensors (Loewner order, float32 rounding allowed)."""
+    return float(np.mean(prop.inside(predicted, fractions, dim, slack=1e-5)))
 
 
-def parity_figure(predicted, truth, families, path, title: str = "") -> None:
+def parity_figure(predicted, truth, families, path, prop: PropertySpec, dim: int, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,9 +49,14 @@ def parity_figure(predicted, truth, families, path, title: str = "") -> None:
 
     from jaxmicro.io import save_figure
 
-    names = component_names(truth.shape[-1])
-    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.4), squeeze=False)
-    for ax, (name, i, j) in zip(axes[0], names):
+    names = prop.component_names(dim)
+    predicted, truth = prop.tensor_components(predicted), prop.tensor_components(truth)
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, (name, i, j) in zip(axes.flat, names):
         for family in sorted(set(families)):
             pick = families == family
             ax.scatter(truth[pick, i, j], predicted[pick, i, j], s=6, alpha=0.6, label=family)
@@ -76,11 +77,13 @@ def evaluate(model: Model, folder: str | Path, vgg_params: dict | None, *, split
     """Metrics of ``model`` on a data folder; ``split``: ``test`` (the model's held-out samples, DATA must be
     its training data), ``all``, or ``auto`` (test when DATA is the training data, else all)."""
     from jaxmicro.errors import InputError
+    from jaxmicro.surrogate.train import property_of
 
     data = data_module.load_data(folder)
-    if [float(k) for k in data["conductivities"]] != [float(k) for k in model.conductivities]:
-        raise InputError(f"the data were labelled with conductivities {data['conductivities']}, the model was "
-                         f"trained on {model.conductivities}")
+    prop, dim = model.property_spec, model.config.dim
+    if property_of(data, prop.name) != prop:
+        raise InputError(f"the data were labelled with {data['properties'][prop.name].describe()}, the model was "
+                         f"trained on {prop.describe()}")
     same = data["manifest"]["options_digest"] == model.record.get("data", {}).get("options_digest")
     if split == "test" and not same:
         raise InputError(f"{folder} is not the data the model was trained on; use --split all")
@@ -90,18 +93,18 @@ def evaluate(model: Model, folder: str | Path, vgg_params: dict | None, *, split
         raise InputError("the model held out no test samples (trained with --test-fraction 0); use --split all")
     predict = make_predictor(model, vgg_params)
     mean, std, _ = predict(data["labels"][index])
-    truth = data["tensor"][index]
+    truth = data[prop.name][index]
     report = {"model_head": model.config.head, "data": str(folder), "split": "test" if use_test else "all",
-              "samples": int(len(index)), "conductivities": model.conductivities,
-              "components": metrics(mean, std, truth),
-              "inside_bounds": inside_bounds(mean, data["fractions"][index], model.conductivities),
+              "samples": int(len(index)), **prop.to_json(),
+              "components": metrics(mean, std, truth, prop, dim),
+              "inside_bounds": inside_bounds(mean, data["fractions"][index], prop, dim),
               "families": {}}
     for family in sorted(set(data["family"][index].tolist())):
         pick = data["family"][index] == family
         report["families"][family] = {"samples": int(pick.sum()),
-                                      "components": metrics(mean[pick], std[pick], truth[pick])}
+                                      "components": metrics(mean[pick], std[pick], truth[pick], prop, dim)}
     if figure:
-        parity_figure(mean, truth, data["family"][index], figure,
+        parity_figure(mean, truth, data["family"][index], figure, prop, dim,
                       title=f"{model.config.head} head, {report['split']} split of {Path(folder).name}")
         report["figure"] = str(figure)
     return report

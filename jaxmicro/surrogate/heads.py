@@ -1,23 +1,25 @@
 """Learned property heads: small Flax MLPs on fixed features whose output is a symmetric positive-definite
-conductivity tensor inside the Voigt/Reuss (Wiener) bounds of the sample's phase fractions by construction.
+conductivity tensor or stiffness inside the Voigt/Reuss bounds of the sample's phase fractions by construction.
 
-The head predicts, in units of the sample's bounds (``t = (K - k_R I) / (k_V - k_R)``), eigenvalues
-``s_i = sigmoid(z_i)`` in (0, 1) and their principal directions (2D: a unit vector ``(cos 2a, sin 2a)``; 3D: a
-rotation from two vectors by Gram-Schmidt), so every eigenvalue of ``K = k_R I + (k_V - k_R) R diag(s) R^T``
-lies strictly between the Reuss and Voigt values, for any parameters and any input. An ensemble of ``members``
-heads is one pytree with a leading member axis, trained and applied with ``jax.vmap``; its spread is the
-uncertainty, and its mean stays inside the bounds (the set is convex).
+The head predicts, in units of the sample's bounds (``U``, see ``jaxmicro.surrogate.properties``), eigenvalues
+``s_i = sigmoid(z_i)`` in (0, 1) and their principal directions (conductivity in 2D: a unit vector
+``(cos 2a, sin 2a)``; in 3D: a rotation from two vectors by Gram-Schmidt; stiffness: the orthogonal factor of
+identity plus a skew matrix), so every prediction lies strictly between the Reuss and Voigt tensors, for any
+parameters and any input.
+An ensemble of ``members`` heads is one pytree with a leading member axis, trained and applied with ``jax.vmap``;
+its spread is the uncertainty, and its mean stays inside the bounds (the set is convex).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxmicro.surrogate.properties import PropertySpec, symmetric_unit
 
 HEADS = ("gram", "twopoint", "cnn")
 
@@ -33,6 +35,7 @@ class HeadConfig:
     components: int = 0  # PCA components of the features (0: none)
     shape: tuple[int, ...] = ()  # image shape, for the end-to-end CNN
     channels: tuple[int, ...] = (16, 32, 32)  # CNN widths (one 3x3 convolution and a 2x2 pooling each)
+    property: str = "conductivity"  # or "stiffness" (jaxmicro.surrogate.properties)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self) | {k: list(getattr(self, k)) for k in ("hidden", "shape", "channels")}
@@ -42,8 +45,16 @@ class HeadConfig:
         return cls(**{k: tuple(v) if k in ("hidden", "shape", "channels") else v for k, v in data.items()})
 
 
-def output_size(dim: int) -> int:
-    return dim + (2 if dim == 2 else 6)
+def tensor_size(config: HeadConfig) -> int:
+    """Rows of the predicted tensor: ``d`` (conductivity), 3 or 6 (Mandel stiffness in 2D or 3D)."""
+    return config.dim if config.property == "conductivity" else (3 if config.dim == 2 else 6)
+
+
+def output_size(config: HeadConfig) -> int:
+    if config.property == "conductivity":
+        return config.dim + (2 if config.dim == 2 else 6)
+    m = tensor_size(config)
+    return m * (m + 1) // 2
 
 
 class MLP(nn.Module):
@@ -95,30 +106,25 @@ def unit_tensor(raw: jax.Array, dim: int) -> jax.Array:
     return jnp.einsum("...ik,...k,...jk->...ij", rotation, s, rotation)
 
 
-def to_tensor(unit: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
-    """``t`` in units of the bounds -> ``K = k_R I + (k_V - k_R) t``."""
-    dim = unit.shape[-1]
-    return lower[..., None, None] * jnp.eye(dim) + (upper - lower)[..., None, None] * unit
-
-
-def to_unit(tensor: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
-    dim = tensor.shape[-1]
-    return (tensor - lower[..., None, None] * jnp.eye(dim)) / (upper - lower)[..., None, None]
-
-
 def make_head(config: HeadConfig):
     """``(init, apply)``: ``init(key, n_inputs) -> params`` (leading member axis);
-    ``apply(params, inputs (B, F)) -> unit tensors (members, B, d, d)``."""
-    module = (CNN(tuple(config.shape), tuple(config.channels), tuple(config.hidden), output_size(config.dim))
-              if config.head == "cnn" else MLP(tuple(config.hidden), output_size(config.dim)))
+    ``apply(params, inputs (B, F)) -> unit tensors (members, B, m, m)``."""
+    module = (CNN(tuple(config.shape), tuple(config.channels), tuple(config.hidden), output_size(config))
+              if config.head == "cnn" else MLP(tuple(config.hidden), output_size(config)))
 
     def init(key, n_inputs):
         keys = jax.random.split(key, config.members)
         return jax.vmap(lambda k: module.init(k, jnp.zeros((1, n_inputs), jnp.float32))["params"])(keys)
 
     def apply(params, inputs):
-        raw = jax.vmap(lambda p: module.apply({"params": p}, inputs))(params)
-        return unit_tensor(raw, config.dim)
+        if config.head == "cnn":  # XLA's CPU convolution with a member axis of weights was 2.6x slower than this
+            raw = jnp.stack([module.apply({"params": jax.tree.map(lambda a: a[m], params)}, inputs)
+                             for m in range(config.members)])
+        else:
+            raw = jax.vmap(lambda p: module.apply({"params": p}, inputs))(params)
+        if config.property == "conductivity":
+            return unit_tensor(raw, config.dim)
+        return symmetric_unit(raw, tensor_size(config))
 
     return init, apply
 
@@ -144,16 +150,7 @@ def fit_normaliser(features: np.ndarray, components: int = 0) -> dict[str, np.nd
     return normaliser
 
 
-def predict_tensors(apply, params, normaliser, features, fractions, bounds):
-    """Members' tensors ``(members, B, d, d)`` in conductivity units."""
+def predict_tensors(apply, params, normaliser, features, fractions, prop: PropertySpec, dim: int):
+    """Members' tensors ``(members, B, m, m)`` in the property's units."""
     unit = apply(params, head_inputs(features, fractions, normaliser))
-    return to_tensor(unit, *bounds)
-
-
-def summarise(members: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Ensemble mean and standard deviation per component."""
-    return members.mean(0), members.std(0)
-
-
-def member_axis_params(params: Sequence) -> int:
-    return int(jax.tree.leaves(params)[0].shape[0])
+    return prop.to_tensor(unit, *prop.bounds(fractions, dim), dim)

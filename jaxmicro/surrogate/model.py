@@ -1,5 +1,5 @@
-"""A trained head on disk: ``model.json`` (head architecture, feature spec, VGG weights' digest, phase
-conductivities, data split, training record) and ``params.npz`` (ensemble parameters and feature normaliser).
+"""A trained head on disk: ``model.json`` (head architecture, feature spec, VGG weights' digest, the property and
+its phase values, data split, training record) and ``params.npz`` (ensemble parameters and feature normaliser).
 
 Loading checks the spec and the digest against the network it will run with and refuses another one with a
 message that says what differs.
@@ -20,6 +20,7 @@ from jaxmicro.errors import InputError
 from jaxmicro.io import atomic_write_path, write_json
 from jaxmicro.surrogate import data as data_module, heads
 from jaxmicro.surrogate.features import FeatureSpec, check_size, make_featurizer, weights_digest
+from jaxmicro.surrogate.properties import PropertySpec
 
 FORMAT = "jaxmicro-surrogate-model/1"
 
@@ -29,7 +30,7 @@ class Model:
     config: heads.HeadConfig
     spec: FeatureSpec
     digest: str | None
-    conductivities: list[float]
+    property_spec: PropertySpec
     params: Any
     normaliser: dict[str, np.ndarray]
     record: dict = dataclasses.field(default_factory=dict)
@@ -63,8 +64,7 @@ def save_model(folder: str | Path, model: Model) -> None:
         np.savez(temp, **arrays)
     write_json(folder / "model.json", {
         "format": FORMAT, "head": model.config.to_json(), "features": model.spec.to_json(),
-        "vgg_weights_digest": model.digest, "property": "conductivity", "conductivities": model.conductivities,
-        **model.record})
+        "vgg_weights_digest": model.digest, **model.property_spec.to_json(), **model.record})
 
 
 def load_model(folder: str | Path) -> Model:
@@ -80,6 +80,7 @@ def load_model(folder: str | Path) -> Model:
             raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
         config = heads.HeadConfig.from_json(meta["head"])
         spec = FeatureSpec.from_json(meta["features"])
+        property_spec = PropertySpec.from_json(meta)
         with np.load(folder / "params.npz", allow_pickle=False) as stored:
             arrays = dict(stored)
     except InputError:
@@ -92,9 +93,8 @@ def load_model(folder: str | Path) -> Model:
     template = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), n_inputs(config, normaliser)))
     params = unflatten(template, arrays, "params")
     record = {k: v for k, v in meta.items() if k not in ("format", "head", "features", "vgg_weights_digest",
-                                                          "property", "conductivities")}
-    return Model(config, spec, meta["vgg_weights_digest"], list(meta["conductivities"]), params, normaliser,
-                 record)
+                                                          "property", "conductivities", "young", "poisson")}
+    return Model(config, spec, meta["vgg_weights_digest"], property_spec, params, normaliser, record)
 
 
 def check_network(model: Model, spec: FeatureSpec | None, vgg_params: dict | None) -> None:
@@ -111,7 +111,7 @@ def check_network(model: Model, spec: FeatureSpec | None, vgg_params: dict | Non
 
 
 def make_predictor(model: Model, vgg_params: dict | None = None) -> Callable:
-    """``labels (B, *shape) -> (mean (B, d, d), std (B, d, d), members (M, B, d, d))`` numpy, after checking
+    """``labels (B, *shape) -> (mean (B, m, m), std (B, m, m), members (M, B, m, m))`` numpy, after checking
     the network; ``std`` is the members' spread times the model's calibrated ``uncertainty_scale``;
     the phases must be those the model was trained on."""
     check_network(model, None, vgg_params)
@@ -120,8 +120,8 @@ def make_predictor(model: Model, vgg_params: dict | None = None) -> Callable:
 
     @jax.jit
     def head(features, fractions):
-        bounds = data_module.wiener_bounds(fractions, model.conductivities)
-        return heads.predict_tensors(apply, model.params, model.normaliser, features, fractions, bounds)
+        return heads.predict_tensors(apply, model.params, model.normaliser, features, fractions,
+                                     model.property_spec, model.config.dim)
 
     def predict(labels):
         labels = np.asarray(labels)

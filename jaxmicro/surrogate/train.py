@@ -94,19 +94,20 @@ def image_features(cache: Path | None, data, spec, vgg_params, augment: int, see
     return features
 
 
-def _training_arrays(data, features, splits, augment):
+def _training_arrays(data, features, splits, augment, prop):
     """Training rows (every copy of every training sample, its tensor rotated) and validation rows (copy 0)."""
     group = data_module.symmetries(data["labels"].ndim - 1)
     train, val = splits["train"], splits["validation"]
-    tensors = [np.einsum("ij,njk,lk->nil", data_module.symmetry_matrix(*group[k]), data["tensor"][train],
-                         data_module.symmetry_matrix(*group[k])) for k in range(augment)]
+    truth = data[prop.name]
+    rotations = [prop.rotation(data_module.symmetry_matrix(*group[k])) for k in range(augment)]
+    tensors = [np.einsum("ij,njk,lk->nil", q, truth[train], q) for q in rotations]
     return {
         "train_features": features[:augment, train].reshape(-1, features.shape[-1]),
         "train_tensor": np.concatenate(tensors).astype(np.float32),
         "train_fractions": np.tile(data["fractions"][train], (augment, 1)),
         "train_sample": np.tile(np.arange(len(train)), augment),
         "validation_features": features[0, val],
-        "validation_tensor": data["tensor"][val],
+        "validation_tensor": truth[val],
         "validation_fractions": data["fractions"][val],
     }
 
@@ -124,6 +125,7 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
     shape = data["labels"].shape[1:]
     if len(shape) != config.dim:
         raise InputError(f"the data are {len(shape)}D but the head was asked for {config.dim}D tensors")
+    prop = property_of(data, config.property)
     check_size(spec, shape)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +134,7 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
     data_digest = data["manifest"]["options_digest"]
     features = image_features(Path(data_folder) / "features" if feature_cache == "data" else feature_cache, data,
                               spec, vgg_params, options.augment, options.seed, feature_progress)
-    cached = _training_arrays(data, features, splits, options.augment)
+    cached = _training_arrays(data, features, splits, options.augment, prop)
     normaliser = fit_normaliser_for(config, cached["train_features"])
     init, apply = heads.make_head(config)
     n_train = len(cached["train_features"])
@@ -151,9 +153,9 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
 
     def prepared(prefix):
         fractions = jnp.asarray(cached[f"{prefix}_fractions"])
-        lower, upper = data_module.wiener_bounds(fractions, data["conductivities"])
+        bounds = prop.bounds(fractions, config.dim)
         return (heads.head_inputs(jnp.asarray(cached[f"{prefix}_features"]), fractions, normaliser),
-                heads.to_unit(jnp.asarray(cached[f"{prefix}_tensor"]), lower, upper))
+                prop.to_unit(jnp.asarray(cached[f"{prefix}_tensor"]), *bounds, config.dim))
 
     train_x, train_y = prepared("train")
     val_x, val_y = prepared("validation")
@@ -163,18 +165,20 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
         return jnp.sum(w * error, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
 
     @jax.jit
+    def step(p, state, index):
+        loss, grads = jax.value_and_grad(lambda q: jnp.sum(member_losses(
+            q, train_x[index], train_y[index], sample_weights[:, index])))(p)
+        updates, state = tx.update(grads, state, p)
+        return optax.apply_updates(p, updates), state, loss / config.members
+
     def epoch(p, state, rng):
+        # steps dispatched from Python: inside a compiled loop XLA's CPU convolutions (the cnn head) ran 10x slower
         order = jax.random.permutation(rng, n_train)[: steps_per_epoch * batch].reshape(steps_per_epoch, batch)
-
-        def step(carry, index):
-            p, state = carry
-            loss, grads = jax.value_and_grad(lambda q: jnp.sum(member_losses(
-                q, train_x[index], train_y[index], sample_weights[:, index])))(p)
-            updates, state = tx.update(grads, state, p)
-            return (optax.apply_updates(p, updates), state), loss / config.members
-
-        (p, state), losses = jax.lax.scan(step, (p, state), order)
-        return p, state, losses.mean()
+        losses = []
+        for index in order:
+            p, state, loss = step(p, state, index)
+            losses.append(loss)
+        return p, state, jnp.mean(jnp.stack(losses))
 
     @jax.jit
     def validation_loss(p):
@@ -218,13 +222,21 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
                                                          "epochs_run": len(history)},
               "history": history}
     fractions = jnp.asarray(cached["validation_fractions"])
-    val_members = np.asarray(heads.to_tensor(apply(best_params, val_x),
-                                             *data_module.wiener_bounds(fractions, data["conductivities"])))
+    val_members = np.asarray(prop.to_tensor(apply(best_params, val_x), *prop.bounds(fractions, config.dim),
+                                            config.dim))
     record["uncertainty_scale"] = uncertainty_scale(val_members, cached["validation_tensor"])
-    model = Model(config, spec, digest, list(data["conductivities"]), best_params, normaliser, record)
+    model = Model(config, spec, digest, prop, best_params, normaliser, record)
     save_model(out, model)
     state_path.unlink(missing_ok=True)
     return model
+
+
+def property_of(data, name: str):
+    """The ``PropertySpec`` of ``name`` in a loaded data set, or a clear error when it holds no such labels."""
+    if name not in data["properties"]:
+        raise InputError(f"the data hold no {name} labels (only {', '.join(data['properties'])}); make data with "
+                         "--young E0,E1 --poisson NU0,NU1 for stiffness labels")
+    return data["properties"][name]
 
 
 def fit_normaliser_for(config: heads.HeadConfig, features: np.ndarray) -> dict:
