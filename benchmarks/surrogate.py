@@ -124,9 +124,9 @@ def left_out(out, folder, params, args, family):
             "inside_bounds": evaluate.inside_bounds(mean, loaded["fractions"][pick], C10, 2)}
 
 
-def shared_crops(out, params, figure):
+def shared_crops(out, params, figure, prop=C10):
     """64x64 crops (16 per image) of the shared two-phase images, labelled by the solver, predicted by the c10
-    head (never trained on them)."""
+    head or the stiffness head (never trained on them)."""
     crops, names = [], []
     for name in TWO_PHASE:
         path = SHARED / name
@@ -140,20 +140,23 @@ def shared_crops(out, params, figure):
     if not crops:
         return {"skipped": f"no shared images at {SHARED}"}
     crops = np.stack(crops).astype(np.uint8)
-    tensor, status, _ = (np.asarray(a) for a in C10.labeller(1e-5)(jnp.asarray(crops, jnp.int32)))
-    trained = trained_model(out / "c10", None, out / "data_c10", params)
+    tensor, status, _ = (np.asarray(a) for a in prop.labeller(1e-5)(jnp.asarray(crops, jnp.int32)))
+    conductivity = prop.name == "conductivity"
+    trained = trained_model(out / ("c10" if conductivity else "stiffness_gram"), None,
+                            out / ("data_c10" if conductivity else "data_elastic"), params)
     mean, std, _ = model.make_predictor(trained, params)(crops)
     fractions = data.phase_fractions(crops, 2)
     if figure:
-        evaluate.parity_figure(mean, tensor, np.asarray(names), figure, C10, 2,
-                               title="gram head (contrast 10) on 64x64 crops of the shared images")
+        evaluate.parity_figure(mean, tensor, np.asarray(names), figure, prop, 2,
+                               title=f"gram head ({prop.describe()}) on 64x64 crops of the shared images")
+    first = prop.component_names(2)[0][0]
     per_image = {}
     for material in sorted(set(names)):
         pick = np.asarray(names) == material
-        per_image[material] = evaluate.metrics(mean[pick], std[pick], tensor[pick], C10, 2)["k_xx"]
+        per_image[material] = evaluate.metrics(mean[pick], std[pick], tensor[pick], prop, 2)[first]
     return {"crops": len(crops), "converged": int((status == 0).sum()),
-            "components": evaluate.metrics(mean, std, tensor, C10, 2), "k_xx_per_material": per_image,
-            "inside_bounds": evaluate.inside_bounds(mean, fractions, C10, 2)}
+            "components": evaluate.metrics(mean, std, tensor, prop, 2), f"{first}_per_material": per_image,
+            "inside_bounds": evaluate.inside_bounds(mean, fractions, prop, 2)}
 
 
 def gaussian_images(shape, batch):
@@ -362,6 +365,10 @@ def main():
     results["shared_crops"] = cached(out / "shared_crops.json", lambda: shared_crops(
         out, params, figures / "surrogate_parity_shared.png" if figures else None))
     print(f"shared crops: {json.dumps(results['shared_crops'].get('components', {}).get('k_xx'))}", flush=True)
+    results["shared_crops_stiffness"] = cached(out / "shared_crops_stiffness.json", lambda: shared_crops(
+        out, params, figures / "surrogate_parity_shared_stiffness.png" if figures else None, STIFFNESS))
+    print(f"shared crops, stiffness: {json.dumps(results['shared_crops_stiffness'].get('components', {}))}",
+          flush=True)
     results["speed_64x64"] = cached(out / "speed_64.json", lambda: speed(out, params, (64, 64), 256))
     print(f"speed 64x64: {json.dumps(results['speed_64x64'])}", flush=True)
     results["speed_twopoint_64x64"] = cached(out / "speed_twopoint_64.json",
