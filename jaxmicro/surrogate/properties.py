@@ -112,10 +112,9 @@ class PropertySpec:
         """``(..., r)`` moduli -> the isotropic tensor ``(..., m, m)``."""
         if self.name == "conductivity":
             return moduli[..., :1, None] * jnp.eye(dim)
-        m = self.size(dim)
-        spherical = jnp.outer(jnp.arange(m) < dim, jnp.arange(m) < dim).astype(moduli.dtype) / dim
-        deviatoric = jnp.eye(m) - spherical
-        return dim * moduli[..., 0, None, None] * spherical + 2 * moduli[..., 1, None, None] * deviatoric
+        from jaxmicro.physics import isotropic_stiffness
+
+        return isotropic_stiffness(moduli[..., 0, None, None], moduli[..., 1, None, None], dim)
 
     def _isotropic_function(self, moduli, function: Callable, dim: int) -> jax.Array:
         """``f`` of the isotropic tensor of ``moduli``, through its eigenvalues (``k``; or ``d K`` on the
