@@ -64,6 +64,33 @@ def test_stiffness_bounds_are_the_means_of_the_phase_stiffnesses_and_their_inver
         np.testing.assert_allclose(lower[row], reuss, rtol=1e-5, atol=1e-6 * np.abs(reuss).max())
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_elastic_hashin_shtrikman_bounds_are_the_two_phase_formulas(dim):
+    """Walpole's form against Hashin and Shtrikman's two-phase formulas (3D; 2D: Hashin 1965, plane-strain bulk
+    modulus), for well-ordered phases (phase 1 stiffer in bulk and shear)."""
+    k, mu = (np.asarray(a, np.float64) for a in young_poisson_to_bulk_shear(np.asarray(YOUNG), np.asarray(POISSON),
+                                                                              dim))
+    f = np.array([[0.3, 0.7], [0.8, 0.2]])
+    (k_lower, k_upper), (mu_lower, mu_upper) = data.hashin_shtrikman_elastic(f, k, mu, dim)
+
+    def bulk_bound(a, b, fa, fb):  # phase a as the reference
+        return k[a] + fb / (1 / (k[b] - k[a]) + (3 * fa / (3 * k[a] + 4 * mu[a]) if dim == 3 else fa / (k[a] + mu[a])))
+
+    def shear_bound(a, b, fa, fb):
+        coupling = (6 * fa * (k[a] + 2 * mu[a]) / (5 * mu[a] * (3 * k[a] + 4 * mu[a])) if dim == 3
+                    else fa * (k[a] + 2 * mu[a]) / (2 * mu[a] * (k[a] + mu[a])))
+        return mu[a] + fb / (1 / (mu[b] - mu[a]) + coupling)
+
+    np.testing.assert_allclose(k_lower, bulk_bound(0, 1, f[:, 0], f[:, 1]), rtol=1e-12)
+    np.testing.assert_allclose(k_upper, bulk_bound(1, 0, f[:, 1], f[:, 0]), rtol=1e-12)
+    np.testing.assert_allclose(mu_lower, shear_bound(0, 1, f[:, 0], f[:, 1]), rtol=1e-12)
+    np.testing.assert_allclose(mu_upper, shear_bound(1, 0, f[:, 1], f[:, 0]), rtol=1e-12)
+    for lower, upper, values in ((k_lower, k_upper, k), (mu_lower, mu_upper, mu)):
+        assert np.all(1 / (f @ (1 / values)) < lower) and np.all(lower < upper) and np.all(upper < f @ values)
+    isotropic = np.asarray(isotropic_stiffness(k[1], mu[1], dim), np.float64)[None]
+    np.testing.assert_allclose(data.isotropic_part(isotropic, STIFFNESS, dim), [[k[1]], [mu[1]]], rtol=1e-6)
+
+
 def test_mandel_rotation_turns_a_stiffness_like_the_fourth_order_tensor():
     rng = np.random.default_rng(3)
     matrix = rng.normal(size=(3, 3))
@@ -190,6 +217,8 @@ def test_stiffness_head_trains_inside_the_bounds_and_is_judged_by_tensor_compone
     folder, _ = trained
     loaded = data.load_data(folder / "data")
     assert loaded["stiffness"].shape == (len(loaded["labels"]), 3, 3)
+    shards = json.loads((folder / "data" / "manifest.json").read_text())["shards"].values()
+    assert all("mean_outside_hashin_shtrikman_stiffness" in shard for shard in shards)
     assert data.check_labels(loaded["stiffness"], loaded["fractions"], STIFFNESS, 2)["inside_wiener"].all()
     config = heads.HeadConfig(hidden=(32,), members=2, property="stiffness")
     result = train.train(folder / "data", tmp_path / "stiff", config=config, spec=FeatureSpec(taps=TAPS),

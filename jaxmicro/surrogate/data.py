@@ -139,19 +139,56 @@ def hashin_shtrikman(fractions, conductivities, dim: int):
     return bound(jnp.min(values)), bound(jnp.max(values))
 
 
+def hashin_shtrikman_elastic(fractions, bulk, shear, dim: int):
+    """Hashin-Shtrikman bounds (Walpole's form) on the bulk and shear moduli of isotropic mixtures of isotropic
+    phases: ``(B, n)`` fractions -> ``((K_lower, K_upper), (mu_lower, mu_upper))``, each ``(B,)``.
+
+    Each bound is ``1 / sum_i f_i / (M_i + s) - s`` with the shift ``s`` from the smallest (lower) or largest
+    (upper) phase moduli ``K*, mu*``: bulk ``4 mu* / 3`` (3D) or ``mu*`` (2D, plane-strain bulk modulus
+    ``lambda + mu``); shear ``mu* (9 K* + 8 mu*) / (6 (K* + 2 mu*))`` (3D) or ``K* mu* / (K* + 2 mu*)`` (2D)."""
+    fractions, bulk, shear = (np.asarray(a, np.float64) for a in (fractions, bulk, shear))
+
+    def bound(values, shift):
+        return 1.0 / np.sum(fractions / (values + shift), axis=-1) - shift
+
+    out = []
+    for k, mu in ((bulk.min(), shear.min()), (bulk.max(), shear.max())):
+        bulk_shift = 4 * mu / 3 if dim == 3 else mu
+        shear_shift = mu * (9 * k + 8 * mu) / (6 * (k + 2 * mu)) if dim == 3 else k * mu / (k + 2 * mu)
+        out.append((bound(bulk, bulk_shift), bound(shear, shear_shift)))
+    (k_lower, mu_lower), (k_upper, mu_upper) = out
+    return (k_lower, k_upper), (mu_lower, mu_upper)
+
+
+def isotropic_part(tensor: np.ndarray, spec: PropertySpec, dim: int) -> tuple[np.ndarray, ...]:
+    """The isotropic moduli of a tensor ``(B, m, m)``: the mean eigenvalue of a conductivity; of a Mandel stiffness
+    the bulk modulus ``tr(J C) / d`` and the shear modulus ``tr((I - J) C) / (2 (m - 1))`` (``J`` the spherical
+    projector), exact for an isotropic stiffness."""
+    tensor = np.asarray(tensor, np.float64)
+    trace = np.trace(tensor, axis1=-2, axis2=-1)
+    if spec.name == "conductivity":
+        return (trace / dim,)
+    spherical = tensor[..., :dim, :dim].sum(axis=(-1, -2)) / dim  # tr(J C)
+    return spherical / dim, (trace - spherical) / (2 * (tensor.shape[-1] - 1))
+
+
 def check_labels(tensor: np.ndarray, fractions: np.ndarray, spec: PropertySpec, dim: int) -> dict[str, np.ndarray]:
     """Per sample: ``symmetric``, ``inside_wiener`` (within the Reuss..Voigt tensors in the Loewner order,
-    rigorous for any structure) and, for conductivity, ``inside_hs`` (the mean eigenvalue within the
+    rigorous for any structure) and ``inside_hs`` (the isotropic part, ``isotropic_part``, within the
     Hashin-Shtrikman bounds, which hold for isotropic samples only: a diagnostic, not a rejection)."""
     tensor = np.asarray(tensor, np.float64)
     scale = np.abs(tensor).max(axis=(-1, -2))
     symmetric = np.max(np.abs(tensor - np.swapaxes(tensor, -1, -2)), axis=(-1, -2)) <= BOUND_SLACK * scale
     checks = {"symmetric": symmetric, "inside_wiener": spec.inside(tensor, fractions, dim, BOUND_SLACK)}
     if spec.name == "conductivity":
-        eig = np.linalg.eigvalsh(0.5 * (tensor + np.swapaxes(tensor, -1, -2)))
-        lower, upper = (np.asarray(b, np.float64) for b in hashin_shtrikman(fractions, spec.conductivities, dim))
-        mean = eig.mean(-1)
-        checks["inside_hs"] = (mean >= lower * (1 - BOUND_SLACK)) & (mean <= upper * (1 + BOUND_SLACK))
+        bounds = [tuple(np.asarray(b, np.float64) for b in hashin_shtrikman(fractions, spec.conductivities, dim))]
+    else:
+        moduli = spec.moduli(dim)
+        bounds = hashin_shtrikman_elastic(fractions, moduli[:, 0], moduli[:, 1], dim)
+    inside = np.ones(len(tensor), bool)
+    for value, (lower, upper) in zip(isotropic_part(tensor, spec, dim), bounds):
+        inside &= (value >= lower * (1 - BOUND_SLACK)) & (value <= upper * (1 + BOUND_SLACK))
+    checks["inside_hs"] = inside
     return checks
 
 
@@ -344,15 +381,15 @@ def make_data(out: str | Path, options: dict, *, exemplars: Sequence[np.ndarray]
             record |= {f"not_converged{suffix}": int((status != 0).sum()),
                        f"outside_wiener_bounds{suffix}": int(((status == 0) & ~good).sum()),
                        f"max_iterations_used{suffix}": int(iterations.max())}
-            if "inside_hs" in checks:
-                solved["inside_hs"] = checks["inside_hs"]
+            solved[f"inside_hs{suffix}"] = checks["inside_hs"]
         kept = {name: array[keep] for name, array in shard.items()}
         kept.update({name: array[keep].astype(np.float32 if name in specs else array.dtype)
                      for name, array in solved.items()}, fractions=fractions[keep], planned=np.asarray(planned))
         with atomic_write_path(path) as temp:
             np.savez(temp, **kept)
-        manifest["shards"][path.name] = record | {
-            "kept": int(keep.sum()), "mean_outside_hashin_shtrikman": int((~solved["inside_hs"][keep]).sum())}
+        manifest["shards"][path.name] = record | {"kept": int(keep.sum())} | {
+            name.replace("inside_hs", "mean_outside_hashin_shtrikman"): int((~solved[name][keep]).sum())
+            for name in solved if name.startswith("inside_hs")}
         write_json(manifest_path, manifest)
         if progress:
             progress(planned)
