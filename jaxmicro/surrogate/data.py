@@ -127,16 +127,16 @@ def phase_fractions(labels: np.ndarray, n_phases: int) -> np.ndarray:
     return np.stack([(flat == i).mean(axis=1) for i in range(n_phases)], axis=1).astype(np.float32)
 
 
+def _shifted_harmonic(fractions, values, shift):
+    """Walpole's form of a Hashin-Shtrikman bound: ``1 / sum_i f_i / (v_i + s) - s`` per sample."""
+    return 1.0 / np.sum(fractions / (values + shift), axis=-1) - shift
+
+
 def hashin_shtrikman(fractions, conductivities, dim: int):
-    """Hashin-Shtrikman bounds per sample (isotropic mixtures), ``(B, n)`` -> two ``(B,)`` arrays."""
-    fractions = jnp.asarray(fractions)
-    values = jnp.asarray(conductivities, fractions.dtype)
-
-    def bound(reference):
-        shift = (dim - 1) * reference
-        return 1.0 / jnp.sum(fractions / (values + shift), axis=-1) - shift
-
-    return bound(jnp.min(values)), bound(jnp.max(values))
+    """Hashin-Shtrikman bounds per sample (isotropic mixtures), ``(B, n)`` -> two ``(B,)`` arrays (shift
+    ``(d - 1) k*`` with ``k*`` the smallest, then the largest phase conductivity)."""
+    fractions, values = np.asarray(fractions, np.float64), np.asarray(conductivities, np.float64)
+    return tuple(_shifted_harmonic(fractions, values, (dim - 1) * k) for k in (values.min(), values.max()))
 
 
 def hashin_shtrikman_elastic(fractions, bulk, shear, dim: int):
@@ -147,15 +147,11 @@ def hashin_shtrikman_elastic(fractions, bulk, shear, dim: int):
     (upper) phase moduli ``K*, mu*``: bulk ``4 mu* / 3`` (3D) or ``mu*`` (2D, plane-strain bulk modulus
     ``lambda + mu``); shear ``mu* (9 K* + 8 mu*) / (6 (K* + 2 mu*))`` (3D) or ``K* mu* / (K* + 2 mu*)`` (2D)."""
     fractions, bulk, shear = (np.asarray(a, np.float64) for a in (fractions, bulk, shear))
-
-    def bound(values, shift):
-        return 1.0 / np.sum(fractions / (values + shift), axis=-1) - shift
-
     out = []
     for k, mu in ((bulk.min(), shear.min()), (bulk.max(), shear.max())):
         bulk_shift = 4 * mu / 3 if dim == 3 else mu
         shear_shift = mu * (9 * k + 8 * mu) / (6 * (k + 2 * mu)) if dim == 3 else k * mu / (k + 2 * mu)
-        out.append((bound(bulk, bulk_shift), bound(shear, shear_shift)))
+        out.append((_shifted_harmonic(fractions, bulk, bulk_shift), _shifted_harmonic(fractions, shear, shear_shift)))
     (k_lower, mu_lower), (k_upper, mu_upper) = out
     return (k_lower, k_upper), (mu_lower, mu_upper)
 
@@ -181,7 +177,7 @@ def check_labels(tensor: np.ndarray, fractions: np.ndarray, spec: PropertySpec, 
     symmetric = np.max(np.abs(tensor - np.swapaxes(tensor, -1, -2)), axis=(-1, -2)) <= BOUND_SLACK * scale
     checks = {"symmetric": symmetric, "inside_wiener": spec.inside(tensor, fractions, dim, BOUND_SLACK)}
     if spec.name == "conductivity":
-        bounds = [tuple(np.asarray(b, np.float64) for b in hashin_shtrikman(fractions, spec.conductivities, dim))]
+        bounds = [hashin_shtrikman(fractions, spec.conductivities, dim)]
     else:
         moduli = spec.moduli(dim)
         bounds = hashin_shtrikman_elastic(fractions, moduli[:, 0], moduli[:, 1], dim)

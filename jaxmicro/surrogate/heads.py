@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmicro.surrogate.properties import PropertySpec, symmetric_unit
+from jaxmicro.surrogate.properties import PropertySpec, symmetric_unit, tensor_size
 
 HEADS = ("gram", "twopoint", "cnn")
 
@@ -45,15 +45,10 @@ class HeadConfig:
         return cls(**{k: tuple(v) if k in ("hidden", "shape", "channels") else v for k, v in data.items()})
 
 
-def tensor_size(config: HeadConfig) -> int:
-    """Rows of the predicted tensor: ``d`` (conductivity), 3 or 6 (Mandel stiffness in 2D or 3D)."""
-    return config.dim if config.property == "conductivity" else (3 if config.dim == 2 else 6)
-
-
 def output_size(config: HeadConfig) -> int:
     if config.property == "conductivity":
         return config.dim + (2 if config.dim == 2 else 6)
-    m = tensor_size(config)
+    m = tensor_size(config.property, config.dim)
     return m * (m + 1) // 2
 
 
@@ -124,7 +119,7 @@ def make_head(config: HeadConfig):
             raw = jax.vmap(lambda p: module.apply({"params": p}, inputs))(params)
         if config.property == "conductivity":
             return unit_tensor(raw, config.dim)
-        return symmetric_unit(raw, tensor_size(config))
+        return symmetric_unit(raw, tensor_size(config.property, config.dim))
 
     return init, apply
 

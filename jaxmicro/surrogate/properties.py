@@ -44,6 +44,11 @@ def mandel_rotation(rotation: np.ndarray) -> np.ndarray:
     return np.asarray([[np.sum(a * (rotation @ b @ rotation.T)) for b in basis] for a in basis])
 
 
+def tensor_size(name: str, dim: int) -> int:
+    """Rows of a property's tensor: ``d`` for conductivity, 3 (2D) or 6 (3D) for the Mandel stiffness."""
+    return dim if name == "conductivity" else (3 if dim == 2 else 6)
+
+
 def _positive_pair(values, name: str, low: float = 0.0, high: float = math.inf) -> tuple[float, ...]:
     values = tuple(float(v) for v in values)
     if len(values) != 2 or not all(low < v < high for v in values):
@@ -89,8 +94,7 @@ class PropertySpec:
         return f"Young's moduli {list(self.young)}, Poisson's ratios {list(self.poisson)}"
 
     def size(self, dim: int) -> int:
-        """Rows of the tensor: ``d`` for conductivity, 3 (2D) or 6 (3D) for the Mandel stiffness."""
-        return dim if self.name == "conductivity" else (3 if dim == 2 else 6)
+        return tensor_size(self.name, dim)
 
     def moduli(self, dim: int) -> np.ndarray:
         """Per phase ``(n, r)``: the conductivity (``r = 1``), or the bulk and shear moduli (``r = 2``)."""
