@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxmicro.io import write_json
 from jaxmicro.surrogate import data, evaluate, heads, model, train
+from jaxmicro.surrogate.features import make_featurizer
 from jaxmicro.surrogate.properties import PropertySpec
 
 C10 = PropertySpec("conductivity", conductivities=(1.0, 10.0))
@@ -172,7 +173,7 @@ def speed(out, params, shape, batch, head="gram", prop=C10):
     config = heads.HeadConfig(head=head, members=4, dim=len(shape), components=train.default_components(head),
                               property=prop.name)
     spec = train.spec_for(head)
-    featurize = model.make_featurizer(spec, params, batch=min(batch, 32))
+    featurize = make_featurizer(spec, params)
     features = featurize(images[:2])
     init, apply = heads.make_head(config)
     normaliser = heads.fit_normaliser(np.concatenate([features, features + 1]), config.components)
@@ -241,7 +242,7 @@ def pruning(out, folder, params, args):
                                                                          taps=taps))
         spec = train.spec_for("gram", taps)
         images = data.load_data(folder)["labels"][:64]
-        featurize = model.make_featurizer(spec, params)
+        featurize = make_featurizer(spec, params)
         featurize(images)
         seconds = []
         for _ in range(3):

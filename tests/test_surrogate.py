@@ -1,6 +1,7 @@
 """Learned property heads: bounds by construction, augmentation, data resume, save/restore, refusal of another
 network, a tiny training run, and the command line's messages for bad input."""
 
+import dataclasses
 import json
 
 import jax
@@ -283,6 +284,21 @@ def test_save_restore_gives_identical_predictions(trained, tiny_params):
     assert members.shape == (3, 8, 2, 2) and np.all(std >= 0)
 
 
+def test_a_model_saved_by_the_earlier_npz_format_loads_the_same(trained, tmp_path, tiny_params):
+    folder, result = trained
+    assert (folder / "model" / "params").is_dir() and not (folder / "model" / "params.npz").exists()
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    meta = json.loads((folder / "model" / "model.json").read_text()) | {"format": "jaxmicro-surrogate-model/1"}
+    (legacy / "model.json").write_text(json.dumps(meta))
+    np.savez(legacy / "params.npz", **model.flatten(result.params, "params"),
+             **{f"normaliser/{k}": v for k, v in result.normaliser.items()})
+    images = data.load_data(folder / "data")["labels"][:4]
+    for a, b in zip(model.make_predictor(result, tiny_params)(images),
+                    model.make_predictor(model.load_model(legacy), tiny_params)(images)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_another_network_or_spec_is_refused(trained, tiny_params):
     folder, _ = trained
     restored = model.load_model(folder / "model")
@@ -318,6 +334,15 @@ def test_training_resumes_from_its_saved_state(tmp_path, trained, tiny_params):
     assert seen == list(range(11, 21))
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not (tmp_path / "cut" / train.STATE).exists()
+
+    with pytest.raises(KeyboardInterrupt):  # a state left by a run with other options is not resumed
+        train.train(folder / "data", tmp_path / "other", config=config, spec=spec, vgg_params=tiny_params,
+                    options=options, epoch_progress=stop)
+    seen.clear()
+    train.train(folder / "data", tmp_path / "other", config=config, spec=spec, vgg_params=tiny_params,
+                options=dataclasses.replace(options, epochs=12), epoch_progress=lambda e, v: seen.append(e))
+    assert seen == list(range(1, 13))
 
 
 @pytest.mark.slow

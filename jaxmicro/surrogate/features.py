@@ -89,13 +89,12 @@ def _vgg_labels(spec: FeatureSpec, params: dict) -> Callable:
 
 
 def _two_point(spec: FeatureSpec) -> Callable:
-    def one(labels):  # (H, W) -> ((2r+1)^2,)
+    def one(labels):  # (H, W) -> ((2r+1)^2,), displacements -r..r per axis
         indicator = (labels == 1).astype(jnp.float32)
-        spectrum = jnp.fft.fft2(indicator)
-        s2 = jnp.fft.ifft2(spectrum * jnp.conj(spectrum)).real / indicator.size
-        r = spec.radius
-        window = jnp.roll(s2, (r, r), axis=(0, 1))[: 2 * r + 1, : 2 * r + 1]
-        return window.reshape(-1)
+        power = jnp.abs(jnp.fft.rfft2(indicator)) ** 2
+        s2 = jnp.fft.irfft2(power, s=indicator.shape) / indicator.size
+        rows, columns = (jnp.arange(-spec.radius, spec.radius + 1) % side for side in indicator.shape)
+        return s2[rows][:, columns].reshape(-1)
 
     return one
 
@@ -107,10 +106,8 @@ def _pixels(spec: FeatureSpec) -> Callable:
     return one
 
 
-def make_featurizer(spec: FeatureSpec, params: dict | None = None, batch: int = 32) -> Callable:
-    """``labels (B, *shape) -> features (B, F)`` float32 numpy; 2D images or 3D volumes (slices per axis).
-
-    Runs in jitted chunks of ``batch`` images (memory stays bounded whatever B)."""
+def make_describer(spec: FeatureSpec, params: dict | None = None) -> Callable:
+    """``describe(labels) -> (F,)`` for one 2D image or 3D volume (slices per axis), traceable."""
     if spec.kind == "vgg" and params is None:
         raise InputError("VGG features need network weights (params)")
     one = {"vgg": lambda: _vgg_labels(spec, params), "twopoint": lambda: _two_point(spec),
@@ -127,27 +124,47 @@ def make_featurizer(spec: FeatureSpec, params: dict | None = None, batch: int = 
             per_axis.append(jax.lax.map(one, sections).mean(0))
         return jnp.concatenate(per_axis)
 
-    chunk_fn = jax.jit(jax.vmap(describe))
+    return describe
 
-    def featurize(labels: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
+
+def run_in_chunks(batched: Callable, n_phases: int, batch: int = 32) -> Callable:
+    """``run(labels (B, *shape), progress=None)``: ``batched`` (a traceable function of an int32 label batch) jitted
+    and applied to chunks of ``batch`` images (one compiled shape, bounded memory), results concatenated along
+    their first axis as float32 numpy, after checking the batch's rank and phases."""
+    compiled = jax.jit(lambda part: batched(part.astype(jnp.int32)))
+
+    def run(labels: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
         labels = np.asarray(labels)
         if labels.ndim not in (3, 4):
             raise InputError(f"images must be a batch of 2D or 3D label arrays, got shape {labels.shape}")
-        if labels.size and int(labels.max()) >= spec.n_phases:
-            raise InputError(f"the images have {int(labels.max()) + 1} phases; the features are for "
-                             f"{spec.n_phases}")
+        if labels.size and int(labels.max()) >= n_phases:
+            raise InputError(f"the images have {int(labels.max()) + 1} phases; the features are for {n_phases}")
+        if labels.size and int(labels.min()) < 0:
+            raise InputError("the images hold negative labels; phases are numbered 0, 1, ...")
+        labels = labels.astype(np.uint8)
         out = []
         for start in range(0, len(labels), batch):
-            part = labels[start:start + batch].astype(np.int32)
+            part = labels[start:start + batch]
             pad = batch - len(part)
             if pad:  # one compiled shape
                 part = np.concatenate([part, np.repeat(part[:1], pad, axis=0)])
-            out.append(np.asarray(chunk_fn(jnp.asarray(part)))[: batch - pad])
+            out.append(np.asarray(compiled(jnp.asarray(part)))[: batch - pad])
             if progress:
                 progress(batch - pad)
         return np.concatenate(out).astype(np.float32)
 
-    return featurize
+    return run
+
+
+def chunk_size(spec: FeatureSpec) -> int:
+    """Images per compiled call: 32 through the network (its activations bound the memory), else 128."""
+    return 32 if spec.kind == "vgg" else 128
+
+
+def make_featurizer(spec: FeatureSpec, params: dict | None = None, batch: int | None = None) -> Callable:
+    """``labels (B, *shape) -> features (B, F)`` float32 numpy; 2D images or 3D volumes (slices per axis), in
+    jitted chunks of ``batch`` images (default ``chunk_size(spec)``; memory stays bounded whatever B)."""
+    return run_in_chunks(jax.vmap(make_describer(spec, params)), spec.n_phases, batch or chunk_size(spec))
 
 
 def check_size(spec: FeatureSpec, shape: Sequence[int]) -> None:

@@ -1,8 +1,9 @@
 """A trained head on disk: ``model.json`` (head architecture, feature spec, VGG weights' digest, the property and
-its phase values, data split, training record) and ``params.npz`` (ensemble parameters and feature normaliser).
+its phase values, data split, training record) and ``params/``, an orbax checkpoint of the ensemble parameters and
+the feature normaliser. ``model.json`` is written last, so a folder without it holds no finished model.
 
 Loading checks the spec and the digest against the network it will run with and refuses another one with a
-message that says what differs.
+message that says what differs. Models saved by earlier versions (``params.npz``) still load.
 """
 
 from __future__ import annotations
@@ -15,14 +16,23 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from jaxmicro.errors import InputError
-from jaxmicro.io import atomic_write_path, write_json
-from jaxmicro.surrogate import data as data_module, heads
-from jaxmicro.surrogate.features import FeatureSpec, check_size, make_featurizer, weights_digest
+from jaxmicro.io import write_json
+from jaxmicro.surrogate import heads
+from jaxmicro.surrogate.features import (
+    FeatureSpec,
+    check_size,
+    chunk_size,
+    make_describer,
+    run_in_chunks,
+    weights_digest,
+)
 from jaxmicro.surrogate.properties import PropertySpec
 
-FORMAT = "jaxmicro-surrogate-model/1"
+FORMAT = "jaxmicro-surrogate-model/2"
+FORMATS = (FORMAT, "jaxmicro-surrogate-model/1")  # /1: parameters in params.npz
 
 
 @dataclasses.dataclass
@@ -57,14 +67,37 @@ def n_inputs(config: heads.HeadConfig, normaliser: dict) -> int:
     return int(width) + 1
 
 
+def save_tree(path: Path, tree) -> None:
+    """Write a pytree of arrays as an orbax checkpoint at ``path`` (into a temporary folder, renamed when
+    complete; an existing one is replaced)."""
+    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    checkpointer.save(Path(path).resolve(), args=ocp.args.StandardSave(tree), force=True)
+
+
+def restore_tree(path: Path, template=None):
+    """Read the orbax checkpoint at ``path`` (as numpy arrays; into ``template``'s structure when given)."""
+    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    return checkpointer.restore(Path(path).resolve(), args=ocp.args.StandardRestore(template))
+
+
 def save_model(folder: str | Path, model: Model) -> None:
     folder = Path(folder)
-    arrays = flatten(model.params, "params") | {f"normaliser/{k}": v for k, v in model.normaliser.items()}
-    with atomic_write_path(folder / "params.npz") as temp:
-        np.savez(temp, **arrays)
+    (folder / "model.json").unlink(missing_ok=True)  # until the new parameters are complete
+    save_tree(folder / "params", {"params": jax.tree.map(np.asarray, model.params),
+                                  "normaliser": dict(model.normaliser)})
     write_json(folder / "model.json", {
         "format": FORMAT, "head": model.config.to_json(), "features": model.spec.to_json(),
         "vgg_weights_digest": model.digest, **model.property_spec.to_json(), **model.record})
+
+
+def _stored_arrays(folder: Path, form: str) -> dict[str, np.ndarray]:
+    """The saved parameters and normaliser as ``{"params[...]": array, "normaliser/<name>": array}``."""
+    if form == "jaxmicro-surrogate-model/1":
+        with np.load(folder / "params.npz", allow_pickle=False) as stored:
+            return dict(stored)
+    stored = restore_tree(folder / "params")
+    return flatten(stored["params"], "params") | {f"normaliser/{k}": np.asarray(v)
+                                                  for k, v in stored["normaliser"].items()}
 
 
 def load_model(folder: str | Path) -> Model:
@@ -76,16 +109,15 @@ def load_model(folder: str | Path) -> Model:
                          "`jaxmicro surrogate train DATA --out MODEL`")
     try:
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
+        if meta.get("format") not in FORMATS:
             raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
         config = heads.HeadConfig.from_json(meta["head"])
         spec = FeatureSpec.from_json(meta["features"])
         property_spec = PropertySpec.from_json(meta)
-        with np.load(folder / "params.npz", allow_pickle=False) as stored:
-            arrays = dict(stored)
+        arrays = _stored_arrays(folder, meta["format"])
     except InputError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise InputError(f"the model in {folder} is damaged or from another version ({error}); train it again"
                          ) from error
     normaliser = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("normaliser/")}
@@ -115,21 +147,26 @@ def make_predictor(model: Model, vgg_params: dict | None = None) -> Callable:
     the network; ``std`` is the members' spread times the model's calibrated ``uncertainty_scale``;
     the phases must be those the model was trained on."""
     check_network(model, None, vgg_params)
-    featurize = make_featurizer(model.spec, vgg_params)
+    describe = make_describer(model.spec, vgg_params)
     _, apply = heads.make_head(model.config)
+    n_phases, dim = model.spec.n_phases, model.config.dim
 
-    @jax.jit
-    def head(features, fractions):
-        return heads.predict_tensors(apply, model.params, model.normaliser, features, fractions,
-                                     model.property_spec, model.config.dim)
+    def members_of(labels):  # (B, *shape) int32 -> (B, M, m, m): features, fractions and head in one program
+        axes = tuple(range(1, labels.ndim))
+        fractions = jnp.stack([jnp.mean(labels == i, axis=axes) for i in range(n_phases)], 1).astype(jnp.float32)
+        members = heads.predict_tensors(apply, model.params, model.normaliser, jax.vmap(describe)(labels),
+                                        fractions, model.property_spec, dim)
+        return jnp.swapaxes(members, 0, 1)
+
+    run = run_in_chunks(members_of, n_phases, chunk_size(model.spec))
 
     def predict(labels):
         labels = np.asarray(labels)
-        if labels.ndim - 1 != model.config.dim:
-            raise InputError(f"the model predicts {model.config.dim}D tensors; these images are "
+        if labels.ndim - 1 != dim:
+            raise InputError(f"the model predicts {dim}D tensors; these images are "
                              f"{labels.ndim - 1}D (shape {labels.shape[1:]})")
         check_size(model.spec, labels.shape[1:])
-        members = np.asarray(head(featurize(labels), data_module.phase_fractions(labels, model.spec.n_phases)))
+        members = np.swapaxes(run(labels), 0, 1)
         return members.mean(0), model.record.get("uncertainty_scale", 1.0) * members.std(0), members
 
     return predict

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,14 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from jaxmicro.errors import InputError
 from jaxmicro.io import atomic_write_path
 from jaxmicro.surrogate import data as data_module, heads
 from jaxmicro.surrogate.features import FeatureSpec, check_size, make_featurizer, weights_digest
-from jaxmicro.surrogate.model import Model, flatten, n_inputs, save_model, uncertainty_scale, unflatten
+from jaxmicro.surrogate.model import Model, n_inputs, save_model, uncertainty_scale
 
-STATE = "training_state.npz"
+STATE = "training_state"  # orbax checkpoints of the training, removed when it ends
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,22 +188,22 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
 
     fingerprint = _fingerprint(data_digest, digest, spec.to_json(), config.to_json(), dataclasses.asdict(options))
     start, best, best_epoch, best_params, history = 0, np.inf, -1, params, []
-    state_path = out / STATE
-    if state_path.exists():
-        with np.load(state_path, allow_pickle=False) as saved:
-            if str(saved["fingerprint"]) == fingerprint:
-                arrays = dict(saved)
-                params = unflatten(params, arrays, "params")
-                best_params = unflatten(params, arrays, "best")
-                opt_state = unflatten(opt_state, arrays, "optimiser")
-                start, best, best_epoch = int(arrays["epoch"]), float(arrays["best"]), int(arrays["best_epoch"])
-                history = json.loads(str(arrays["history"]))
+    manager = training_state(out, fingerprint)
+    saved_epoch = manager.latest_step()
+    if saved_epoch is not None:
+        template = {"params": params, "best": params, "optimiser": opt_state}
+        restored = manager.restore(saved_epoch, args=ocp.args.Composite(
+            arrays=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+        params, best_params, opt_state = (jax.tree.map(jnp.asarray, restored["arrays"][k])
+                                          for k in ("params", "best", "optimiser"))
+        meta = restored["meta"]
+        start, best, best_epoch, history = saved_epoch, meta["best"], meta["best_epoch"], meta["history"]
 
     def save_state(epoch_done):
-        arrays = flatten(params, "params") | flatten(best_params, "best") | flatten(opt_state, "optimiser")
-        with atomic_write_path(state_path) as temp:
-            np.savez(temp, fingerprint=np.asarray(fingerprint), epoch=np.asarray(epoch_done), best=np.asarray(best),
-                     best_epoch=np.asarray(best_epoch), history=np.asarray(json.dumps(history)), **arrays)
+        meta = {"fingerprint": fingerprint, "best": best, "best_epoch": best_epoch, "history": history}
+        arrays = {"params": params, "best": best_params, "optimiser": opt_state}
+        manager.save(epoch_done, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
+                                                          meta=ocp.args.JsonSave(meta)), force=True)
 
     for index in range(start, options.epochs):
         params, opt_state, train_loss = epoch(params, opt_state, jax.random.fold_in(key, index))
@@ -227,8 +229,24 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
     record["uncertainty_scale"] = uncertainty_scale(val_members, cached["validation_tensor"])
     model = Model(config, spec, digest, prop, best_params, normaliser, record)
     save_model(out, model)
-    state_path.unlink(missing_ok=True)
+    manager.close()
+    shutil.rmtree(out / STATE, ignore_errors=True)
     return model
+
+
+def training_state(out: Path, fingerprint: str) -> ocp.CheckpointManager:
+    """The orbax checkpoints of a training in ``out``; those of another run (other data, head, features or
+    options) are removed, so training starts afresh."""
+    folder = (out / STATE).resolve()
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=True)
+    manager = ocp.CheckpointManager(folder, options=options)
+    step = manager.latest_step()
+    if step is not None and manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"].get("fingerprint") != fingerprint:
+        manager.close()
+        shutil.rmtree(folder)
+        manager = ocp.CheckpointManager(folder, options=options)
+    return manager
 
 
 def property_of(data, name: str):
