@@ -76,7 +76,7 @@ def statistics(args):
             continue
         exemplar = np.load(SHARED / name).astype(np.int32)
         own = float(physics.effective_conductivity(exemplar, conductivity).tensor[0, 0])
-        targets = [own * (1 + p) for p in (-0.2, -0.1, 0.1, 0.2)]
+        targets = [own * (1 + float(p)) for p in args.offsets.split(",")]
         start = time.perf_counter()
         result = D.design(exemplar, targets={"k_xx": targets}, shape=(args.size,) * 2, conductivity=conductivity,
                           count=args.count, steps=args.steps, seed=args.seed, hold_fraction=args.hold_fraction,
@@ -165,6 +165,8 @@ def main():
     parser.add_argument("--statistics-weight", type=float, default=1.0)
     parser.add_argument("--no-hold-fraction", dest="hold_fraction", action="store_false")
     parser.add_argument("--images", help="comma-separated subset of the statistics images")
+    parser.add_argument("--offsets", default="-0.2,-0.1,0.1,0.2",
+                        help="statistics: targets as relative offsets from each exemplar's own k_xx")
     parser.add_argument("--out", default="design-benchmark")
     args = parser.parse_args()
     header(args)
