@@ -344,6 +344,17 @@ def test_training_resumes_from_its_saved_state(tmp_path, trained, tiny_params):
                 options=dataclasses.replace(options, epochs=12), epoch_progress=lambda e, v: seen.append(e))
     assert seen == list(range(1, 13))
 
+    with pytest.raises(KeyboardInterrupt):  # a damaged state is not resumed either
+        train.train(folder / "data", tmp_path / "damaged", config=config, spec=spec, vgg_params=tiny_params,
+                    options=options, epoch_progress=stop)
+    for path in (tmp_path / "damaged" / train.STATE).rglob("*"):
+        if path.is_file() and path.name != "commit_success.txt":
+            path.write_bytes(b"\x00garbage")
+    seen.clear()
+    train.train(folder / "data", tmp_path / "damaged", config=config, spec=spec, vgg_params=tiny_params,
+                options=options, epoch_progress=lambda e, v: seen.append(e))
+    assert seen == list(range(1, 21))
+
 
 @pytest.mark.slow
 def test_twopoint_baseline_trains_inside_bounds(trained):

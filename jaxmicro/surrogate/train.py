@@ -188,16 +188,12 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
 
     fingerprint = _fingerprint(data_digest, digest, spec.to_json(), config.to_json(), dataclasses.asdict(options))
     start, best, best_epoch, best_params, history = 0, np.inf, -1, params, []
-    manager = training_state(out, fingerprint)
-    saved_epoch = manager.latest_step()
-    if saved_epoch is not None:
-        template = {"params": params, "best": params, "optimiser": opt_state}
-        restored = manager.restore(saved_epoch, args=ocp.args.Composite(
-            arrays=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+    manager, saved = training_state(out, fingerprint, {"params": params, "best": params, "optimiser": opt_state})
+    if saved is not None:
+        start, restored = saved
         params, best_params, opt_state = (jax.tree.map(jnp.asarray, restored["arrays"][k])
                                           for k in ("params", "best", "optimiser"))
-        meta = restored["meta"]
-        start, best, best_epoch, history = saved_epoch, meta["best"], meta["best_epoch"], meta["history"]
+        best, best_epoch, history = (restored["meta"][k] for k in ("best", "best_epoch", "history"))
 
     def save_state(epoch_done):
         meta = {"fingerprint": fingerprint, "best": best, "best_epoch": best_epoch, "history": history}
@@ -234,19 +230,26 @@ def train(data_folder: str | Path, out: str | Path, *, config: heads.HeadConfig,
     return model
 
 
-def training_state(out: Path, fingerprint: str) -> ocp.CheckpointManager:
-    """The orbax checkpoints of a training in ``out``; those of another run (other data, head, features or
-    options) are removed, so training starts afresh."""
+def training_state(out: Path, fingerprint: str, template) -> tuple[ocp.CheckpointManager, tuple | None]:
+    """The orbax checkpoints of a training in ``out`` and its latest state, ``(epoch, {"arrays": ..., "meta":
+    ...})``, or None; the state of another run (other data, head, features or options) or a damaged one is
+    removed, so training starts afresh."""
     folder = (out / STATE).resolve()
     options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=True)
     manager = ocp.CheckpointManager(folder, options=options)
-    step = manager.latest_step()
-    if step is not None and manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"].get("fingerprint") != fingerprint:
-        manager.close()
-        shutil.rmtree(folder)
-        manager = ocp.CheckpointManager(folder, options=options)
-    return manager
+    epoch = manager.latest_step()
+    if epoch is None:
+        return manager, None
+    try:
+        restored = manager.restore(epoch, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(template),
+                                                                  meta=ocp.args.JsonRestore()))
+        if restored["meta"].get("fingerprint") == fingerprint:
+            return manager, (epoch, restored)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):
+        pass
+    manager.close()
+    shutil.rmtree(folder)
+    return ocp.CheckpointManager(folder, options=options), None
 
 
 def property_of(data, name: str):
