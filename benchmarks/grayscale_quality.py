@@ -4,7 +4,6 @@ patterns and the copy check, each beside what the exemplar's own windows of the 
     python benchmarks/grayscale_quality.py --out gray-run                       # held-out images
     python benchmarks/grayscale_quality.py --images tuning --out gray-tuning    # the images the defaults were chosen on
     python benchmarks/grayscale_quality.py --options '{"initial": "noise"}' --out gray-noise
-    python benchmarks/grayscale_quality.py --images all --scale-only --out gray-scale  # the scales alone
 
 Images (all grayscale, 0..1): tuning ``gravel`` (scikit-image's CC0 gravel texture, 2x2-averaged to 256x256) and
 ``ceramics_rendered`` (the Li et al. 2018 ceramics labels from ../shared/data rendered as a micrograph: Gaussian
@@ -19,11 +18,8 @@ of the same shapes (the compiled programs warm, as on the command line's second 
 compare_grayscale`` judges it against the whole exemplar; ``grid`` is the largest ratio of the spectrum's power at
 the network's pooling frequencies (1/2, 1/4, 1/8, 1/16 cycles per pixel, per axis) to that of the neighbouring
 frequencies: about 1 without a grid pattern, well above 1 with one. The exemplar's corner windows of the output's
-size give every measure's scale; where the exemplar is smaller than twice the output those windows overlap and
-understate the spread, so ``--surrogates`` windows of the output's size from independent random-phase surrogates
-(the exemplar's histogram and power spectrum, ``surrogate``) give the scale of an independent sample too. Writes
-``grayscale.json``, the reconstructions (``NAME_seedS.npy``, uint8) and ``grayscale.png`` (the exemplars and
-their reconstructions) into ``--out``.
+size give every measure's scale. Writes ``grayscale.json``, the reconstructions (``NAME_seedS.npy``, uint8) and
+``grayscale.png`` (the exemplars and their reconstructions) into ``--out``.
 """
 
 from __future__ import annotations
@@ -129,34 +125,6 @@ def judge(exemplar: np.ndarray, gray: np.ndarray) -> dict:
     }
 
 
-def surrogate(exemplar: np.ndarray, rng: np.random.Generator, iterations: int = 5) -> np.ndarray:
-    """A periodic random-phase surrogate of ``exemplar`` with its intensity histogram exactly and its power
-    spectrum nearly (iterated amplitude-adjusted Fourier transform, Schreiber and Schmitz 1996): an independent
-    sample of a model that shares the exemplar's histogram and autocovariance and nothing else."""
-    amplitude = np.abs(np.fft.fft2(exemplar - exemplar.mean()))
-    values = np.sort(exemplar.ravel())
-    field = np.fft.ifft2(amplitude * np.exp(1j * np.angle(np.fft.fft2(rng.normal(size=exemplar.shape))))).real
-    for _ in range(iterations):
-        field = values[np.argsort(np.argsort(field.ravel()))].reshape(exemplar.shape)
-        field = np.fft.ifft2(amplitude * np.exp(1j * np.angle(np.fft.fft2(field - field.mean())))).real
-    return values[np.argsort(np.argsort(field.ravel()))].reshape(exemplar.shape).astype(np.float32)
-
-
-def surrogate_windows(exemplar: np.ndarray, size: int, count: int = 30, seed: int = 0) -> dict[str, list[float]]:
-    """Histogram distance and autocovariance error (``compare_grayscale``) of ``count`` windows of the output's size
-    at random places in independent surrogates: the scale of an independent sample where the exemplar is too small
-    for independent windows of its own (its corner windows then overlap and understate the spread)."""
-    rng = np.random.default_rng(seed)
-    distances, errors = [], []
-    for _ in range(count):
-        shift = tuple(int(i) for i in rng.integers(0, exemplar.shape, 2))
-        window = np.roll(surrogate(exemplar, rng), shift, (0, 1))[:size, :size]
-        r = report.compare_grayscale(exemplar, [window])["reconstructions"][0]
-        distances.append(r["intensity_histogram_distance"])
-        errors.append(r["autocovariance_max_abs_error"])
-    return {"histogram_distance": distances, "autocovariance_error": errors}
-
-
 def window_grids(exemplar: np.ndarray, size: int) -> list[float]:
     """``grid_ratio`` of the exemplar's four corner windows of the output's size."""
     h, w = exemplar.shape
@@ -194,9 +162,6 @@ def main():
     parser.add_argument("--options", default="{}", help="JSON of extra jaxmicro.reconstruct options")
     parser.add_argument("--compilation-cache", default=None)
     parser.add_argument("--out", default="gray-run")
-    parser.add_argument("--surrogates", type=int, default=30,
-                        help="surrogate windows per image for the independent-sample scale (0: none)")
-    parser.add_argument("--scale-only", action="store_true", help="the scales only, no reconstructions")
     args = parser.parse_args()
     if args.compilation_cache:
         enable_compilation_cache(args.compilation_cache)
@@ -214,16 +179,6 @@ def main():
             exemplar = load(name, Path(args.data))
         except (FileNotFoundError, ImportError) as error:
             print(f"skipping {name}: {error}")
-            continue
-        model = surrogate_windows(exemplar, args.size, args.surrogates) if args.surrogates else None
-        if model:
-            print(f"{name:18s} surrogate windows: histogram {np.quantile(model['histogram_distance'], 0.1):.4f}-"
-                  f"{np.quantile(model['histogram_distance'], 0.9):.4f}, autocovariance "
-                  f"{np.quantile(model['autocovariance_error'], 0.1):.3f}-"
-                  f"{np.quantile(model['autocovariance_error'], 0.9):.3f} (10th-90th percentile of "
-                  f"{args.surrogates})", flush=True)
-        if args.scale_only:
-            results[name] = {"shape": list(exemplar.shape), "tuning": name in TUNING, "surrogate_windows": model}
             continue
         if not warm:  # compile the programs of these shapes once
             jaxmicro.reconstruct(exemplar, grayscale=True, shape=shape, seed=99, **options)
@@ -247,7 +202,7 @@ def main():
                   f"  cluster {r['cluster']} vs {r['cluster_exemplar_same_size']}  copy {r['likely_copy']}",
                   flush=True)
         results[name] = {"shape": list(exemplar.shape), "tuning": name in TUNING, "runs": runs,
-                         "window_grid": window_grids(exemplar, args.size), "surrogate_windows": model}
+                         "window_grid": window_grids(exemplar, args.size)}
         rows.append((name, exemplar, outputs))
     record = {"size": args.size, "seeds": seeds, "options": options, "images": results, "device": str(jax.devices()[0]),
               "jax_version": jax.__version__, "jaxmicro_version": jaxmicro.__version__}
