@@ -356,6 +356,20 @@ def test_training_resumes_from_its_saved_state(tmp_path, trained, tiny_params):
     assert seen == list(range(1, 21))
 
 
+@pytest.mark.parametrize("shape", [(16, 16), (12, 20), (15, 13)])
+def test_folded_two_point_features_equal_the_window_then_the_projection(shape):
+    from jaxmicro.surrogate.features import folded_two_point, make_featurizer
+
+    rng = np.random.default_rng(0)
+    spec = FeatureSpec(kind="twopoint", radius=4)
+    labels = (rng.random((6, *shape)) < rng.uniform(0.2, 0.8, (6, 1, 1))).astype(np.uint8)
+    windows = make_featurizer(spec)(labels)
+    normaliser = heads.fit_normaliser(windows + rng.normal(0, 0.01, windows.shape).astype(np.float32), 5)
+    expected = heads.reduce_features(windows, normaliser)
+    folded = folded_two_point(spec, normaliser, shape)(jnp.asarray(labels, jnp.int32))
+    np.testing.assert_allclose(folded, expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
+
+
 @pytest.mark.slow
 def test_twopoint_baseline_trains_inside_bounds(trained):
     folder, _ = trained

@@ -39,8 +39,8 @@ def design_predictors(model: Model, vgg_params: dict | None) -> dict:
             raise InputError(f"the head was trained on {model.spec.n_phases} phases, the design has "
                              f"{fields.shape[-1]}")
         fractions = jnp.mean(fields.reshape(-1, fields.shape[-1]), axis=0)[None]
-        members = heads.predict_tensors(apply, model.params, model.normaliser, moments(fields)[None], fractions,
-                                        model.property_spec, model.config.dim)
+        inputs = heads.head_inputs(moments(fields)[None], fractions, model.normaliser)
+        members = heads.predict_tensors(apply, model.params, inputs, fractions, model.property_spec, model.config.dim)
         tensor = members.mean(0)[0]
         return HomogenisationResult(tensor, jnp.asarray(0, jnp.int32), jnp.asarray(0.0, tensor.dtype),
                                     jnp.asarray(0, jnp.int32))

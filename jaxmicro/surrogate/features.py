@@ -12,6 +12,7 @@ model records its spec and the VGG weights' digest and refuses any other.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import jax
@@ -97,6 +98,37 @@ def _two_point(spec: FeatureSpec) -> Callable:
         return s2[rows][:, columns].reshape(-1)
 
     return one
+
+
+@functools.lru_cache(maxsize=8)
+def _window_from_power(shape: tuple[int, int], radius: int) -> np.ndarray:
+    """The linear map from a 2D image's half power spectrum ``|rfft2|^2`` (flattened) to its two-point window
+    (``_two_point``): ``S2(d) = sum_k m_k P_k cos(2 pi (k_x d_x / H + k_y d_y / W)) / (H W)^2``, each frequency of
+    the half plane counted with its mirror image (``m_k = 2``) but for the self-mirrored columns ``k_y = 0`` and
+    ``W / 2``. ``(H (W // 2 + 1), (2r + 1)^2)`` float64."""
+    h, w = shape
+    kx, ky = np.meshgrid(np.arange(h), np.arange(w // 2 + 1), indexing="ij")
+    mirror = np.where((ky == 0) | (2 * ky == w), 1.0, 2.0).reshape(-1, 1)
+    dx, dy = np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1), indexing="ij")
+    phase = 2 * np.pi * (np.outer(kx.ravel(), dx.ravel()) / h + np.outer(ky.ravel(), dy.ravel()) / w)
+    return mirror * np.cos(phase) / float(h * w) ** 2
+
+
+def folded_two_point(spec: FeatureSpec, normaliser: dict, shape: Sequence[int]) -> Callable:
+    """``reduce(labels (B, H, W)) -> (B, C)``: the PCA-reduced two-point features (``heads.reduce_features``)
+    straight from each image's half power spectrum, the inverse transform, the window and the projection folded
+    into one matrix (the same numbers as the window, without the inverse FFT: the prediction's largest cost)."""
+    to_window = _window_from_power(tuple(int(s) for s in shape), spec.radius)
+    projection = np.asarray(normaliser["projection"], np.float64) / np.asarray(normaliser["scale"], np.float64)[:, None]
+    matrix = jnp.asarray(to_window @ projection, jnp.float32)
+    offset = jnp.asarray(-np.asarray(normaliser["mean"], np.float64) @ projection, jnp.float32)
+
+    def reduce(labels):
+        spectrum = jnp.fft.rfft2((labels == 1).astype(jnp.float32))
+        power = (spectrum.real**2 + spectrum.imag**2).reshape(labels.shape[0], -1)
+        return power @ matrix + offset
+
+    return reduce
 
 
 def _pixels(spec: FeatureSpec) -> Callable:

@@ -124,12 +124,19 @@ def make_head(config: HeadConfig):
     return init, apply
 
 
-def head_inputs(features: jax.Array, fractions: jax.Array, normaliser: dict) -> jax.Array:
-    """Standardised (and PCA-reduced) features, with the phase-1 fraction appended (it sets the bounds)."""
+def reduce_features(features: jax.Array, normaliser: dict) -> jax.Array:
+    """Standardised (and PCA-reduced) features."""
     x = (features - normaliser["mean"]) / normaliser["scale"]
-    if "projection" in normaliser:
-        x = x @ normaliser["projection"]
-    return jnp.concatenate([x, 2.0 * fractions[..., 1:] - 1.0], axis=-1)
+    return x @ normaliser["projection"] if "projection" in normaliser else x
+
+
+def with_fraction(reduced: jax.Array, fractions: jax.Array) -> jax.Array:
+    """The head's input: reduced features with the phase-1 fraction appended (it sets the bounds)."""
+    return jnp.concatenate([reduced, 2.0 * fractions[..., 1:] - 1.0], axis=-1)
+
+
+def head_inputs(features: jax.Array, fractions: jax.Array, normaliser: dict) -> jax.Array:
+    return with_fraction(reduce_features(features, normaliser), fractions)
 
 
 def fit_normaliser(features: np.ndarray, components: int = 0) -> dict[str, np.ndarray]:
@@ -145,7 +152,7 @@ def fit_normaliser(features: np.ndarray, components: int = 0) -> dict[str, np.nd
     return normaliser
 
 
-def predict_tensors(apply, params, normaliser, features, fractions, prop: PropertySpec, dim: int):
-    """Members' tensors ``(members, B, m, m)`` in the property's units."""
-    unit = apply(params, head_inputs(features, fractions, normaliser))
-    return prop.to_tensor(unit, *prop.bounds(fractions, dim), dim)
+def predict_tensors(apply, params, inputs, fractions, prop: PropertySpec, dim: int):
+    """Members' tensors ``(members, B, m, m)`` in the property's units, from the head's ``inputs``
+    (``head_inputs``)."""
+    return prop.to_tensor(apply(params, inputs), *prop.bounds(fractions, dim), dim)

@@ -25,6 +25,7 @@ from jaxmicro.surrogate.features import (
     FeatureSpec,
     check_size,
     chunk_size,
+    folded_two_point,
     make_describer,
     run_in_chunks,
     weights_digest,
@@ -151,11 +152,15 @@ def make_predictor(model: Model, vgg_params: dict | None = None) -> Callable:
     _, apply = heads.make_head(model.config)
     n_phases, dim = model.spec.n_phases, model.config.dim
 
+    folded = model.spec.kind == "twopoint" and dim == 2 and "projection" in model.normaliser
+
     def members_of(labels):  # (B, *shape) int32 -> (B, M, m, m): features, fractions and head in one program
         axes = tuple(range(1, labels.ndim))
         fractions = jnp.stack([jnp.mean(labels == i, axis=axes) for i in range(n_phases)], 1).astype(jnp.float32)
-        members = heads.predict_tensors(apply, model.params, model.normaliser, jax.vmap(describe)(labels),
-                                        fractions, model.property_spec, dim)
+        reduced = (folded_two_point(model.spec, model.normaliser, labels.shape[1:])(labels) if folded
+                   else heads.reduce_features(jax.vmap(describe)(labels), model.normaliser))
+        members = heads.predict_tensors(apply, model.params, heads.with_fraction(reduced, fractions), fractions,
+                                        model.property_spec, dim)
         return jnp.swapaxes(members, 0, 1)
 
     run = run_in_chunks(members_of, n_phases, chunk_size(model.spec))
