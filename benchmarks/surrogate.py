@@ -378,6 +378,9 @@ def main():
     if not args.skip_3d:
         results["speed_64x64x64"] = cached(out / "speed_64_3.json", lambda: speed(out, params, (64, 64, 64), 4))
         print(f"speed 64^3: {json.dumps(results['speed_64x64x64'])}", flush=True)
+        results["speed_twopoint_64x64x64"] = cached(out / "speed_twopoint_64_3.json", lambda: speed(
+            out, params, (64, 64, 64), 4, head="twopoint"))
+        print(f"speed 64^3, two-point head: {json.dumps(results['speed_twopoint_64x64x64'])}", flush=True)
     results["design"] = cached(out / "design.json", lambda: design_comparison(out, params))
     print(f"design: {json.dumps(results['design'])}", flush=True)
     results["design_stiffness"] = cached(out / "design_stiffness.json", lambda: design_comparison(

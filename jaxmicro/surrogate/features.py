@@ -159,44 +159,48 @@ def make_describer(spec: FeatureSpec, params: dict | None = None) -> Callable:
     return describe
 
 
-def run_in_chunks(batched: Callable, n_phases: int, batch: int = 32) -> Callable:
+def run_in_chunks(batched: Callable, n_phases: int, chunk: Callable[[tuple[int, ...]], int]) -> Callable:
     """``run(labels (B, *shape), progress=None)``: ``batched`` (a traceable function of an int32 label batch) jitted
-    and applied to chunks of ``batch`` images (one compiled shape, bounded memory), results concatenated along
-    their first axis as float32 numpy, after checking the batch's rank and phases."""
+    and applied to chunks of ``chunk(shape)`` images (fewer when B is smaller; one compiled shape per chunk length,
+    bounded memory), results concatenated along their first axis as float32 numpy, after checking the batch's rank
+    and phases."""
     compiled = jax.jit(lambda part: batched(part.astype(jnp.int32)))
 
     def run(labels: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
         labels = np.asarray(labels)
-        if labels.ndim not in (3, 4):
+        if labels.ndim not in (3, 4) or not len(labels):
             raise InputError(f"images must be a batch of 2D or 3D label arrays, got shape {labels.shape}")
         if labels.size and int(labels.max()) >= n_phases:
             raise InputError(f"the images have {int(labels.max()) + 1} phases; the features are for {n_phases}")
         if labels.size and int(labels.min()) < 0:
             raise InputError("the images hold negative labels; phases are numbered 0, 1, ...")
         labels = labels.astype(np.uint8)
+        size = max(1, min(chunk(labels.shape[1:]), len(labels)))
         out = []
-        for start in range(0, len(labels), batch):
-            part = labels[start:start + batch]
-            pad = batch - len(part)
+        for start in range(0, len(labels), size):
+            part = labels[start:start + size]
+            pad = size - len(part)
             if pad:  # one compiled shape
                 part = np.concatenate([part, np.repeat(part[:1], pad, axis=0)])
-            out.append(np.asarray(compiled(jnp.asarray(part)))[: batch - pad])
+            out.append(np.asarray(compiled(jnp.asarray(part)))[: size - pad])
             if progress:
-                progress(batch - pad)
+                progress(size - pad)
         return np.concatenate(out).astype(np.float32)
 
     return run
 
 
-def chunk_size(spec: FeatureSpec) -> int:
-    """Images per compiled call: 32 through the network (its activations bound the memory), else 128."""
-    return 32 if spec.kind == "vgg" else 128
+def chunk_size(spec: FeatureSpec, shape: Sequence[int]) -> int:
+    """Images of ``shape`` per compiled call: as many pixels as 32 images of 64x64 through the network (its
+    activations bound the memory), else as 128 of them; at least one."""
+    return max(1, (32 if spec.kind == "vgg" else 128) * 64 * 64 // int(np.prod(shape)))
 
 
 def make_featurizer(spec: FeatureSpec, params: dict | None = None, batch: int | None = None) -> Callable:
     """``labels (B, *shape) -> features (B, F)`` float32 numpy; 2D images or 3D volumes (slices per axis), in
-    jitted chunks of ``batch`` images (default ``chunk_size(spec)``; memory stays bounded whatever B)."""
-    return run_in_chunks(jax.vmap(make_describer(spec, params)), spec.n_phases, batch or chunk_size(spec))
+    jitted chunks of ``batch`` images (default ``chunk_size``; memory stays bounded whatever B)."""
+    chunk = (lambda shape: batch) if batch else functools.partial(chunk_size, spec)
+    return run_in_chunks(jax.vmap(make_describer(spec, params)), spec.n_phases, chunk)
 
 
 def check_size(spec: FeatureSpec, shape: Sequence[int]) -> None:

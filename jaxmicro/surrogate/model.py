@@ -9,6 +9,7 @@ message that says what differs. Models saved by earlier versions (``params.npz``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -163,7 +164,7 @@ def make_predictor(model: Model, vgg_params: dict | None = None) -> Callable:
                                         model.property_spec, dim)
         return jnp.swapaxes(members, 0, 1)
 
-    run = run_in_chunks(members_of, n_phases, chunk_size(model.spec))
+    run = run_in_chunks(members_of, n_phases, functools.partial(chunk_size, model.spec))
 
     def predict(labels):
         labels = np.asarray(labels)
