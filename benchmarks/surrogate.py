@@ -173,10 +173,9 @@ def speed(out, params, shape, batch, head="gram", prop=C10):
     config = heads.HeadConfig(head=head, members=4, dim=len(shape), components=train.default_components(head),
                               property=prop.name)
     spec = train.spec_for(head)
-    featurize = make_featurizer(spec, params)
-    features = featurize(images[:2])
+    features = make_featurizer(spec, params)(images)
     init, apply = heads.make_head(config)
-    normaliser = heads.fit_normaliser(np.concatenate([features, features + 1]), config.components)
+    normaliser = heads.fit_normaliser(features, config.components)  # as many PCA components as a trained head
     trained = model.Model(config, spec, model.weights_digest(params, spec), prop,
                           init(jax.random.PRNGKey(0), model.n_inputs(config, normaliser)), normaliser)
     predict = model.make_predictor(trained, params)
