@@ -299,6 +299,24 @@ def test_a_model_saved_by_the_earlier_npz_format_loads_the_same(trained, tmp_pat
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("damage", ["data", "metadata", "missing"])
+def test_a_damaged_model_is_refused_with_one_clear_message(trained, tmp_path, damage):
+    import shutil
+
+    folder, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(folder / "model", copy)
+    if damage == "missing":
+        shutil.rmtree(copy / "params")
+    for path in (copy / "params").rglob("*"):
+        is_data = path.parent.name == "d"
+        if path.is_file() and path.name != "commit_success.txt" and is_data == (damage == "data"):
+            path.write_bytes(b"\x00junk")
+    with pytest.raises(InputError, match="damaged or from another version") as error:
+        model.load_model(copy)
+    assert len(str(error.value)) < 400
+
+
 def test_another_network_or_spec_is_refused(trained, tiny_params):
     folder, _ = trained
     restored = model.load_model(folder / "model")

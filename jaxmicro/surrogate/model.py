@@ -120,8 +120,8 @@ def load_model(folder: str | Path) -> Model:
     except InputError:
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise InputError(f"the model in {folder} is damaged or from another version ({error}); train it again"
-                         ) from error
+        raise InputError(f"the model in {folder} is damaged or from another version ({str(error)[:200]}); train "
+                         "it again") from error
     normaliser = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("normaliser/")}
     init, _ = heads.make_head(config)
     template = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), n_inputs(config, normaliser)))
