@@ -374,6 +374,16 @@ def test_training_resumes_from_its_saved_state(tmp_path, trained, tiny_params):
     assert seen == list(range(1, 21))
 
 
+def test_two_point_features_of_a_volume_are_its_slices_averaged_per_axis():
+    from jaxmicro.surrogate.features import make_featurizer
+
+    spec = FeatureSpec(kind="twopoint", radius=3)
+    volume = (np.random.default_rng(1).random((1, 10, 12, 14)) < 0.4).astype(np.uint8)
+    featurize = make_featurizer(spec)
+    expected = np.concatenate([featurize(np.moveaxis(volume[0], axis, 0)).mean(0) for axis in range(3)])
+    np.testing.assert_allclose(featurize(volume)[0], expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(16, 16), (12, 20), (15, 13)])
 def test_folded_two_point_features_equal_the_window_then_the_projection(shape):
     from jaxmicro.surrogate.features import folded_two_point, make_featurizer

@@ -90,12 +90,16 @@ def _vgg_labels(spec: FeatureSpec, params: dict) -> Callable:
 
 
 def _two_point(spec: FeatureSpec) -> Callable:
-    def one(labels):  # (H, W) -> ((2r+1)^2,), displacements -r..r per axis
+    def one(labels):  # (H, W) -> ((2r+1)^2,), displacements -r..r per axis; a volume: per axis, see below
         indicator = (labels == 1).astype(jnp.float32)
-        power = jnp.abs(jnp.fft.rfft2(indicator)) ** 2
-        s2 = jnp.fft.irfft2(power, s=indicator.shape) / indicator.size
-        rows, columns = (jnp.arange(-spec.radius, spec.radius + 1) % side for side in indicator.shape)
-        return s2[rows][:, columns].reshape(-1)
+        power = jnp.abs(jnp.fft.rfftn(indicator)) ** 2
+        s2 = jnp.fft.irfftn(power, s=indicator.shape) / indicator.size
+        near = [jnp.arange(-spec.radius, spec.radius + 1) % side for side in indicator.shape]
+        if labels.ndim == 2:
+            return s2[near[0]][:, near[1]].reshape(-1)
+        # the slice-averaged periodic S2 of the slices across axis a is the volume's at displacements with d_a = 0
+        return jnp.concatenate([s2[0][near[1]][:, near[2]].reshape(-1), s2[near[0], 0][:, near[2]].reshape(-1),
+                                s2[near[0]][:, near[1], 0].reshape(-1)])
 
     return one
 
@@ -148,7 +152,7 @@ def make_describer(spec: FeatureSpec, params: dict | None = None) -> Callable:
     def describe(image):
         if image.ndim == 3 and spec.kind == "pixels":
             raise InputError("the end-to-end CNN head reads 2D images only")
-        if image.ndim == 2:
+        if image.ndim == 2 or spec.kind == "twopoint":
             return one(image)
         per_axis = []
         for axis in range(3):
