@@ -50,7 +50,7 @@ _DAMAGE = (ValueError, KeyError, TypeError, OSError, MemoryError)
 _JSON_TYPES = (list, str, int, float, bool, type(None))
 
 
-def _quiet_closed_event_loop() -> None:
+def quiet_closed_event_loop() -> None:
     """After a failed restore, tensorstore may still call back into orbax's event loop, already closed, and Python
     prints that RuntimeError as a traceback on stderr, even after the command has reported the damage: drop it."""
     previous = sys.unraisablehook
@@ -81,7 +81,7 @@ def _refuse_damaged(restore):
             # AttributeError only from a metadata file that holds another JSON value than an object
             if isinstance(error, AttributeError) and not isinstance(getattr(error, "obj", None), _JSON_TYPES):
                 raise
-            _quiet_closed_event_loop()
+            quiet_closed_event_loop()
             raise self._damaged(step, f"{type(error).__name__}: {str(error)[:200]}") from error
         if restored is not None:
             expected, found = ([f"{'x'.join(map(str, np.shape(a))) or 'scalar'} {np.dtype(a.dtype)}"

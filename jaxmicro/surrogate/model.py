@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxmicro.checkpoint import quiet_closed_event_loop
 from jaxmicro.errors import InputError
 from jaxmicro.io import write_json
 from jaxmicro.surrogate import heads
@@ -120,6 +121,7 @@ def load_model(folder: str | Path) -> Model:
     except InputError:
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        quiet_closed_event_loop()
         raise InputError(f"the model in {folder} is damaged or from another version ({str(error)[:200]}); train "
                          "it again") from error
     normaliser = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("normaliser/")}

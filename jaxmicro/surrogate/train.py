@@ -20,6 +20,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from jaxmicro.checkpoint import quiet_closed_event_loop
 from jaxmicro.errors import InputError
 from jaxmicro.io import atomic_write_path
 from jaxmicro.surrogate import data as data_module, heads
@@ -246,7 +247,7 @@ def training_state(out: Path, fingerprint: str, template) -> tuple[ocp.Checkpoin
         if restored["meta"].get("fingerprint") == fingerprint:
             return manager, (epoch, restored)
     except (ValueError, KeyError, TypeError, AttributeError, OSError):
-        pass
+        quiet_closed_event_loop()
     manager.close()
     shutil.rmtree(folder)
     return ocp.CheckpointManager(folder, options=options), None
