@@ -81,7 +81,7 @@ def trained_model(folder: Path, fit, data_folder, params):
 def train_and_evaluate(out, folder, name, params, args, head="gram", taps=None, exclude=(), prop="conductivity"):
     spec = train.spec_for(head, taps)
     config = heads.HeadConfig(head=head, members=args.members, components=train.default_components(head),
-                              property=prop)
+                              hidden=train.default_hidden(head), property=prop)
     options = train.TrainOptions(epochs=args.epochs, augment=args.augment, exclude=tuple(exclude))
     start = time.perf_counter()
     trained = trained_model(out / name, lambda: train.train(
@@ -171,7 +171,7 @@ def speed(out, params, shape, batch, head="gram", prop=C10):
     label = prop.labeller(1e-5)
     solve = timed(lambda x: label(x)[0], jnp.asarray(images), repeats=3)
     config = heads.HeadConfig(head=head, members=4, dim=len(shape), components=train.default_components(head),
-                              property=prop.name)
+                              hidden=train.default_hidden(head), property=prop.name)
     spec = train.spec_for(head)
     features = make_featurizer(spec, params)(images)
     init, apply = heads.make_head(config)

@@ -110,7 +110,8 @@ def _train(args) -> int:
     if unknown:
         raise InputError(f"--exclude: unknown generator family {unknown}; choose from {', '.join(data.GENERATORS)}")
     train.property_of(loaded, args.property)
-    config = heads.HeadConfig(head=args.head, hidden=tuple(args.hidden), members=args.members,
+    config = heads.HeadConfig(head=args.head, members=args.members,
+                              hidden=tuple(args.hidden) if args.hidden else train.default_hidden(args.head),
                               dim=loaded["labels"].ndim - 1, components=train.default_components(args.head),
                               shape=tuple(loaded["labels"].shape[1:]) if args.head == "cnn" else (),
                               property=args.property)
@@ -240,7 +241,8 @@ def register(subparsers) -> None:
     p.add_argument("--property", default="conductivity", choices=["conductivity", "stiffness"],
                    help="what the head predicts (stiffness needs data made with --young and --poisson)")
     p.add_argument("--members", type=_whole, default=4, help="ensemble members (default 4)")
-    p.add_argument("--hidden", type=_widths, default=[256, 256], metavar="W1,W2", help="hidden widths (256,256)")
+    p.add_argument("--hidden", type=_widths, metavar="W1,W2",
+                   help="hidden widths (default 256,256; twopoint 128,128)")
     p.add_argument("--epochs", type=_whole, default=300)
     p.add_argument("--batch", type=_whole, default=128)
     p.add_argument("--learning-rate", type=float, default=2e-3)
