@@ -77,10 +77,10 @@ def save_tree(path: Path, tree) -> None:
     checkpointer.save(Path(path).resolve(), args=ocp.args.StandardSave(tree), force=True)
 
 
-def restore_tree(path: Path, template=None):
-    """Read the orbax checkpoint at ``path`` (as numpy arrays; into ``template``'s structure when given)."""
+def restore_tree(path: Path):
+    """Read the orbax checkpoint at ``path`` as a pytree of numpy arrays."""
     checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-    return checkpointer.restore(Path(path).resolve(), args=ocp.args.StandardRestore(template))
+    return checkpointer.restore(Path(path).resolve(), args=ocp.args.StandardRestore())
 
 
 def save_model(folder: str | Path, model: Model) -> None:
