@@ -18,6 +18,7 @@ the volumes (.npy) into --out. Needs ../shared/data.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import time
 from pathlib import Path
@@ -61,6 +62,7 @@ def main():
     parser.add_argument("--correlation-weight", type=float, default=None, help=unset)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--options", default="{}", help="JSON of extra jaxmicro.reconstruct options")
     parser.add_argument("--out", default="run-3d")
     parser.add_argument("--compilation-cache", default=None, metavar="DIR",
                         help="keep compiled programs in DIR: a second invocation with the same DIR starts warm")
@@ -87,7 +89,8 @@ def main():
         print(f"{name}: schedule {R.resolve_schedule(exemplar, shape=shape, layers=args.layers, **given)}", flush=True)
         start = time.perf_counter()
         result = R.reconstruct(exemplar, shape=shape, count=args.count, seed=args.seed, layers=args.layers,
-                               dtype=args.dtype, params=params, learning_rate=args.learning_rate, **given)
+                               dtype=args.dtype, params=params, learning_rate=args.learning_rate, **given,
+                               **json.loads(args.options))
         wall = time.perf_counter() - start
         stem = Path(name).stem
         names = [f"{stem}_{i}" for i in range(args.count)]

@@ -522,7 +522,7 @@ def resolve_schedule(exemplar, *, shape: Sequence[int] | None = None, layers: st
 def level_targets(config: ReconstructionConfig, params, images: Sequence[np.ndarray], per_direction: bool,
                   correlations: bool) -> LevelTargets:
     """The exemplar-derived data of one level (``LevelTargets``) from the images at that level; ``correlations``:
-    also those of the Gaussian start (2D outputs)."""
+    also those of the Gaussian start."""
     groups = [list(images)] if per_direction else [[e] for e in images]
     per_group = [make_targets(config, params, g) for g in groups]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *per_group)
@@ -576,8 +576,7 @@ def characterise(
             level_images = [subsample(e) for e in level_images]
             level_config, _ = make_config(level_images, shape=tuple(s // 2 for s in level_config.shape),
                                           layers=config.taps, grayscale=grayscale, dtype=dtype, **coarse_options)
-        stored.append(level_targets(level_config, params, level_images, per_direction,
-                                    correlations=len(config.shape) == 2))
+        stored.append(level_targets(level_config, params, level_images, per_direction, correlations=True))
     finest = None if grayscale else min(finest_feature(e) for e in images)
     return Characterisation(config.n_phases, per_direction, finest, tuple(stored),
                             _targets_network_digest(params, config))
@@ -650,8 +649,7 @@ def reconstruct(
     ``weights``: objective weights by term name (``TERM_NAMES``), a number or one value per sample, overriding
     the defaults at full size. ``initial``: the start of the coarsest level, 'gaussian' (a Gaussian random field
     with the exemplar's two-point statistics and fractions, or grayscale its histogram, ``jaxmicro.initial``) or
-    'noise' (white noise).
-    Default: 'gaussian' for 2D outputs, 'noise' for volumes and for ``optimizer='lbfgs'``.
+    'noise' (white noise). Default: 'gaussian', 'noise' for ``optimizer='lbfgs'``.
     ``polish_steps``: after the full-size level, that many steps of the objective without the network
     (statistics only, milliseconds each; unset: twice ``steps`` for 2D phase images, none for volumes and grayscale).
     ``cleanup``: give isolated pixels of the final labels beyond the exemplar's own share their neighbours' phase,
@@ -712,21 +710,20 @@ def reconstruct(
             dtype=dtype, params=params, chunk=chunk, levels=levels - 1, coarse_steps=coarse_steps, progress=progress,
             initial=initial, polish_steps=0, **options,
         )
-        # 2D: logits interpolated (phase boundaries and intensities without the 2x2 blocks of a copy);
-        # volumes: each voxel keeps its coarse parent's phase
+        # logits interpolated linearly: phase boundaries and intensities without the blocks of a copy
         initial_logits = jax.image.resize(coarse.logits, (coarse.logits.shape[0], *config.shape, config.channels),
-                                          "linear" if config.grayscale or len(config.shape) == 2 else "nearest")
+                                          "linear")
 
     # L-BFGS's line search sees no decrease from a decided start (the decoded loss is flat for small steps)
-    initial = initial or ("gaussian" if len(config.shape) == 2 and optimizer != "lbfgs" else "noise")
+    initial = initial or ("noise" if optimizer == "lbfgs" else "gaussian")
     gaussian = initial_logits is None and initial == "gaussian" and not resuming
     if stored is None:
         level = level_targets(config, params, images, per_direction, correlations=gaussian)
     else:
         level = stored_level(stored, config)
         if gaussian and level.correlations is None:
-            raise InputError("the stored targets hold no Gaussian start for this shape (made by an earlier version, "
-                             "or for a volume); characterise the exemplar again, or use initial='noise'")
+            raise InputError("the stored targets hold no Gaussian start for this shape (made by an earlier "
+                             "version); characterise the exemplar again, or use initial='noise'")
     exemplar_index = np.repeat(np.arange(len(level.targets.fractions)), count)
     targets = jax.tree.map(lambda x: x[exemplar_index], level.targets)
     batch = exemplar_index.size

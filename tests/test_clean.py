@@ -207,6 +207,16 @@ def test_reconstruction_starts_from_the_gaussian_field_and_returns_clean_labels(
         R.reconstruct(exemplar, initial="sky", **common)
 
 
+def test_a_volume_starts_from_the_gaussian_field_too(tiny_params):
+    exemplar = blobs(32, 2, seed=2)
+    common = dict(shape=(12, 12, 12), count=1, steps=2, layers=("relu1_1",), widths=TINY_WIDTHS, levels=1,
+                  params={"conv1_1": tiny_params["conv1_1"]}, seed=3, learning_rate=1e-9)
+    noise, gaussian = R.reconstruct(exemplar, initial="noise", **common), R.reconstruct(exemplar, **common)
+    mean = [st.mean_chord_length(st.chord_length_distribution(r.labels[0], 2).sum(0)).min() for r in (noise, gaussian)]
+    assert mean[1] > 2 * mean[0]  # the field's features, not white noise's single voxels
+    assert abs(np.mean(gaussian.labels[0]) - np.mean(exemplar)) < 0.02  # cut to the exemplar's fractions
+
+
 def test_cleanup_keeps_the_exemplars_share_of_isolated_pixels_the_surest_first():
     labels = np.zeros((12, 12), np.uint8)
     labels[2:7, 2:7] = 1

@@ -58,6 +58,16 @@ def test_stored_grayscale_targets_hold_the_gaussian_start(exemplar, tiny_params,
     _same(from_image, R.reconstruct(targets=tmp_path / "g.npz", **run))
 
 
+def test_stored_targets_of_a_volume_hold_its_gaussian_start(exemplar, tiny_params, tmp_path):
+    run = dict(shape=(8, 8, 8), count=1, steps=2, levels=1, params=tiny_params, layers="relu1_2", widths=TINY_WIDTHS)
+    from_image = R.reconstruct(exemplar, **run)
+    stored = R.characterise(exemplar, shape=(8, 8, 8), levels=1, params=tiny_params, layers="relu1_2",
+                            widths=TINY_WIDTHS)
+    assert stored.levels[0].correlations.shape == (1, 2, 8, 8, 8)
+    T.save_targets(tmp_path / "v.npz", stored)
+    _same(from_image, R.reconstruct(targets=tmp_path / "v.npz", **run))
+
+
 @pytest.mark.slow
 def test_stored_targets_coarse_to_fine_with_polish(exemplar, tiny_params, tmp_path):
     run = dict(count=2, steps=3, coarse_steps=3, polish_steps=2, seed=1, params=tiny_params, **TINY)
