@@ -217,6 +217,17 @@ def test_a_volume_starts_from_the_gaussian_field_too(tiny_params):
     assert abs(np.mean(gaussian.labels[0]) - np.mean(exemplar)) < 0.02  # cut to the exemplar's fractions
 
 
+def test_a_grayscale_volume_starts_from_the_exemplars_histogram(tiny_params):
+    gray = np.clip(0.5 + 0.3 * np.sin(np.arange(32) / 3.0)[:, None] * np.cos(np.arange(32) / 4.0), 0, 1)
+    common = dict(shape=(8, 8, 8), count=1, steps=2, layers=("relu1_1",), widths=TINY_WIDTHS, levels=1,
+                  params={"conv1_1": tiny_params["conv1_1"]}, learning_rate=1e-9, grayscale=True)
+    levels = [0.1, 0.5, 0.9]
+    start = R.reconstruct(gray.astype(np.float32), **common).labels[0] / 255.0
+    np.testing.assert_allclose(np.quantile(start, levels), np.quantile(gray, levels), atol=0.03)
+    noise = R.reconstruct(gray.astype(np.float32), initial="noise", **common).labels[0] / 255.0
+    assert np.ptp(np.quantile(noise, levels)) < 0.5 * np.ptp(np.quantile(gray, levels))
+
+
 def test_cleanup_keeps_the_exemplars_share_of_isolated_pixels_the_surest_first():
     labels = np.zeros((12, 12), np.uint8)
     labels[2:7, 2:7] = 1
