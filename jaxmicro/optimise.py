@@ -1,8 +1,8 @@
 """The optimisation loop for any loss: state, one step, compiled chunks of steps, and the batched run.
 
 ``loss_fn(params, logits, objective, key) -> (total, {name: value})`` is any loss of one sample (see
-``jaxmicro.terms.make_loss``). ``make_step`` applies an optax optimiser to it; ``make_run_chunk`` vmaps the step
-over samples and scans ``chunk`` steps inside one ``jax.jit``; ``run`` calls chunks until the budget is spent,
+``jaxmicro.terms.make_loss``). ``make_step`` applies an optax optimiser to it; ``make_run_chunk`` lifts the
+step over samples and scans ``chunk`` steps inside one ``jax.jit``; ``run`` calls chunks until the budget is spent,
 records the total and every named term per step, and checkpoints between chunks. Failure is data: a sample whose
 loss or gradient stops being finite keeps its last finite iterate and is marked, never the batch.
 """
@@ -101,10 +101,15 @@ def make_step(loss_fn: Callable, optimizer, total_steps: int, labels: Callable =
     return step
 
 
-def make_run_chunk(step: Callable, total_steps: int, chunk: int) -> Callable:
+def make_run_chunk(step: Callable, total_steps: int, chunk: int, samples_at_once: int | None = None) -> Callable:
     """``run_chunk(params, states, objective, start=None) -> (states, (losses (chunk, B), {name: (chunk, B)}))``:
-    one jit of ``chunk`` steps, vmapped over the batch (``params`` shared; ``states`` and ``objective`` per
-    sample).
+    one jit of ``chunk`` steps over the batch (``params`` shared; ``states`` and ``objective`` per sample).
+
+    ``samples_at_once``: the step is vmapped over groups of this many samples, the groups run one after the
+    other (``jax.lax.map``); the default is the whole batch at once (one vmap), but one sample at a time on a
+    CPU, where a vmapped batch is no faster per sample and an iterative solver in the loss (a vmapped
+    ``while_loop``) runs every sample until the slowest one has converged. The results are the same either way
+    up to float rounding.
 
     The chunk length never changes, so a run compiles once, and the objective is an argument, so new targets or
     weights do not recompile; steps past ``total_steps`` leave a sample untouched (NaN in the history, dropped).
@@ -114,7 +119,13 @@ def make_run_chunk(step: Callable, total_steps: int, chunk: int) -> Callable:
     same device.
     """
     # jitted so that tracing it for the output shapes of a skipped step and for the step itself is done once
-    batched_step = jax.jit(jax.vmap(step, in_axes=(None, 0, 0)))
+    if samples_at_once is None and jax.default_backend() == "cpu":
+        samples_at_once = 1
+    if samples_at_once is None:
+        batched_step = jax.jit(jax.vmap(step, in_axes=(None, 0, 0)))
+    else:
+        batched_step = jax.jit(lambda params, states, objective: jax.lax.map(
+            lambda sample: step(params, *sample), (states, objective), batch_size=samples_at_once))
 
     @functools.partial(jax.jit, donate_argnums=1)
     def run_chunk(params, states, objective, start=None):
