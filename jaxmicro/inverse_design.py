@@ -36,6 +36,7 @@ OPTIMUM_WEIGHT = 100.0  # weight of a max / min term (the value over its largest
 DESIGN_STEPS = 1000
 COARSE_STEPS = 1000  # statistics-only steps at half size before the design steps (start="coarse")
 STARTS = ("coarse", "reconstruction", "noise")  # where a design with statistics terms starts
+STRETCH = 4  # how much longer the coarse start's features get where a target needs anisotropy (stretched_axes)
 STRUCTURE_OPTIONS = ("widths", "pooling", "padding", "dtype", "convolution")  # the network the start shares
 DEFAULT_FILTER_RADIUS = 3.0  # pixels, the density filter of designs without statistics terms
 CORRELATION_WEIGHT = 30.0  # the two-point weight of the statistics terms the design defaults were measured with
@@ -452,20 +453,58 @@ def anisotropy_notes(targets: Sequence[PropertyTarget], phases: PhaseProperties,
     for anisotropic structures (layers, aligned channels), so they pull against statistics that are isotropic."""
     if phases.conductivity is None:
         return []
-    lower, upper = (float(b) for b in physics.hashin_shtrikman_bounds(fractions, phases.conductivity, dim))
+    bounds = hashin_shtrikman_range(phases, dim, fractions)
     notes = []
     for target in targets:
-        if not (target.name.startswith("k_") and _is_diagonal(target.name)) or target.relation not in ("=", ">=",
-                                                                                                        "<="):
-            continue
-        outside = [v for v in target.values if (v < lower and target.relation != ">=")
-                   or (v > upper and target.relation != "<=")]
+        outside = [v for i, v in enumerate(target.values) if beyond_isotropic(target, i, bounds)]
         if outside:
             notes.append(f"{target.name} targets {', '.join(f'{v:.4g}' for v in outside)} lie outside the "
-                         f"Hashin-Shtrikman bounds {lower:.4g} .. {upper:.4g} at the exemplar's fractions: only an "
-                         "anisotropic structure reaches them, so they pull against isotropic statistics and may be "
-                         "missed or change the fractions")
+                         f"Hashin-Shtrikman bounds {bounds[0]:.4g} .. {bounds[1]:.4g} at the exemplar's fractions: "
+                         "only an anisotropic structure reaches them, so they pull against isotropic statistics and "
+                         "may be missed or change the fractions (their designs start stretched)")
     return notes
+
+
+def hashin_shtrikman_range(phases: PhaseProperties, dim: int, fractions: np.ndarray) -> tuple[float, float]:
+    lower, upper = physics.hashin_shtrikman_bounds(fractions, phases.conductivity, dim)
+    return float(lower), float(upper)
+
+
+def beyond_isotropic(target: PropertyTarget, index: int, bounds: tuple[float, float]) -> int:
+    """-1 where design ``index`` asks a diagonal conductivity below the isotropic (Hashin-Shtrikman) range
+    ``bounds``, +1 above it, else 0."""
+    if not (target.name.startswith("k_") and _is_diagonal(target.name)) or not target.values:
+        return 0
+    value = target.value(index)
+    if value < bounds[0] and target.relation != ">=":
+        return -1
+    return 1 if value > bounds[1] and target.relation != "<=" else 0
+
+
+def stretched_axes(targets: Sequence[PropertyTarget], phases: PhaseProperties, dim: int, fractions: np.ndarray,
+                   target_index: np.ndarray) -> list[tuple[int, ...]]:
+    """Per design, the axes along which its start is stretched: a target on ``k_ii`` below the Hashin-Shtrikman
+    lower bound at the exemplar's fractions needs layers across axis ``i`` (stretched along the other axes), one
+    above the upper bound channels along axis ``i`` (stretched along ``i``); designs within the bounds: ()."""
+    if phases.conductivity is None:
+        return [()] * len(target_index)
+    bounds = hashin_shtrikman_range(phases, dim, fractions)
+    stretched = []
+    for index in target_index:
+        axes: set[int] = set()
+        for target in targets:
+            side, axis = beyond_isotropic(target, int(index), bounds), "xyz".index(target.name[2])
+            axes |= {axis} if side > 0 else (set(range(dim)) - {axis}) if side < 0 else set()
+        stretched.append(tuple(sorted(axes)))
+    return stretched
+
+
+def stretch(logits: jax.Array, axes: tuple[int, ...], shape: Sequence[int], factor: int = STRETCH) -> jax.Array:
+    """One sample's half-size start ``(*half, channels)`` copied to blocks of ``shape``; along ``axes`` only its
+    first ``1 / factor`` is kept and stretched to the whole length (features ``factor`` times as long there)."""
+    kept = tuple(slice(0, max(1, n // factor)) if axis in axes else slice(None)
+                 for axis, n in enumerate(logits.shape[:-1]))
+    return jax.image.resize(logits[kept], (*shape, logits.shape[-1]), "nearest")
 
 
 def start_schedule(plan: DesignPlan) -> dict[str, int]:
@@ -517,10 +556,12 @@ def design(
     ``interface_weight``, ``widths``, ...). ``filter_radius``: a periodic Gaussian density filter on the logits
     (pixels; default ``DEFAULT_FILTER_RADIUS`` without statistics, where nothing else sets a length scale,
     else none). ``start``: with statistics terms, 'coarse' starts the design from ``coarse_steps``
-    statistics-only steps at half size, 'reconstruction' from a default ``jaxmicro.reconstruct`` of the exemplar at
-    the design's shape (``start_schedule``; cleaner and faster, but far targets are reached less often: see
-    docs/results.md), 'noise' from white noise. ``property_weight``: default ``PROPERTY_WEIGHT``
-    for targets, ``OPTIMUM_WEIGHT`` for max / min. ``callback`` and ``progress`` as for ``reconstruct``.
+    statistics-only steps at half size (stretched ``STRETCH`` times along the axes where a conductivity target
+    lies beyond the isotropic bounds, ``stretched_axes``), 'reconstruction' from a default
+    ``jaxmicro.reconstruct`` of the exemplar at the design's shape (``start_schedule``; cleaner and faster, but far
+    targets are reached less often: see docs/results.md), 'noise' from white noise. ``property_weight``: default
+    ``PROPERTY_WEIGHT`` for targets, ``OPTIMUM_WEIGHT`` for max / min. ``callback`` and ``progress`` as for
+    ``reconstruct``.
 
     ``predictors``: ``{kind: predict(fields)}`` used in place of the solver during the optimisation (e.g. a
     learned head, ``jaxmicro.surrogate.design.design_predictors``); ``design_records`` still checks every final
@@ -589,7 +630,8 @@ def design(
                                chunk=chunk, progress=progress, initial="noise", polish_steps=0,
                                **{**dict.fromkeys(R.MORPHOLOGY_WEIGHTS, 0.0),
                                   **{k: v for k, v in options.items() if k != "correlation_radius"}})
-        start_logits = jax.image.resize(coarse.logits, (batch, *config.shape, config.channels), "nearest")
+        axes = stretched_axes(property_targets, phases, dim, plan.fractions, target_index)
+        start_logits = jnp.stack([stretch(one, a, config.shape) for one, a in zip(coarse.logits, axes)])
     if use_network and start == "reconstruction" and not resuming:  # the statistics first: a reconstruction
         begun = R.reconstruct(images[0], shape=config.shape, count=batch, seed=seed, layers=config.taps,
                               params=params, chunk=chunk, progress=progress,

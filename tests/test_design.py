@@ -83,6 +83,22 @@ def test_infeasible_targets_are_refused_before_any_work():
     assert not D.prepare(exemplar, targets=["k_xx=3"], shape=(16, 16), conductivity=[1.0, 10.0]).notes
 
 
+def test_targets_beyond_the_isotropic_bounds_start_stretched_across_or_along_their_axis():
+    phases = D.phase_properties(2, 2, conductivity=[1.0, 10.0])
+    fractions = np.array([0.6, 0.4])  # Hashin-Shtrikman range about 1.97 .. 3.91 in 2D
+    targets = [D.parse_target("k_xx=1.8:4.5:3"), D.parse_target("k_yy<=1.5")]
+    # k_xx 1.8 (below: layers across x, stretched along y), 3.15 (within), 4.5 (above: stretched along x);
+    # k_yy <= 1.5 is below everywhere: stretched along x
+    assert D.stretched_axes(targets, phases, 2, fractions, np.arange(3)) == [(0, 1), (0,), (0,)]
+    assert D.stretched_axes(targets[:1], phases, 3, fractions, np.arange(3)) == [(1, 2), (), (0,)]
+    assert D.stretched_axes([D.parse_target("k_xx>=1.5")], phases, 2, fractions, np.arange(1)) == [()]
+    half = jnp.asarray(np.arange(8 * 8).reshape(8, 8, 1), jnp.float32)  # value = 8 * row + col
+    start = np.asarray(D.stretch(half, (1,), (16, 16), factor=4))[..., 0]
+    assert np.array_equal(start[::2, 0], 8.0 * np.arange(8))  # rows: copied to pairs
+    assert np.array_equal(start[0], np.repeat(np.arange(2.0), 8))  # columns 0..1 stretched 8 times
+    assert np.array_equal(np.asarray(D.stretch(half, (), (16, 16)))[::2, ::2, 0], half[..., 0])
+
+
 def test_bounds_at_a_fraction_are_the_laminates():
     phases = D.phase_properties(2, 2, conductivity=[1.0, 10.0])
     lo, hi = D.component_bounds(D.parse_target("k_xx=2"), phases, 2, np.array([0.6, 0.4]))
