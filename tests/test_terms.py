@@ -139,3 +139,24 @@ def test_a_custom_term_plugs_into_the_loop_as_documented(params):
     states, history = optimise.run(run_chunk, params, states, batched, 60)
     assert history["edge"].shape == (2, 60) and np.all(history["edge"][:, -1] < 0.1 * history["edge"][:, 0])
     assert np.all(np.asarray(optimise.decoded_phases(states.logits))[:, 0] == 1)  # the first row became phase 1
+
+
+def test_the_batch_runs_the_same_vmapped_in_groups_or_one_sample_at_a_time(params):
+    """``samples_at_once``: the whole batch vmapped, groups of 2 (one padded), or one sample after the other (the
+    CPU default) give the same states and history up to float rounding."""
+    from jaxmicro import optimise
+
+    config, exemplar = setup()
+    objective = R.make_objective(config, R.make_targets(config, params, [exemplar]))
+    batched = jax.tree.map(lambda x: jnp.broadcast_to(x, (3, *jnp.shape(x))), objective)
+    tx = optimise.make_optimizer("adam", 0.05, 12)
+    step = R.make_step(config, tx, 12)
+    results = []
+    for samples_at_once in (3, 2, 1, None):
+        states = jax.vmap(lambda k: R.init_state(config, tx, k))(jax.random.split(jax.random.PRNGKey(0), 3))
+        run_chunk = optimise.make_run_chunk(step, 12, 6, samples_at_once=samples_at_once)
+        results.append(optimise.run(run_chunk, params, states, batched, 12))
+    for states, history in results[1:]:
+        np.testing.assert_allclose(states.logits, results[0][0].logits, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(history["loss"], results[0][1]["loss"], rtol=1e-4)
+    assert not np.allclose(results[0][1]["loss"][0], results[0][1]["loss"][1])  # the samples differ
