@@ -461,7 +461,7 @@ def anisotropy_notes(targets: Sequence[PropertyTarget], phases: PhaseProperties,
             notes.append(f"{target.name} targets {', '.join(f'{v:.4g}' for v in outside)} lie outside the "
                          f"Hashin-Shtrikman bounds {bounds[0]:.4g} .. {bounds[1]:.4g} at the exemplar's fractions: "
                          "only an anisotropic structure reaches them, so they pull against isotropic statistics and "
-                         "may be missed or change the fractions (their designs start stretched)")
+                         "may be missed or change the fractions (a coarse start is stretched for them)")
     return notes
 
 
