@@ -466,6 +466,7 @@ def anisotropy_notes(targets: Sequence[PropertyTarget], phases: PhaseProperties,
 
 
 def hashin_shtrikman_range(phases: PhaseProperties, dim: int, fractions: np.ndarray) -> tuple[float, float]:
+    """The isotropic conductivities possible at ``fractions``: the Hashin-Shtrikman bounds as floats."""
     lower, upper = physics.hashin_shtrikman_bounds(fractions, phases.conductivity, dim)
     return float(lower), float(upper)
 
@@ -493,8 +494,10 @@ def stretched_axes(targets: Sequence[PropertyTarget], phases: PhaseProperties, d
     for index in target_index:
         axes: set[int] = set()
         for target in targets:
-            side, axis = beyond_isotropic(target, int(index), bounds), "xyz".index(target.name[2])
-            axes |= {axis} if side > 0 else (set(range(dim)) - {axis}) if side < 0 else set()
+            side = beyond_isotropic(target, int(index), bounds)
+            if side:
+                axis = "xyz".index(target.name[2])
+                axes |= {axis} if side > 0 else set(range(dim)) - {axis}
         stretched.append(tuple(sorted(axes)))
     return stretched
 

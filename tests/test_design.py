@@ -92,6 +92,9 @@ def test_targets_beyond_the_isotropic_bounds_start_stretched_across_or_along_the
     assert D.stretched_axes(targets, phases, 2, fractions, np.arange(3)) == [(0, 1), (0,), (0,)]
     assert D.stretched_axes(targets[:1], phases, 3, fractions, np.arange(3)) == [(1, 2), (), (0,)]
     assert D.stretched_axes([D.parse_target("k_xx>=1.5")], phases, 2, fractions, np.arange(1)) == [()]
+    both = D.phase_properties(2, 2, conductivity=[1.0, 10.0], young=[10.0, 100.0], poisson=[0.3, 0.3])
+    others = [D.parse_target(t) for t in ("k=5,0,2.5", "C_1111=40", "k_xx/k_yy=2", "k_xy=0.1")]
+    assert D.stretched_axes(others, both, 2, fractions, np.arange(1)) == [()]  # only diagonal k_ii targets
     half = jnp.asarray(np.arange(8 * 8).reshape(8, 8, 1), jnp.float32)  # value = 8 * row + col
     start = np.asarray(D.stretch(half, (1,), (16, 16), factor=4))[..., 0]
     assert np.array_equal(start[::2, 0], 8.0 * np.arange(8))  # rows: copied to pairs
