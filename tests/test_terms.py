@@ -142,8 +142,8 @@ def test_a_custom_term_plugs_into_the_loop_as_documented(params):
 
 
 def test_the_batch_runs_the_same_vmapped_in_groups_or_one_sample_at_a_time(params):
-    """``samples_at_once``: the whole batch as one group, groups of 2 (and a remainder of 1), or one sample after the other (the
-    CPU default) give the same states and history up to float rounding."""
+    """``samples_at_once``: the whole batch as one group, groups of 2 (and a remainder of 1), or one sample after
+    the other (the CPU default) give the same states and history up to float rounding."""
     from jaxmicro import optimise
 
     config, exemplar = setup()
