@@ -120,12 +120,62 @@ def interface_measure(fields: jax.Array) -> jax.Array:
     return sum(jnp.mean(jnp.abs(jnp.roll(fields, -1, axis=a) - fields), axis=spatial) for a in axes) / len(axes)
 
 
-def lineal_path(fields: jax.Array, radius: int) -> jax.Array:
+def lineal_path(fields: jax.Array, radius: int, decided: bool = False) -> jax.Array:
     """``(*spatial, C) -> (axes, radius + 1, C)``: mean over pixels of ``prod_{k=0..r} I(x + k e_a)``, periodic.
 
     Products of the fields, so it is exact on labels (``jaxmicro.statistics.lineal_path``) and smooth in
-    probabilities."""
-    return jnp.stack([lineal_path_along(fields, axis, radius) for axis in range(fields.ndim - 1)])
+    probabilities. ``decided``: the fields are decided phases (every value 0 or 1: one-hot labels, or phases
+    decoded straight-through), so the same value and gradient follow from run lengths, about ten times faster
+    (``decided_lineal_path_along``)."""
+    along = lambda axis: (decided_lineal_path_along(fields, axis, radius)  # noqa: E731
+                          if decided and radius < fields.shape[axis] else lineal_path_along(fields, axis, radius))
+    return jnp.stack([along(axis) for axis in range(fields.ndim - 1)])
+
+
+def _runs(inside: jax.Array, axis: int, direction: int, longest: int) -> jax.Array:
+    """The number of consecutive pixels inside, from each pixel on in ``direction`` (+1 or -1) along ``axis``,
+    periodic, exact up to ``longest`` (at least; longer runs are cut): run lengths double each pass."""
+    run = inside.astype(jnp.int32)
+    length = 1
+    while length < longest:
+        run = run + jnp.where(run == length, jnp.roll(run, -direction * length, axis=axis), 0)
+        length *= 2
+    return run
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def decided_lineal_path_along(fields: jax.Array, axis: int, radius: int) -> jax.Array:
+    """``lineal_path_along`` of decided phases (fields 0 or 1; ``radius`` shorter than the axis), from run lengths.
+
+    Value: the share of pixels from which at least ``r + 1`` pixels in a row lie in the phase. Gradient: the
+    derivative of the products at these fields, ``d L(r) / d I(y) = #{runs of r + 1 pixels through y whose
+    other pixels lie in the phase} / N``; with ``a`` and ``b`` those pixels before and after ``y`` (at most
+    ``r``), ``max(0, min(r, a) + min(r, b) - r + 1)`` of them.
+    """
+    return _decided_forward(fields, axis, radius)[0]
+
+
+def _decided_forward(fields, axis, radius):
+    spatial = tuple(range(fields.ndim - 1))
+    inside = fields > 0.5
+    ahead = _runs(inside, axis, 1, radius + 1)
+    path = jnp.mean((ahead[..., None, :] > jnp.arange(radius + 1)[:, None]).astype(fields.dtype), axis=spatial)
+    after = jnp.minimum(jnp.roll(ahead, -1, axis=axis), radius)
+    before = jnp.minimum(jnp.roll(_runs(inside, axis, -1, radius), 1, axis=axis), radius)
+    return path, (before, after, jnp.zeros((), fields.dtype))
+
+
+def _decided_backward(axis, radius, residuals, cotangent):
+    before, after, zero = residuals
+    r = jnp.arange(radius + 1)
+    a, b, length = r[:, None, None], r[None, :, None], r[None, None, :]
+    runs_through = jnp.maximum(0, jnp.minimum(length, a) + jnp.minimum(length, b) - length + 1).astype(zero.dtype)
+    pixels = before.size // before.shape[-1]
+    by_neighbours = jnp.einsum("abr,rc->abc", runs_through, cotangent.astype(zero.dtype)) / pixels
+    return (by_neighbours[before, after, jnp.arange(before.shape[-1])],)
+
+
+decided_lineal_path_along.defvjp(_decided_forward, _decided_backward)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -173,13 +223,15 @@ lineal_path_along.defvjp(lambda fields, axis, radius: _runs_forward(fields, axis
 
 
 def make_describe(config, properties: Mapping[str, Callable] | None = None,
-                  with_lineal_path: bool = True) -> Callable:
+                  with_lineal_path: bool = True, decided: bool = False) -> Callable:
     """``describe(params, fields, key=None, network=True) -> Descriptors`` for one sample of any size.
 
     ``key`` picks the sampled slices of a volume (``config.slices_per_step``); without it every slice counts.
     ``network=False`` leaves ``grams`` empty (no VGG19 pass), as does a configuration without taps.
     ``properties``: ``{name: predict}`` with ``predict(fields) -> pytree`` (a physics solver or learned head).
     ``with_lineal_path=False`` leaves ``lineal_path`` None (for objectives without the terms that read it).
+    ``decided``: the fields are decided phases, 0 or 1 (labels, or phases decoded straight-through), so the
+    lineal path takes its fast form (``lineal_path``); without it the products hold for any fields.
     """
     properties = dict(properties or {})
     features = make_network(config) if config.taps else None
@@ -206,7 +258,7 @@ def make_describe(config, properties: Mapping[str, Callable] | None = None,
         else:
             fractions = jnp.mean(flat, axis=0)
         predicted = {name: predict(fields) for name, predict in properties.items()}
-        path = lineal_path(fields, config.correlation_radius) if with_lineal_path else None
+        path = lineal_path(fields, config.correlation_radius, decided) if with_lineal_path else None
         return Descriptors(grams, correlation, fractions, interface_measure(fields), predicted, path)
 
     return describe
@@ -230,7 +282,7 @@ def exemplar_descriptors(config, params, exemplars: Sequence, n_directions: int)
     (anisotropic), or a single 3D image (a tomogram: each direction is matched to that direction's own slices;
     Gram matrices averaged over ``TARGET_SLICES`` evenly spaced slices, correlations over all).
     """
-    describe = make_describe(config)
+    describe = make_describe(config, decided=not config.grayscale)
     fields = [fields_from_exemplar(config, e) for e in exemplars]
     if len(fields) == 1 and fields[0].ndim == 4:  # a tomogram
         volume = fields[0]

@@ -620,7 +620,7 @@ def design(
     kinds = {component(t.name, dim)[0] for t in property_targets}
     solvers = make_predictors(phases, kinds, tol=tol, max_iterations=max_iterations)
     describe = make_describe(config, {**solvers, **{k: p for k, p in (predictors or {}).items() if k in kinds}},
-                             with_lineal_path=R.uses_lineal_path(config))
+                             with_lineal_path=R.uses_lineal_path(config), decided=True)
     loss = T.make_loss(describe, {**R.make_terms(config), **property_terms},
                        lambda logits: R.fields_from_logits(config, smooth(logits, filter_radius)), network=use_network)
     tx = optimise.make_optimizer("adam", learning_rate, steps)

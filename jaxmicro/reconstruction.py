@@ -237,8 +237,8 @@ def make_loss(config: ReconstructionConfig, network: bool = True) -> Callable:
     """``loss(params, logits, objective, key=None) -> (total, {name: value})`` for one sample: the terms on the
     decoded phases, with the straight-through gradient to the logits. ``network=False``: no VGG19 pass (the
     Gram term reads 0), for the statistics-only polish."""
-    return T.make_loss(make_describe(config, with_lineal_path=uses_lineal_path(config)), make_terms(config),
-                       functools.partial(fields_from_logits, config), network=network)
+    describe = make_describe(config, with_lineal_path=uses_lineal_path(config), decided=not config.grayscale)
+    return T.make_loss(describe, make_terms(config), functools.partial(fields_from_logits, config), network=network)
 
 
 # --- the loop ---------------------------------------------------------------------------------------------

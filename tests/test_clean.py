@@ -72,30 +72,61 @@ def test_volume_lineal_path_from_sections():
     np.testing.assert_allclose(per_direction[2], (a[1] + b[1]) / 2)
 
 
+def product_lineal_path(fields, radius):
+    """The plain definition: prod_{k=0..r} I(x + k e_a), averaged over pixels, per axis."""
+    out = []
+    for axis in range(fields.ndim - 1):
+        run, means = fields, [fields.mean(tuple(range(fields.ndim - 1)))]
+        for r in range(1, radius + 1):
+            run = run * jnp.roll(fields, -r, axis=axis)
+            means.append(run.mean(tuple(range(fields.ndim - 1))))
+        out.append(jnp.stack(means))
+    return jnp.stack(out)
+
+
 @pytest.mark.parametrize("shape", [(9, 7, 2), (5, 6, 4, 3)])
 def test_lineal_path_gradient_equals_autodiff_of_the_products(shape):
     """The written-out gradient against JAX's derivative of the plain definition, float64, 2D and 3D."""
     radius = 4
-
-    def plain(fields):  # prod_{k=0..r} I(x + k e_a), averaged over pixels
-        out = []
-        for axis in range(fields.ndim - 1):
-            run, means = fields, [fields.mean(tuple(range(fields.ndim - 1)))]
-            for r in range(1, radius + 1):
-                run = run * jnp.roll(fields, -r, axis=axis)
-                means.append(run.mean(tuple(range(fields.ndim - 1))))
-            out.append(jnp.stack(means))
-        return jnp.stack(out)
-
     with jax.enable_x64(True):
         fields = jax.random.uniform(jax.random.PRNGKey(1), shape, jnp.float64)
         weights = jax.random.normal(jax.random.PRNGKey(2), (len(shape) - 1, radius + 1, shape[-1]), jnp.float64)
-        np.testing.assert_allclose(lineal_path(fields, radius), plain(fields), rtol=1e-13)
+        np.testing.assert_allclose(lineal_path(fields, radius), product_lineal_path(fields, radius), rtol=1e-13)
         got = jax.grad(lambda f: jnp.sum(weights * lineal_path(f, radius)))(fields)
-        expected = jax.grad(lambda f: jnp.sum(weights * plain(f)))(fields)
+        expected = jax.grad(lambda f: jnp.sum(weights * product_lineal_path(f, radius)))(fields)
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
         batched = jax.vmap(jax.grad(lambda f: jnp.sum(weights * lineal_path(f, radius))))(jnp.stack([fields] * 2))
         np.testing.assert_allclose(batched[1], expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape,n,radius", [((9, 7), 2, 6), ((16, 16), 3, 8), ((5, 6, 4), 3, 3)])
+def test_decided_lineal_path_equals_the_products_on_labels(shape, n, radius):
+    """The run-length form on decided phases: the products' value and gradient (float64), with a whole periodic
+    line of one phase, a pixel alone in its line, radii up to the side less one, jit and vmap."""
+    labels = np.random.default_rng(2).integers(0, n, shape)
+    labels[1] = 0  # whole lines along the other axes
+    labels[3] = 1
+    labels[3, 2] = 0  # alone in its line
+    with jax.enable_x64(True):
+        fields = jax.nn.one_hot(labels, n, dtype=jnp.float64)
+        weights = jax.random.normal(jax.random.PRNGKey(3), (len(shape), radius + 1, n), jnp.float64)
+
+        def loss(path):
+            return lambda f: jnp.sum(weights * path(f))
+
+        fast, products = (lambda f: lineal_path(f, radius, decided=True)), (lambda f: product_lineal_path(f, radius))
+        np.testing.assert_allclose(fast(fields), products(fields), rtol=1e-14)
+        expected = jax.grad(loss(products))(fields)
+        np.testing.assert_allclose(jax.jit(jax.grad(loss(fast)))(fields), expected, rtol=1e-12, atol=1e-15)
+        batched = jax.vmap(jax.grad(loss(fast)))(jnp.stack([fields, fields]))
+        np.testing.assert_allclose(batched[1], expected, rtol=1e-12, atol=1e-15)
+        # phases decoded straight-through (values 1 - ulp): the same value and gradient as the labels
+        probabilities = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(4), (*shape, n), jnp.float64) + 5 * fields)
+        decoded = probabilities + jax.lax.stop_gradient(fields - probabilities)
+        np.testing.assert_allclose(fast(decoded), products(fields), rtol=1e-14)
+        np.testing.assert_allclose(jax.grad(loss(fast))(decoded), expected, rtol=1e-12, atol=1e-15)
+        full = lineal_path(fields, shape[0], decided=True)  # the radius reaches the side: the products serve
+        np.testing.assert_allclose(full, product_lineal_path(fields, shape[0]), rtol=1e-14)
 
 
 @pytest.mark.parametrize("name", ["lineal_path", "short_chords"])
