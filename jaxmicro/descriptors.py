@@ -135,7 +135,7 @@ def lineal_path(fields: jax.Array, radius: int, decided: bool = False) -> jax.Ar
 def _runs(inside: jax.Array, axis: int, direction: int, longest: int) -> jax.Array:
     """The number of consecutive pixels inside, from each pixel on in ``direction`` (+1 or -1) along ``axis``,
     periodic, exact up to ``longest`` (at least; longer runs are cut): run lengths double each pass."""
-    run = inside.astype(jnp.int32)
+    run = inside.astype(jnp.int16)  # radii up to 16383
     length = 1
     while length < longest:
         run = run + jnp.where(run == length, jnp.roll(run, -direction * length, axis=axis), 0)
@@ -156,10 +156,13 @@ def decided_lineal_path_along(fields: jax.Array, axis: int, radius: int) -> jax.
 
 
 def _decided_forward(fields, axis, radius):
-    spatial = tuple(range(fields.ndim - 1))
     inside = fields > 0.5
     ahead = _runs(inside, axis, 1, radius + 1)
-    path = jnp.mean((ahead[..., None, :] > jnp.arange(radius + 1)[:, None]).astype(fields.dtype), axis=spatial)
+    channels = fields.shape[-1]
+    # a histogram of the run lengths (cut at R + 1) per phase; L(r) counts the runs longer than r
+    bins = (jnp.minimum(ahead, radius + 1).astype(jnp.int32) * channels + jnp.arange(channels)).reshape(-1)
+    counts = jnp.zeros((radius + 2) * channels, jnp.int32).at[bins].add(1).reshape(radius + 2, channels)
+    path = jnp.cumsum(counts[::-1], axis=0)[::-1][1:].astype(fields.dtype) / (bins.size // channels)
     after = jnp.minimum(jnp.roll(ahead, -1, axis=axis), radius)
     before = jnp.minimum(jnp.roll(_runs(inside, axis, -1, radius), 1, axis=axis), radius)
     return path, (before, after, jnp.zeros((), fields.dtype))
