@@ -114,10 +114,11 @@ def test_decided_lineal_path_equals_the_products_on_labels(shape, n, radius):
         def loss(path):
             return lambda f: jnp.sum(weights * path(f))
 
-        fast, products = (lambda f: lineal_path(f, radius, decided=True)), (lambda f: product_lineal_path(f, radius))
+        fast = jax.jit(lambda f: lineal_path(f, radius, decided=True))
+        products = jax.jit(lambda f: product_lineal_path(f, radius))
         np.testing.assert_allclose(fast(fields), products(fields), rtol=1e-14)
-        expected = jax.grad(loss(products))(fields)
-        np.testing.assert_allclose(jax.jit(jax.grad(loss(fast)))(fields), expected, rtol=1e-12, atol=1e-15)
+        expected = jax.jit(jax.grad(loss(products)))(fields)
+        np.testing.assert_allclose(jax.grad(loss(fast))(fields), expected, rtol=1e-12, atol=1e-15)
         batched = jax.vmap(jax.grad(loss(fast)))(jnp.stack([fields, fields]))
         np.testing.assert_allclose(batched[1], expected, rtol=1e-12, atol=1e-15)
         # phases decoded straight-through (values 1 - ulp): the same value and gradient as the labels
@@ -126,7 +127,8 @@ def test_decided_lineal_path_equals_the_products_on_labels(shape, n, radius):
         np.testing.assert_allclose(fast(decoded), products(fields), rtol=1e-14)
         np.testing.assert_allclose(jax.grad(loss(fast))(decoded), expected, rtol=1e-12, atol=1e-15)
         full = lineal_path(fields, shape[0], decided=True)  # the radius reaches the side: the products serve
-        np.testing.assert_allclose(full, product_lineal_path(fields, shape[0]), rtol=1e-14)
+        np.testing.assert_allclose(full, jax.jit(product_lineal_path, static_argnums=1)(fields, shape[0]),
+                                   rtol=1e-14)
 
 
 @pytest.mark.parametrize("name", ["lineal_path", "short_chords"])
