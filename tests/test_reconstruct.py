@@ -245,7 +245,8 @@ def test_volume_from_a_2d_exemplar_matches_it_in_every_direction(params):
     exemplar = blobs((32, 32), fraction=0.35)
     result = R.reconstruct(exemplar, shape=(16, 16, 16), count=1, steps=80, layers=TAPS, params=params,
                            widths=TINY_WIDTHS, correlation_radius=6, levels=1, slices_per_step=16,
-                           correlation_weight=10.0, initial="noise")  # one level, every slice, from noise
+                           correlation_weight=10.0, initial="noise",  # one level, every slice, from noise
+                           lineal_path_weight=0.0, short_chords_weight=0.0)  # (80 steps: too few for those terms)
     volume = result.labels[0]
     assert volume.shape == (16, 16, 16) and result.loss_history[0, -1] < 0.3 * result.loss_history[0, 0]
     np.testing.assert_allclose(volume.mean(), exemplar.mean(), atol=0.03)
@@ -301,7 +302,8 @@ def test_slice_sampling_sends_evenly_spaced_slices_through_the_network(params):
 def test_volume_with_slice_sampling_converges_and_resumes_identically(params):
     exemplar = blobs((32, 32), fraction=0.35)
     options = dict(shape=(16, 16, 16), count=1, steps=60, layers=TAPS, params=params, widths=TINY_WIDTHS,
-                   correlation_radius=6, slices_per_step=3, levels=1, correlation_weight=10.0, initial="noise")
+                   correlation_radius=6, slices_per_step=3, levels=1, correlation_weight=10.0, initial="noise",
+                   lineal_path_weight=0.0, short_chords_weight=0.0)  # (60 steps: too few for those terms)
     whole = R.reconstruct(exemplar, chunk=60, **options)
     chunked = R.reconstruct(exemplar, chunk=20, **options)
     np.testing.assert_array_equal(whole.labels, chunked.labels)  # the sampled slices depend on the step only
