@@ -99,7 +99,7 @@ def test_lineal_path_gradient_equals_autodiff_of_the_products(shape):
         np.testing.assert_allclose(batched[1], expected, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("shape,n,radius", [((9, 7), 2, 6), ((16, 16), 3, 8), ((5, 6, 4), 3, 3)])
+@pytest.mark.parametrize("shape,n,radius", [((9, 7), 2, 6), ((5, 6, 4), 3, 3)])
 def test_decided_lineal_path_equals_the_products_on_labels(shape, n, radius):
     """The run-length form on decided phases: the products' value and gradient (float64), with a whole periodic
     line of one phase, a pixel alone in its line, radii up to the side less one, jit and vmap."""

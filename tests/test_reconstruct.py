@@ -89,7 +89,7 @@ def test_vmapped_step_equals_loop_of_single_steps(params):
     config, exemplar = setup(short_chords_weight=1.0)
     targets = R.make_objective(config, R.make_targets(config, params, [exemplar]))
     tx = R.make_optimizer("adam")
-    step = R.make_step(config, tx, total_steps=10)
+    step = jax.jit(R.make_step(config, tx, total_steps=10))
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     states = jax.vmap(lambda k: R.init_state(config, tx, k))(keys)
     batched_targets = jax.tree.map(lambda x: jnp.stack([x] * 3), targets)
