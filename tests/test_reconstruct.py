@@ -266,13 +266,17 @@ def test_volume_from_a_3d_exemplar_uses_each_direction_of_the_tomogram(params):
     np.testing.assert_allclose(targets.correlation[0], targets.correlation[1], atol=1e-6)
 
 
-def _gram_gradient_support(config, params, targets, fields, key):
-    """Which planes normal to each axis get a Gram gradient (correlation and fraction terms switched off)."""
+def _make_gram_gradient_support(config, params, targets, fields):
+    """A function of the key: which planes normal to each axis get a Gram gradient (correlation and fraction terms
+    switched off), compiled once for every key."""
     loss = R.make_field_loss(config)
     gram_only = targets._replace(weights={name: float(name == "gram") for name in targets.weights})
-    grad = jax.grad(lambda f: loss(params, f, gram_only, key)[0])(fields)
-    touched = np.asarray(jnp.abs(grad).sum(-1) > 0)
-    return [np.flatnonzero(np.all(np.moveaxis(touched, d, 0), axis=(1, 2))) for d in range(3)], touched
+    gradient = jax.jit(lambda key: jax.grad(lambda f: loss(params, f, gram_only, key)[0])(fields))
+
+    def support(key):
+        touched = np.asarray(jnp.abs(gradient(key)).sum(-1) > 0)
+        return [np.flatnonzero(np.all(np.moveaxis(touched, d, 0), axis=(1, 2))) for d in range(3)], touched
+    return support
 
 
 def test_slice_sampling_sends_evenly_spaced_slices_through_the_network(params):
@@ -283,8 +287,9 @@ def test_slice_sampling_sends_evenly_spaced_slices_through_the_network(params):
     every_slice = R.make_field_loss(config._replace(slices_per_step=None))(params, fields, targets)[0]
     np.testing.assert_allclose(full, every_slice, rtol=1e-6)  # no key: every slice counts
     visited = [set(), set(), set()]
+    gram_gradient_support = _make_gram_gradient_support(config, params, targets, fields)
     for step in range(6):
-        planes, touched = _gram_gradient_support(config, params, targets, fields, jax.random.PRNGKey(step))
+        planes, touched = gram_gradient_support(jax.random.PRNGKey(step))
         for d, size in enumerate(config.shape):
             assert len(planes[d]) == 4 and np.all(np.diff(np.sort(planes[d])) >= size // 4 - 1)
             visited[d].update(planes[d].tolist())
