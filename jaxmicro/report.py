@@ -238,7 +238,8 @@ def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, ma
         reconstruction of a 2D exemplar also ``largest_cluster_fraction_slices`` (3 x n: the 2D value of its
         slices normal to each axis, averaged). ``exemplar_largest_cluster_fraction_same_size`` (n): the
         exemplar's value averaged over tiles of the reconstruction's size (of its slices for a volume from a 2D
-        exemplar), the like-for-like reference, since the fraction falls as the window grows.
+        exemplar), the like-for-like reference, since the fraction falls as the window grows; ``..._range``
+        (2 x n): its smallest and largest value over those tiles, how much a piece of the exemplar varies.
 
     Raises:
         InputError: a 3D exemplar with a 2D reconstruction, a different number of phases (also than
@@ -328,9 +329,11 @@ def _compare_labels(ex: np.ndarray, arrays: list[np.ndarray], names: list[str], 
             "copy_excess": float(excess),
             "likely_copy": bool(excess >= LIKELY_COPY_EXCESS),
             "largest_cluster_fraction": st.largest_cluster_fraction(array, n).tolist(),
-            "exemplar_largest_cluster_fraction_same_size": st.largest_cluster_fraction_tiles(
-                ex, array.shape if array.ndim == ex.ndim else array.shape[1:], n).tolist(),
         }
+        tiles = st.largest_cluster_fraction_tiles(ex, array.shape if array.ndim == ex.ndim else array.shape[1:], n,
+                                                  spread=True)
+        result["exemplar_largest_cluster_fraction_same_size"] = tiles[0].tolist()
+        result["exemplar_largest_cluster_fraction_same_size_range"] = tiles[1:].tolist()
         if array.ndim > ex.ndim:
             result["largest_cluster_fraction_slices"] = st.largest_cluster_fraction_slices(array, n).tolist()
         results.append(result)
@@ -380,7 +383,9 @@ def _cluster_lines(ex: dict, reconstructions: list[dict]) -> list[str]:
         if "largest_cluster_fraction_slices" in r:
             row += "   2D slices, mean per axis: " + "  ".join(
                 f"ax{a} {_per_phase(v)}" for a, v in enumerate(r["largest_cluster_fraction_slices"]))
-        row += f"   exemplar at this size: {_per_phase(r['exemplar_largest_cluster_fraction_same_size'])}"
+        low, high = r["exemplar_largest_cluster_fraction_same_size_range"]
+        row += (f"   exemplar at this size: {_per_phase(r['exemplar_largest_cluster_fraction_same_size'])} (its pieces "
+                + "/".join(f"{a:.2f}-{b:.2f}" for a, b in zip(low, high)) + ")")
         lines.append(row)
     return lines
 

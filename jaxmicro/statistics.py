@@ -493,14 +493,17 @@ def largest_cluster_fraction(labels, n_phases: int | None = None) -> np.ndarray:
     return _largest_cluster_fraction(array, n)
 
 
-def largest_cluster_fraction_tiles(labels, tile_shape, n_phases: int | None = None) -> np.ndarray:
+def largest_cluster_fraction_tiles(labels, tile_shape, n_phases: int | None = None,
+                                   spread: bool = False) -> np.ndarray:
     """``largest_cluster_fraction`` averaged over the non-overlapping tiles of ``tile_shape`` cut from ``labels``.
 
     The fraction depends on the window (a larger window holds more clusters besides the largest), so an exemplar
     is judged at a reconstruction's size this way. Tile sides larger than the image are clipped to it.
 
     Returns:
-        ``(n,)`` float64, the mean over the tiles that hold each phase (NaN where none does). numpy.
+        ``(n,)`` float64, the mean over the tiles that hold each phase (NaN where none does); with ``spread``,
+        ``(3, n)``: that mean, and the smallest and largest value over those tiles (how much a piece of the
+        exemplar of that size varies). numpy.
     """
     array = _labels_array(labels)
     n = int(n_phases) if n_phases is not None else _concrete_n_phases(array)
@@ -515,7 +518,8 @@ def largest_cluster_fraction_tiles(labels, tile_shape, n_phases: int | None = No
                        for corner in corners])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a phase in no tile: NaN, as documented
-        return np.nanmean(values, axis=0)
+        mean = np.nanmean(values, axis=0)
+        return np.stack([mean, np.nanmin(values, axis=0), np.nanmax(values, axis=0)]) if spread else mean
 
 
 def largest_cluster_fraction_slices(volume, n_phases: int | None = None) -> np.ndarray:

@@ -84,6 +84,8 @@ def test_largest_cluster_fraction_in_describe_and_compare():
     assert same["exemplar_largest_cluster_fraction_same_size"] == [0.5, 0.5]
     half = report.compare(ex, [ex[:8]])["reconstructions"][0]  # 8x16 tiles: one stripe of each phase each
     assert half["exemplar_largest_cluster_fraction_same_size"] == [1.0, 1.0]
+    assert half["exemplar_largest_cluster_fraction_same_size_range"] == [[1.0, 1.0], [1.0, 1.0]]
+    assert "(its pieces 0.50-0.50/0.50-0.50)" in text
 
     ex = blobs((16, 16), 12)  # the shapes above: nothing new to compile
     recs = [blobs((16, 16, 16), 13), blobs((16, 16), 14)]

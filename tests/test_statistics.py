@@ -152,6 +152,8 @@ def test_largest_cluster_fraction_tiles_exact():
     # of the left tile into 16 + 8 pixels
     np.testing.assert_allclose(st.largest_cluster_fraction_tiles(labels, (8, 4), 2),
                                [(16 / 24 + 1.0 + 1.0) / 3, (1.0 + 0.5) / 2])
+    np.testing.assert_allclose(st.largest_cluster_fraction_tiles(labels, (8, 4), 2, spread=True)[1:],
+                               [[16 / 24, 0.5], [1.0, 1.0]])  # smallest and largest over the tiles
     np.testing.assert_array_equal(st.largest_cluster_fraction_tiles(labels, (99, 99), 2),
                                   st.largest_cluster_fraction(labels, 2))  # clipped: the whole image
     assert np.isnan(st.largest_cluster_fraction_tiles(np.zeros((4, 4), np.int32), (2, 2), 2)[1])
