@@ -923,7 +923,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="2D phase images: network-free steps after the full size (default 300; twice a given --steps; "
                         "0: none)")
     p.add_argument("--slices-per-step", type=_positive_int, metavar="K",
-                   help="3D: slices per direction through the network each step (default 2)")
+                   help="3D: slices per direction through the network each step (default 1)")
     p.add_argument("--out", default="jaxmicro-out", help="output folder (default jaxmicro-out)")
     p.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="save a checkpoint every N steps")

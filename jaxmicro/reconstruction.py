@@ -59,13 +59,13 @@ IMAGE_SCHEDULE = {"steps": 150, "levels": 2, "coarse_steps": 300, "polish_steps"
 then 300 network-free steps (``polish``); two-point term weighted 100, interface, lineal-path and short-chord terms
 10 each (phase images; grayscale ones leave the last three at 0). Chosen on five tuning images, judged on four
 held-out ones: see docs/results.md."""
-VOLUME_SCHEDULE = {"steps": 100, "levels": 3, "coarse_steps": 200, "slices_per_step": 2,
+VOLUME_SCHEDULE = {"steps": 100, "levels": 3, "coarse_steps": 200, "slices_per_step": 1,
                    "correlation_weight": 100.0, "lineal_path_weight": 10.0, "short_chords_weight": 10.0}
-"""The default schedule of a volume: 200 steps at 1/4 and at 1/2 of the size, then 100 at full size, 2 slices per
-direction through the network per step, a heavier two-point term (every voxel feels it every step, while the
-Gram term reaches only the sampled slices), and the lineal-path and short-chord terms at 10 along all three axes
-(no interface term, no polish). Exemplars with features finer than 4 pixels get 2 levels (``resolve_schedule``).
-See docs/results.md."""
+"""The default schedule of a volume: 200 steps at 1/4 and at 1/2 of the size, then 100 at full size, 1 slice per
+direction through the network per step (at an offset that moves every step), a heavier two-point term (every
+voxel feels it every step, while the Gram term reaches only the sampled slices), and the lineal-path and
+short-chord terms at 10 along all three axes (no interface term, no polish). Exemplars with features finer than
+4 pixels get 2 levels (``resolve_schedule``). See docs/results.md."""
 GRAYSCALE_LEARNING_RATE = 0.1
 """Adam's first step size for grayscale reconstructions (phase images: 0.05, ``optimise.make_optimizer``). A
 sigmoid intensity travels about 4 logits between a dark and a bright pixel, about what a cosine-decaying 0.05

@@ -78,7 +78,7 @@ def test_reconstruct_a_volume_from_a_2d_exemplar_with_the_volume_schedule(exempl
     assert volume.shape == (16, 16, 16) and set(np.unique(volume)) <= {0, 1}
     saved = json.loads((out / "run.json").read_text())  # the volume defaults, resolved and kept for --resume
     assert (saved["steps"], saved["levels"], saved["coarse_steps"], saved["slices_per_step"],
-            saved["polish_steps"]) == (100, 3, 200, 2, 0)
+            saved["polish_steps"]) == (100, 3, 200, 1, 0)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["correlation_weight"] == 100.0
     entry = metrics["reconstructions"][0]
