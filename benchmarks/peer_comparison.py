@@ -14,7 +14,8 @@ with the compilation cache; the warm-up's wall is reported too).
 
 Every output, both tools', is judged by ``jaxmicro.report.compare`` against the whole exemplar: volume-fraction,
 S2 and lineal-path errors, specific-surface relative error per phase, one-pixel-chord fraction against the
-exemplar's, largest-cluster fraction against the exemplar's at the same size, and the copy check. The statistics
+exemplar's, largest-cluster fraction against the exemplar's at the same size (and how far outside the range of
+its tiles of that size), and the copy check. The statistics
 are also taken along the way (every chunk of jaxmicro's full-size level, every 50 MCRpy iterations of its finest
 level, timed by the file's write time) for time-to-quality curves. Writes ``peer.json``, one figure of the
 outputs per image and ``time_to_quality.png`` into ``--out``. Needs ../shared/data.
@@ -59,9 +60,11 @@ def judge(exemplar: np.ndarray, labels: np.ndarray) -> dict:
     """The statistics of one output against its exemplar (largest absolute error over phases); all NaN for an
     output that lost a phase (a collapsed run: no statistic is defined, and NaN marks it failed in the medians)."""
     if set(np.unique(exemplar)) - set(np.unique(labels)):
-        return dict.fromkeys([*TARGETS, "copy_excess"], float("nan"))
+        return dict.fromkeys([*TARGETS, "cluster_outside_tiles", "copy_excess"], float("nan"))
     r = report.compare(exemplar, [labels])
     ex, rec = r["exemplar"], r["reconstructions"][0]
+    cluster = np.asarray(rec["largest_cluster_fraction"])
+    low, high = np.asarray(rec["exemplar_largest_cluster_fraction_same_size_range"])
     return {
         "volume_fraction": rec["volume_fraction_error"],
         "s2": rec["s2_max_abs_error"],
@@ -71,6 +74,8 @@ def judge(exemplar: np.ndarray, labels: np.ndarray) -> dict:
                                                             ex["one_pixel_chord_fraction"])))),
         "cluster": float(np.max(np.abs(np.subtract(rec["largest_cluster_fraction"],
                                                    rec["exemplar_largest_cluster_fraction_same_size"])))),
+        # how far the cluster fraction lies outside the range of the exemplar's own tiles of this size (0: inside)
+        "cluster_outside_tiles": float(np.max(np.maximum(0.0, np.maximum(low - cluster, cluster - high)))),
         "copy_excess": rec["copy_excess"],
     }
 
