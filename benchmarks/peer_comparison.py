@@ -12,13 +12,13 @@ time is that of the reconstruct process. jaxmicro runs ``jaxmicro.reconstruct`` 
 seed, after one warm-up run with the same options and another seed (its programs compiled, as in everyday use
 with the compilation cache; the warm-up's wall is reported too).
 
-Every output, both tools', is judged by ``jaxmicro.report.compare`` against the whole exemplar: volume-fraction,
-S2 and lineal-path errors, specific-surface relative error per phase, one-pixel-chord fraction against the
-exemplar's, largest-cluster fraction against the exemplar's at the same size (and how far outside the range of
-its tiles of that size), and the copy check. The statistics
-are also taken along the way (every chunk of jaxmicro's full-size level, every 50 MCRpy iterations of its finest
-level, timed by the file's write time) for time-to-quality curves. Writes ``peer.json``, one figure of the
-outputs per image and ``time_to_quality.png`` into ``--out``. Needs ../shared/data.
+Every output, both tools', is judged by ``jaxmicro.report.compare`` against the whole exemplar: volume-fraction, S2
+and lineal-path errors, specific-surface relative error per phase, one-pixel-chord fraction against the exemplar's,
+largest-cluster fraction against the exemplar's at the same size (and how far outside the range of its tiles of
+that size), and the copy check. The statistics are also taken along the way (every chunk of jaxmicro's full-size
+level, every 50 MCRpy iterations of its finest level, timed by the file's write time) for time-to-quality curves.
+Writes ``peer.json``, one figure of the outputs per image and ``time_to_quality.png`` into ``--out``. Needs
+../shared/data.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def judge(exemplar: np.ndarray, labels: np.ndarray) -> dict:
     r = report.compare(exemplar, [labels])
     ex, rec = r["exemplar"], r["reconstructions"][0]
     cluster = np.asarray(rec["largest_cluster_fraction"])
+    same_size = np.asarray(rec["exemplar_largest_cluster_fraction_same_size"])
     low, high = np.asarray(rec["exemplar_largest_cluster_fraction_same_size_range"])
     return {
         "volume_fraction": rec["volume_fraction_error"],
@@ -72,8 +73,7 @@ def judge(exemplar: np.ndarray, labels: np.ndarray) -> dict:
         "surface": float(np.max(np.abs(rec["specific_surface_relative_error"]))),
         "one_pixel_chords": float(np.max(np.abs(np.subtract(rec["one_pixel_chord_fraction"],
                                                             ex["one_pixel_chord_fraction"])))),
-        "cluster": float(np.max(np.abs(np.subtract(rec["largest_cluster_fraction"],
-                                                   rec["exemplar_largest_cluster_fraction_same_size"])))),
+        "cluster": float(np.max(np.abs(cluster - same_size))),
         # how far the cluster fraction lies outside the range of the exemplar's own tiles of this size (0: inside)
         "cluster_outside_tiles": float(np.max(np.maximum(0.0, np.maximum(low - cluster, cluster - high)))),
         "copy_excess": rec["copy_excess"],
