@@ -2,6 +2,7 @@
 
     python benchmarks/design.py bounds                      # maximise / minimise k_xx at a held fraction
     python benchmarks/design.py statistics --out design-run # +-10, +-20 % of each exemplar's own k_xx, 4 seeds
+    python benchmarks/design.py statistics --images li2018_ceramics_2d_256.npy --options '{"interface_weight": 10}'
     python benchmarks/design.py speed                       # one design, a 16-target sweep, the step split
 
 bounds: the built-in exemplar (fractions 0.6 / 0.4), 64x64, conductivities 1 and 10, no statistics terms,
@@ -80,7 +81,8 @@ def statistics(args):
         start = time.perf_counter()
         result = D.design(exemplar, targets={"k_xx": targets}, shape=(args.size,) * 2, conductivity=conductivity,
                           count=args.count, steps=args.steps, seed=args.seed, hold_fraction=args.hold_fraction,
-                          statistics_weight=args.statistics_weight, layers=args.layers, start=args.start)
+                          statistics_weight=args.statistics_weight, layers=args.layers, start=args.start,
+                          **json.loads(args.options))
         wall = time.perf_counter() - start
         checked = D.design_records(result, exemplar)
         records = checked["designs"]
@@ -167,6 +169,8 @@ def main():
     parser.add_argument("--images", help="comma-separated subset of the statistics images")
     parser.add_argument("--offsets", default="-0.2,-0.1,0.1,0.2",
                         help="statistics: targets as relative offsets from each exemplar's own k_xx")
+    parser.add_argument("--options", default="{}",
+                        help='statistics: further jaxmicro.design keywords as JSON, e.g. \'{"interface_weight": 10}\'')
     parser.add_argument("--out", default="design-benchmark")
     args = parser.parse_args()
     header(args)

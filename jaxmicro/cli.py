@@ -341,7 +341,8 @@ def _reconstruct(args) -> int:
 
 DESIGN_OPTIONS = ("exemplar", "shape", "count", "steps", "start", "coarse_steps", "seed", "target", "conductivity",
                   "young", "poisson", "hold_fraction", "statistics_weight", "property_weight", "filter_radius",
-                  "layers", "learning_rate", "phases", "gray_from_rgb", "checkpoint_every", *INPUT_OPTIONS)
+                  "clean_labels", "layers", "learning_rate", "phases", "gray_from_rgb", "checkpoint_every",
+                  *INPUT_OPTIONS)
 
 
 def _design(args) -> int:
@@ -362,7 +363,7 @@ def _design(args) -> int:
     shape = io.parse_shape(args.shape) if args.shape else tuple(image.shape)
     request = dict(targets=args.target, shape=shape, conductivity=args.conductivity, young=args.young,
                    poisson=args.poisson, hold_fraction=args.hold_fraction, statistics_weight=args.statistics_weight,
-                   layers=args.layers)
+                   layers=args.layers, **(D.CLEAN_LABELS if args.clean_labels else {}))
     plan = D.prepare(image, **request)
     for note in plan.notes:
         say(args, f"note: {note}")
@@ -992,6 +993,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of each property term (default 1000 for targets, 100 for max/min)")
     p.add_argument("--filter-radius", type=float, metavar="PX",
                    help="density filter radius in pixels (default 3 with --statistics-weight 0, else 0)")
+    p.add_argument("--clean-labels", action="store_true",
+                   help="with statistics: add the interface, lineal-path and short-chord terms of reconstructions "
+                        "(no checkerboards; targets far below the exemplar's own value are reached less often)")
     p.add_argument("--shape", help="output shape HxW or DxHxW, e.g. 64x64 (default: the exemplar's)")
     p.add_argument("--count", type=_positive_int, default=4, help="designs per target (seeds; default 4)")
     p.add_argument("--steps", type=_positive_int, default=1000, help="design steps after the start (default 1000)")

@@ -40,6 +40,10 @@ STRETCH = 4  # how much longer the coarse start's features get where a target ne
 STRUCTURE_OPTIONS = ("widths", "pooling", "padding", "dtype", "convolution")  # the network the start shares
 DEFAULT_FILTER_RADIUS = 3.0  # pixels, the density filter of designs without statistics terms
 CORRELATION_WEIGHT = 30.0  # the two-point weight of the statistics terms the design defaults were measured with
+CLEAN_LABELS = {"interface_weight": 10.0, "lineal_path_weight": 10.0, "short_chords_weight": 10.0}
+"""Options that add the clean-label terms of 2D reconstructions to a design (``design(..., **CLEAN_LABELS)``,
+``jaxmicro design --clean-labels``): no checkerboards or isolated pixels; off by default, because targets far
+below the exemplar's own value were reached less often with them (docs/results.md)."""
 TENSORS = {"k": "conductivity", "C": "stiffness"}  # whole-tensor targets: k (conductivity), C (Voigt stiffness)
 
 

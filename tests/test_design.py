@@ -161,6 +161,21 @@ def test_a_tiny_design_hits_a_conductivity_target_with_statistics(params):
         checked["bounds"]["conductivity"]["voigt"]
 
 
+def test_clean_labels_weigh_the_interface_lineal_path_and_short_chord_terms_in(params):
+    exemplar = blobs((32, 32), fraction=0.4)
+    request = dict(targets={"k_xx": 3.0}, shape=(16, 16), conductivity=[1.0, 10.0], layers=TAPS, **D.CLEAN_LABELS)
+    assert D.prepare(exemplar, **request).config.short_chords_weight == 10.0
+    result = D.design(exemplar, **request, count=1, steps=20, coarse_steps=10, seed=1, params=params,
+                      widths=TINY_WIDTHS, correlation_radius=4, hold_fraction=True)
+    history = result.term_history
+    weights = {"gram": 1.0, "correlation": D.CORRELATION_WEIGHT, "volume_fraction": D.HOLD_FRACTION_WEIGHT,
+               "interface": 10.0, "lineal_path": 10.0, "short_chords": 10.0, "k_xx": D.PROPERTY_WEIGHT}
+    assert set(history) == set(weights)
+    total = sum(weight * history[name][0] for name, weight in weights.items())
+    np.testing.assert_allclose(result.loss_history[0], total, rtol=1e-5)
+    assert np.all(history["short_chords"][0] > 0)
+
+
 def test_a_design_can_start_from_a_reconstruction_and_the_progress_goes_on(params):
     exemplar = blobs((32, 32), fraction=0.4)
     calls = []
@@ -271,9 +286,10 @@ def test_design_command_resumes_from_its_checkpoint_with_the_saved_options(tmp_p
     out = tmp_path / "d"
     argv = ["design", path, "--shape", "16x16", "--conductivity", "1,10", "--target", "k_xx=2:4:2", "--target",
             "k_xx/k_yy>=1", "--statistics-weight", "0", "--count", "1", "--steps", "40", "--checkpoint-every", "20",
-            "--out", out, "--quiet"]
+            "--clean-labels", "--out", out, "--quiet"]
     code, _, stderr = run_in_process(capsys, *argv)
     assert code == 0, stderr
+    assert json.loads((out / "design.json").read_text())["options"]["clean_labels"] is True
     first = [tifffile.imread(out / f"design_{i:03d}.tif") for i in range(2)]
     assert (out / "checkpoints" / "20").is_dir()
     code, _, stderr = run_in_process(capsys, "design", "--resume", out, "--quiet")  # options from run.json
