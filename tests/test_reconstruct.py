@@ -129,6 +129,22 @@ def test_run_compiles_once_and_chunking_does_not_change_the_result(params):
     assert whole.loss_history.shape == (2, 12 + 24) and np.all(np.isfinite(whole.loss_history))
 
 
+def test_a_second_run_with_the_same_settings_reuses_the_compiled_programs(params):
+    exemplar = blobs((32, 32))
+    kwargs = dict(shape=(16, 16), steps=6, seed=2, layers=TAPS, params=params, widths=TINY_WIDTHS,
+                  correlation_radius=4)
+    first = R.reconstruct(exemplar, **kwargs)
+    kept = R._kept_run_chunk.cache_info()
+    again = R.reconstruct(exemplar, **kwargs)
+    # both levels and the polish found their program: nothing traced again, the same result
+    assert R._kept_run_chunk.cache_info().hits == kept.hits + 3
+    assert R._kept_run_chunk.cache_info().misses == kept.misses
+    np.testing.assert_array_equal(first.labels, again.labels)
+    np.testing.assert_array_equal(first.loss_history, again.loss_history)
+    other = R.reconstruct(exemplar, **{**kwargs, "learning_rate": 0.02})  # another step size: another program
+    assert R._kept_run_chunk.cache_info().misses > kept.misses and other.labels.shape == first.labels.shape
+
+
 def test_second_chunk_does_not_recompile(params):
     config, exemplar = setup(lineal_path_weight=1.0)
     tx = R.make_optimizer("adam")
