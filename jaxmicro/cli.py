@@ -365,6 +365,9 @@ def _design(args) -> int:
                    poisson=args.poisson, hold_fraction=args.hold_fraction, statistics_weight=args.statistics_weight,
                    layers=args.layers, **(D.CLEAN_LABELS if args.clean_labels else {}))
     plan = D.prepare(image, **request)
+    if args.clean_labels and max(plan.statistics_weights) == 0:
+        raise InputError("--clean-labels weighs terms of the exemplar's statistics: give a --statistics-weight "
+                         "above 0, or leave --clean-labels out")
     for note in plan.notes:
         say(args, f"note: {note}")
     batch = plan.n_targets * len(plan.statistics_weights) * args.count

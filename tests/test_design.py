@@ -224,6 +224,22 @@ def test_design_command_writes_designs_json_pareto_and_figure(tmp_path, capsys):
     assert (out / "design.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_design_command_with_clean_labels_runs_them_and_records_the_option(tmp_path, capsys, monkeypatch):
+    import jaxmicro.reconstruction as R
+
+    monkeypatch.setattr(R, "load_network_params", lambda config, progress=True: vgg.random_params(
+        jax.random.PRNGKey(0), config.taps))
+    path = tmp_path / "exemplar.npy"
+    np.save(path, blobs((32, 32), fraction=0.4).astype(np.uint8))
+    out = tmp_path / "d"
+    code, _, stderr = run_in_process(capsys, "design", path, "--shape", "16x16", "--conductivity", "1,10",
+                                     "--target", "k_xx=3", "--count", "1", "--steps", "10", "--coarse-steps", "10",
+                                     "--layers", "relu1_1", "--clean-labels", "--out", out, "--quiet")
+    assert code == 0, stderr
+    summary = json.loads((out / "design.json").read_text())
+    assert summary["options"]["clean_labels"] is True and summary["designs"][0]["status"] != "non_finite"
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--target", "k_xx=12"], ["cannot be reached", "1 .. 10"]),
     (["--target", "k_xx=4", "--conductivity", "1,2,3"], ["one per phase"]),
@@ -233,6 +249,7 @@ def test_design_command_writes_designs_json_pareto_and_figure(tmp_path, capsys):
     (["--target", "C_1111=50"], ["--young"]),
     (["--target", "k_xx=4", "--statistics-weight", "-1"], [">= 0"]),
     (["--target", "k_xx=4", "--statistics-weight", "1:2"], ["START:STOP:COUNT"]),
+    (["--target", "k_xx=4", "--statistics-weight", "0", "--clean-labels"], ["--clean-labels", "above 0"]),
     ([], ["--target"]),
 ])
 def test_bad_design_requests_give_one_clear_message_and_write_nothing(tmp_path, capsys, argv, words):
@@ -286,10 +303,9 @@ def test_design_command_resumes_from_its_checkpoint_with_the_saved_options(tmp_p
     out = tmp_path / "d"
     argv = ["design", path, "--shape", "16x16", "--conductivity", "1,10", "--target", "k_xx=2:4:2", "--target",
             "k_xx/k_yy>=1", "--statistics-weight", "0", "--count", "1", "--steps", "40", "--checkpoint-every", "20",
-            "--clean-labels", "--out", out, "--quiet"]
+            "--out", out, "--quiet"]
     code, _, stderr = run_in_process(capsys, *argv)
     assert code == 0, stderr
-    assert json.loads((out / "design.json").read_text())["options"]["clean_labels"] is True
     first = [tifffile.imread(out / f"design_{i:03d}.tif") for i in range(2)]
     assert (out / "checkpoints" / "20").is_dir()
     code, _, stderr = run_in_process(capsys, "design", "--resume", out, "--quiet")  # options from run.json
