@@ -271,12 +271,10 @@ def run_chunk_for(config: ReconstructionConfig, optimizer, learning_rate: float 
     for the next call with the same arguments, so a later run in the same process reuses the traced and compiled
     program instead of tracing it again (about 1.7 s of a 128x128 sample on a 2-core CPU)."""
     try:
-        hash(config)
-    except TypeError:  # an array among the fields: no key
-        config_is_key = False
-    else:
-        config_is_key = True
-    if isinstance(optimizer, str) and config_is_key:
+        kept = isinstance(optimizer, str) and hash(config) is not None
+    except TypeError:  # an array among the configuration's fields: no key
+        kept = False
+    if kept:
         return _kept_run_chunk(config, optimizer, learning_rate, total_steps, chunk, network)
     tx = make_optimizer(optimizer, learning_rate, total_steps)
     return tx, make_run_chunk(config, tx, total_steps, chunk, network)
