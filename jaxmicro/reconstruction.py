@@ -97,6 +97,7 @@ class ReconstructionConfig(NamedTuple):
     tap_weights: tuple[float, ...] | None = None  # None: equal weights
     correlation_weight: float = 10.0
     correlation_radius: int = 32
+    correlation_power: float = 2.0  # the norm of the two-point error (terms.two_point); > 2: peaks weigh more
     volume_fraction_weight: float = 10.0
     interface_weight: float = 0.0
     lineal_path_weight: float = 0.0
@@ -191,8 +192,9 @@ def uses_lineal_path(config: ReconstructionConfig) -> bool:
 
 def make_terms(config: ReconstructionConfig) -> dict[str, T.Term]:
     """The reconstruction terms by name (``TERM_NAMES``; the lineal-path ones only where ``uses_lineal_path``)."""
-    terms = {"gram": T.gram(dict(zip(config.taps, config.weights))), "correlation": T.two_point(),
-             "volume_fraction": T.fractions(), "interface": T.interface()}
+    terms = {"gram": T.gram(dict(zip(config.taps, config.weights))),
+             "correlation": T.two_point(config.correlation_power), "volume_fraction": T.fractions(),
+             "interface": T.interface()}
     if uses_lineal_path(config):
         terms.update(lineal_path=T.lineal_path(), short_chords=T.short_chords())
     return terms

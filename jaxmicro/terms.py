@@ -50,12 +50,22 @@ def gram(tap_weights: Mapping[str, float] | None = None) -> Term:
     return term
 
 
-def two_point() -> Term:
+def two_point(power: float = 2.0) -> Term:
     """Relative squared error of the two-point correlation windows, averaged over directions.
-    Target: ``Descriptors.correlation`` of the exemplar."""
+    Target: ``Descriptors.correlation`` of the exemplar.
+
+    ``power`` > 2 measures the error with that norm instead, ``(mean |c - t|^p / mean |t|^p)^(2/p)``: the same
+    value where the error is spread evenly over the displacements, larger where it is concentrated, so the
+    largest errors weigh more (towards the max abs error that judges S2)."""
+
+    def error(c, t):
+        if power == 2.0:
+            return relative_error(c, t)
+        ratio = jnp.mean(jnp.abs(c - t) ** power) / jnp.maximum(jnp.mean(jnp.abs(t) ** power), 1e-30)
+        return (ratio + 1e-30) ** (2 / power)  # finite gradient at a perfect match
 
     def term(descriptors, fields, target):
-        return sum(relative_error(c, t) for c, t in zip(descriptors.correlation, target)) / len(target)
+        return sum(error(c, t) for c, t in zip(descriptors.correlation, target)) / len(target)
 
     return term
 

@@ -157,6 +157,7 @@ def test_a_tiny_design_hits_a_conductivity_target_with_statistics(params):
         # 16x16 from a 32x32 exemplar with a tiny random network: statistics only roughly kept
         assert record["reached"] and record["s2_max_abs_error"] < 0.2 and record["volume_fraction_error"] < 0.1
     assert set(result.term_history) >= {"gram", "correlation", "volume_fraction", "k_xx"}
+    assert result.config.correlation_power == D.CORRELATION_POWER  # the designs' two-point norm
     assert checked["pareto"] and checked["bounds"]["conductivity"]["reuss"] < own < \
         checked["bounds"]["conductivity"]["voigt"]
 

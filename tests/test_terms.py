@@ -79,6 +79,32 @@ def test_interface_term_gradient_matches_finite_differences():
         check_grads(loss, (fields,), order=1, modes=["rev"], eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+def _with_window(window):
+    return Descriptors((), (window,), jnp.zeros(2), jnp.zeros(2))
+
+
+def test_two_point_norm_weighs_a_concentrated_error_more_and_an_even_one_the_same():
+    """Target 0.5 everywhere on a 9x9x2 window (N = 162 values): an error d at every value gives d^2 / 0.25 with
+    either norm; an error d at one value gives d^2 / (0.25 N) squared and d^2 / (0.25 N^(1/4)) with the 8-norm."""
+    target = jnp.full((9, 9, 2), 0.5, jnp.float32)
+    even = target + 0.01 * jnp.where(jnp.arange(162).reshape(9, 9, 2) % 2 == 0, 1.0, -1.0)
+    peak = target.at[4, 6, 1].add(0.01)
+    squared, eighth = T.two_point(), T.two_point(8.0)
+    for term in (squared, eighth):
+        np.testing.assert_allclose(term(_with_window(even), None, (target,)), 0.01**2 / 0.25, rtol=1e-4)
+    np.testing.assert_allclose(squared(_with_window(peak), None, (target,)), 0.01**2 / (0.25 * 162), rtol=1e-4)
+    np.testing.assert_allclose(eighth(_with_window(peak), None, (target,)), 0.01**2 / (0.25 * 162**0.25), rtol=1e-4)
+
+
+def test_two_point_norm_gradient_matches_finite_differences():
+    with jax.enable_x64(True):
+        window = jax.random.uniform(jax.random.PRNGKey(1), (5, 5, 2), jnp.float64)
+        target = (jax.random.uniform(jax.random.PRNGKey(2), (5, 5, 2), jnp.float64),)
+        term = T.two_point(8.0)
+        check_grads(lambda w: term(_with_window(w), None, target), (window,), order=1, modes=["rev"], eps=1e-6,
+                    atol=1e-7, rtol=1e-5)
+
+
 def _with_property(value, status=0):
     result = HomogenisationResult(jnp.asarray([[value, 0.0], [0.0, 1.0]]), 5, 1e-6, jnp.asarray(status))
     return Descriptors((), (), jnp.zeros(2), jnp.zeros(2), {"conductivity": result})
