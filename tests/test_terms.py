@@ -85,7 +85,8 @@ def _with_window(window):
 
 def test_two_point_norm_weighs_a_concentrated_error_more_and_an_even_one_the_same():
     """Target 0.5 everywhere on a 9x9x2 window (N = 162 values): an error d at every value gives d^2 / 0.25 with
-    either norm; an error d at one value gives d^2 / (0.25 N) squared and d^2 / (0.25 N^(1/4)) with the 8-norm."""
+    either norm; an error d at one value gives d^2 / (0.25 N) with the squared error and d^2 / (0.25 N^(1/4))
+    with the 8-norm."""
     target = jnp.full((9, 9, 2), 0.5, jnp.float32)
     even = target + 0.01 * jnp.where(jnp.arange(162).reshape(9, 9, 2) % 2 == 0, 1.0, -1.0)
     peak = target.at[4, 6, 1].add(0.01)
