@@ -276,10 +276,8 @@ def run_chunk_for(config: ReconstructionConfig, optimizer, learning_rate: float 
         kept = isinstance(optimizer, str) and hash(config) is not None
     except TypeError:  # an array among the configuration's fields: no key
         kept = False
-    if kept:
-        return _kept_run_chunk(config, optimizer, learning_rate, total_steps, chunk, network)
-    tx = make_optimizer(optimizer, learning_rate, total_steps)
-    return tx, make_run_chunk(config, tx, total_steps, chunk, network)
+    build = _kept_run_chunk if kept else _kept_run_chunk.__wrapped__
+    return build(config, optimizer, learning_rate, total_steps, chunk, network)
 
 
 @functools.lru_cache(maxsize=16)
