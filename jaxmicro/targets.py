@@ -31,8 +31,10 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "describe_targets", "file_digest", "load_
            "read_header", "save_targets"]
 
 FORMAT = "jaxmicro-targets"
-FORMAT_VERSION = 1
-"""Version of the targets file layout; a file of a higher version is refused (made by a newer jaxmicro)."""
+FORMAT_VERSION = 2
+"""Version of the targets file layout; a file of a higher version is refused (made by a newer jaxmicro). Version 2:
+a grayscale exemplar's two-point targets are of its intensity minus the mean (version 1 grayscale files are
+refused; phase-image files of version 1 read as before)."""
 _HEADER = "header.json"
 
 
@@ -164,6 +166,9 @@ def _header(path: Path, archive) -> dict:
     if version > FORMAT_VERSION:
         raise InputError(f"{path} was written by a newer jaxmicro ({header.get('jaxmicro_version')}, targets "
                          f"format {version}); this one reads format {FORMAT_VERSION}. Upgrade jaxmicro, or {again}")
+    if version < 2 and header.get("grayscale"):
+        raise InputError(f"{path} holds grayscale targets of an earlier jaxmicro (targets format {version}), whose "
+                         f"two-point statistics were not of the centred intensity as now; {again}")
     return header
 
 

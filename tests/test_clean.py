@@ -9,7 +9,7 @@ from jax.test_util import check_grads
 
 import jaxmicro.reconstruction as R
 from jaxmicro import statistics as st, terms as T
-from jaxmicro.cleanup import isolated, isolated_fraction, remove_isolated
+from jaxmicro.cleanup import isolated, isolated_fraction, match_histogram, remove_isolated
 from jaxmicro.descriptors import lineal_path, volume_lineal_path
 from jaxmicro.initial import (
     autocovariance,
@@ -255,10 +255,28 @@ def test_a_grayscale_volume_starts_from_the_exemplars_histogram(tiny_params):
     common = dict(shape=(8, 8, 8), count=1, steps=2, layers=("relu1_1",), widths=TINY_WIDTHS, levels=1,
                   params={"conv1_1": tiny_params["conv1_1"]}, learning_rate=1e-9, grayscale=True)
     levels = [0.1, 0.5, 0.9]
-    start = R.reconstruct(gray.astype(np.float32), **common).labels[0] / 255.0
+    start = R.reconstruct(gray.astype(np.float32), cleanup=False, **common).labels[0] / 255.0
     np.testing.assert_allclose(np.quantile(start, levels), np.quantile(gray, levels), atol=0.03)
-    noise = R.reconstruct(gray.astype(np.float32), initial="noise", **common).labels[0] / 255.0
+    noise = R.reconstruct(gray.astype(np.float32), initial="noise", cleanup=False, **common).labels[0] / 255.0
     assert np.ptp(np.quantile(noise, levels)) < 0.5 * np.ptp(np.quantile(gray, levels))
+    matched = R.reconstruct(gray.astype(np.float32), initial="noise", **common).labels[0] / 255.0  # the cleanup
+    np.testing.assert_allclose(np.quantile(matched, levels), np.quantile(gray, levels), atol=0.03)
+
+
+def test_histogram_match_keeps_the_pixel_order_and_takes_the_exemplars_intensities():
+    rng = np.random.default_rng(4)
+    exemplar = np.concatenate([rng.normal(0.2, 0.03, 600), rng.normal(0.8, 0.05, 424)]).clip(0, 1).reshape(32, 32)
+    quantiles = np.quantile(exemplar, np.linspace(0, 1, 256))
+    intensity = rng.normal(0.5, 0.1, (16, 16))  # one broad mode: the wrong histogram
+    matched = match_histogram(intensity, quantiles)
+    assert matched.shape == intensity.shape
+    np.testing.assert_array_equal(np.argsort(matched, axis=None), np.argsort(intensity, axis=None))
+    expected = np.interp((np.arange(256) + 0.5) / 256, np.linspace(0, 1, 256), quantiles)
+    np.testing.assert_allclose(np.sort(matched, axis=None), expected)
+    assert st.intensity_wasserstein_distance(matched, exemplar) < 0.1 * st.intensity_wasserstein_distance(
+        intensity.clip(0, 1), exemplar)
+    tied = match_histogram(np.zeros((2, 3)), quantiles)  # ties go by position: still every quantile once
+    np.testing.assert_allclose(tied.ravel(), np.interp((np.arange(6) + 0.5) / 6, np.linspace(0, 1, 256), quantiles))
 
 
 def test_cleanup_keeps_the_exemplars_share_of_isolated_pixels_the_surest_first():

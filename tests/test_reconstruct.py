@@ -340,6 +340,9 @@ def test_schedule_defaults_by_dimension_and_size():
     assert R.resolve_schedule(image, steps=300)["coarse_steps"] == 600
     assert R.resolve_schedule(image, steps=300)["polish_steps"] == 600
     assert "polish_steps" not in R.resolve_schedule(image, grayscale=True, steps=300)
+    for shape in ((64, 64), (32, 32, 32)):  # grayscale: autocovariances, their own two-point weight
+        assert R.resolve_schedule(image, shape=shape, grayscale=True)["correlation_weight"] == \
+            R.GRAYSCALE_CORRELATION_WEIGHT
     assert R.resolve_schedule(image, shape=(32, 32, 32), steps=50)["coarse_steps"] == 100
     assert R.resolve_schedule(image, levels=1, correlation_weight=3.0) == {
         **R.IMAGE_SCHEDULE, "levels": 1, "correlation_weight": 3.0}

@@ -56,6 +56,9 @@ def test_stored_grayscale_targets_hold_the_gaussian_start(exemplar, tiny_params,
     assert stored.levels[0].correlations.shape == (1, 1, 16, 16)
     T.save_targets(tmp_path / "g.npz", stored)
     _same(from_image, R.reconstruct(targets=tmp_path / "g.npz", **run))
+    _rewrite_header(tmp_path / "g.npz", lambda h: h.update(version=1))  # made before the centred two-point targets
+    with pytest.raises(InputError, match="grayscale targets of an earlier jaxmicro .*characterise the exemplar again"):
+        T.load_targets(tmp_path / "g.npz")
 
 
 def test_stored_targets_of_a_volume_hold_its_gaussian_start(exemplar, tiny_params, tmp_path):
@@ -109,9 +112,11 @@ def test_refuses_newer_or_damaged_files(exemplar, tiny_params, tmp_path):
     stored = R.characterise(exemplar, shape=(16, 16), levels=1, params=tiny_params, **TINY)
     path = T.save_targets(tmp_path / "t.npz", stored)
     _rewrite_header(path, lambda h: h.update(version=T.FORMAT_VERSION + 1, jaxmicro_version="9.0"))
-    with pytest.raises(InputError, match=r"written by a newer jaxmicro \(9.0, targets format 2\); this one reads "
-                                         "format 1"):
+    with pytest.raises(InputError, match=r"written by a newer jaxmicro \(9.0, targets format 3\); this one reads "
+                                         "format 2"):
         T.load_targets(path)
+    _rewrite_header(path, lambda h: h.update(version=1))  # phase images of the first format read as before
+    T.load_targets(path)
     _rewrite_header(path, lambda h: h.update(format="something-else", version=1))
     with pytest.raises(InputError, match="not a jaxmicro targets file"):
         T.load_targets(path)

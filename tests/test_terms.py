@@ -79,29 +79,57 @@ def test_interface_term_gradient_matches_finite_differences():
         check_grads(loss, (fields,), order=1, modes=["rev"], eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+def test_grayscale_two_point_descriptor_is_the_autocovariance():
+    """c + A sin(2 pi x / 8) on 32x32: the window holds (A^2 / 2) cos(2 pi dx / 8) whatever the constant c, the
+    mean being the quantiles' part of the objective, not the two-point term's."""
+    from jaxmicro.descriptors import make_describe
+
+    config = R.ReconstructionConfig(shape=(32, 32), n_phases=None, taps=(), correlation_radius=4)
+    describe = make_describe(config, with_lineal_path=False)
+    wave = 0.2 * np.sin(2 * np.pi * np.arange(32) / 8)
+    dx = np.arange(-4, 5)
+    expected = np.broadcast_to(0.2**2 / 2 * np.cos(2 * np.pi * dx / 8), (9, 9))  # rows: dy; the wave runs along x
+    for constant in (0.3, 0.7):
+        fields = jnp.asarray(np.broadcast_to(constant + wave, (32, 32))[..., None], jnp.float32)
+        window = describe(None, fields, network=False).correlation[0][..., 0]
+        np.testing.assert_allclose(window, expected, atol=1e-6)
+
+
 def _with_window(window):
     return Descriptors((), (window,), jnp.zeros(2), jnp.zeros(2))
 
 
 def test_two_point_norm_weighs_a_concentrated_error_more_and_an_even_one_the_same():
     """Target 0.5 everywhere on a 9x9x2 window (N = 162 values): an error d at every value gives d^2 / 0.25 with
-    either norm; an error d at one value gives d^2 / (0.25 N) with the squared error and d^2 / (0.25 N^(1/4))
-    with the 8-norm."""
+    every norm; an error d at one value gives d^2 / (0.25 N) with the squared error and d^2 / (0.25 N^(2/p))
+    with the p-norm."""
     target = jnp.full((9, 9, 2), 0.5, jnp.float32)
     even = target + 0.01 * jnp.where(jnp.arange(162).reshape(9, 9, 2) % 2 == 0, 1.0, -1.0)
     peak = target.at[4, 6, 1].add(0.01)
-    squared, eighth = T.two_point(), T.two_point(8.0)
-    for term in (squared, eighth):
+    for power in (2.0, 8.0, 16.0):
+        term = T.two_point(power)
         np.testing.assert_allclose(term(_with_window(even), None, (target,)), 0.01**2 / 0.25, rtol=1e-4)
-    np.testing.assert_allclose(squared(_with_window(peak), None, (target,)), 0.01**2 / (0.25 * 162), rtol=1e-4)
-    np.testing.assert_allclose(eighth(_with_window(peak), None, (target,)), 0.01**2 / (0.25 * 162**0.25), rtol=1e-4)
+        np.testing.assert_allclose(term(_with_window(peak), None, (target,)), 0.01**2 / (0.25 * 162 ** (2 / power)),
+                                   rtol=1e-4)
 
 
-def test_two_point_norm_gradient_matches_finite_differences():
+def test_two_point_norm_keeps_small_errors_and_their_gradient_in_float32():
+    """0.001**16 = 1e-48 lies below float32's range: without the scaling the value and gradient would be 0."""
+    target = jnp.full((9, 9, 2), 0.5, jnp.float32)
+    peak = target.at[4, 6, 1].add(0.001)
+    term = lambda w: T.two_point(16.0)(_with_window(w), None, (target,))  # noqa: E731
+    np.testing.assert_allclose(term(peak), 0.001**2 / (0.25 * 162**0.125), rtol=1e-4)
+    gradient = jax.grad(term)(peak)
+    assert gradient[4, 6, 1] > 0 and np.count_nonzero(gradient) == 1
+    assert float(term(target)) == 0.0 and np.all(np.isfinite(jax.grad(term)(target)))
+
+
+@pytest.mark.parametrize("power", [8.0, 16.0])
+def test_two_point_norm_gradient_matches_finite_differences(power):
     with jax.enable_x64(True):
         window = jax.random.uniform(jax.random.PRNGKey(1), (5, 5, 2), jnp.float64)
         target = (jax.random.uniform(jax.random.PRNGKey(2), (5, 5, 2), jnp.float64),)
-        term = T.two_point(8.0)
+        term = T.two_point(power)
         check_grads(lambda w: term(_with_window(w), None, target), (window,), order=1, modes=["rev"], eps=1e-6,
                     atol=1e-7, rtol=1e-5)
 
