@@ -16,7 +16,8 @@ Every output, both tools', is judged by ``jaxmicro.report.compare`` against the 
 and lineal-path errors, specific-surface relative error per phase, one-pixel-chord fraction against the exemplar's,
 largest-cluster fraction against the exemplar's at the same size (and how far outside the range of its tiles of
 that size), and the copy check. The statistics are also taken along the way (every chunk of jaxmicro's full-size
-level, every 50 MCRpy iterations of its finest level, timed by the file's write time) for time-to-quality curves.
+level, every 50 MCRpy iterations of its finest level, timed by the file's write time; each curve ends with the output
+itself at its wall) for time-to-quality curves.
 Writes ``peer.json``, one figure of the outputs per image and ``time_to_quality.png`` into ``--out``. Needs
 ../shared/data.
 """
@@ -211,7 +212,8 @@ def main():
             for method, labels, wall, snapshots in runs:
                 stats = judge(exemplar, labels)
                 rows.append({"image": name, "method": method, "seed": seed, "wall_s": wall, **stats})
-                curves[(name, method, seed)] = [(t, judge(exemplar, s)) for t, s in snapshots]
+                # the snapshots along the way, then the output itself at its wall (jaxmicro: after the label swaps)
+                curves[(name, method, seed)] = [(t, judge(exemplar, s)) for t, s in snapshots] + [(wall, stats)]
                 outputs.append((f"{method} s{seed}", labels, stats))
                 np.save(out / f"{name}_{method}_s{seed}.npy", labels)
                 print(f"{name:28s} {method:20s} s{seed} wall {wall:6.1f} s  " +

@@ -639,14 +639,14 @@ def design(
     if use_network and start == "coarse" and not resuming:  # the statistics first, at half size (coarse to fine)
         coarse = R.reconstruct([R.subsample(images[0])], shape=tuple(s // 2 for s in config.shape), count=batch,
                                steps=coarse_steps, seed=seed, layers=config.taps, params=params, levels=1,
-                               chunk=chunk, progress=progress, initial="noise", polish_steps=0,
+                               chunk=chunk, progress=progress, initial="noise", polish_steps=0, cleanup=False,
                                **{**dict.fromkeys(R.MORPHOLOGY_WEIGHTS, 0.0),
                                   **{k: v for k, v in options.items() if k != "correlation_radius"}})
         axes = stretched_axes(property_targets, phases, dim, plan.fractions, target_index)
         start_logits = jnp.stack([stretch(one, a, config.shape) for one, a in zip(coarse.logits, axes)])
     if use_network and start == "reconstruction" and not resuming:  # the statistics first: a reconstruction
         begun = R.reconstruct(images[0], shape=config.shape, count=batch, seed=seed, layers=config.taps,
-                              params=params, chunk=chunk, progress=progress,
+                              params=params, chunk=chunk, progress=progress, cleanup=False,  # its logits go on
                               **{k: v for k, v in options.items() if k in STRUCTURE_OPTIONS})
         start_logits, done_before = begun.logits, begun.loss_history.shape[1]
     states = jax.vmap(lambda key, logits: R.init_state(config, tx, key, logits))(keys, start_logits)

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmicro import encoding, optimise, statistics, terms as T, vgg
+from jaxmicro import encoding, optimise, refine, statistics, terms as T, vgg
 from jaxmicro.cleanup import isolated_fraction, match_histogram, remove_isolated
 from jaxmicro.descriptors import Descriptors, exemplar_descriptors, make_describe
 from jaxmicro.errors import InputError
@@ -53,12 +53,13 @@ from jaxmicro.optimise import OptimisationState, decoded_phases, make_optimizer
 from jaxmicro.status import Status, status_labels
 
 CONVERGED, MAX_STEPS, NON_FINITE = Status.CONVERGED, Status.NOT_CONVERGED, Status.NON_FINITE
-IMAGE_SCHEDULE = {"steps": 150, "levels": 2, "coarse_steps": 300, "polish_steps": 300, "correlation_weight": 100.0,
+IMAGE_SCHEDULE = {"steps": 150, "levels": 2, "coarse_steps": 300, "correlation_weight": 100.0,
                   "interface_weight": 10.0, "lineal_path_weight": 10.0, "short_chords_weight": 10.0}
-"""The default schedule of a 2D reconstruction: a Gaussian-field start, 300 steps at half size, 150 at full size,
-then 300 network-free steps (``polish``); two-point term weighted 100, interface, lineal-path and short-chord terms
-10 each (phase images; grayscale ones: two-point ``GRAYSCALE_CORRELATION_WEIGHT``, the other three at 0, no
-polish). Chosen on five tuning images, judged on four held-out ones: see docs/results.md."""
+"""The default schedule of a 2D reconstruction: a Gaussian-field start, 300 steps at half size, 150 at full size;
+two-point term weighted 100, interface, lineal-path and short-chord terms 10 each (phase images; grayscale ones:
+two-point ``GRAYSCALE_CORRELATION_WEIGHT``, the other three at 0). Phase labels then go through the cleanup and
+the label swaps of ``jaxmicro.refine``, which replaced 300 network-free steps (``polish``, still available with
+``polish_steps``). Chosen on five tuning images, judged on four held-out ones: see docs/results.md."""
 VOLUME_SCHEDULE = {"steps": 100, "levels": 3, "coarse_steps": 200, "slices_per_step": 1,
                    "correlation_weight": 100.0, "lineal_path_weight": 10.0, "short_chords_weight": 10.0}
 """The default schedule of a volume: 200 steps at 1/4 and at 1/2 of the size, then 100 at full size, 1 slice per
@@ -135,14 +136,17 @@ TARGET_FIELDS = ("shape", "n_phases", "taps", "correlation_radius", "pooling", "
 class LevelTargets(NamedTuple):
     """What one level of a reconstruction needs of its exemplar(s): their shapes at this level, the
     configuration the targets were computed with, the targets (``Descriptors`` stacked over exemplar groups),
-    the correlations of the Gaussian start ``(G, n, *shape)`` (None where not computed) and the share of
-    isolated pixels per phase ``(G, n)`` (None for grayscale)."""
+    the correlations of the Gaussian start ``(G, n, *shape)`` (None where not computed), the share of
+    isolated pixels per phase ``(G, n)`` (None for grayscale) and what the final label swaps match
+    (``jaxmicro.refine.LabelTargets`` stacked over groups; None for grayscale, volumes and targets stored by an
+    earlier version)."""
 
     exemplar_shapes: tuple[tuple[int, ...], ...]
     config: ReconstructionConfig
     targets: Descriptors
     correlations: Any
     isolated_share: Any
+    label_targets: Any = None
 
 
 class Characterisation(NamedTuple):
@@ -335,11 +339,13 @@ class ReconstructionResult(NamedTuple):
 
 def finish(config: ReconstructionConfig, states: OptimisationState, history: Mapping[str, np.ndarray],
            exemplar_index: np.ndarray, seed: int, rtol: float = 1e-2, cleanup: bool = True,
-           isolated_share: np.ndarray | None = None, quantiles: np.ndarray | None = None) -> ReconstructionResult:
+           isolated_share: np.ndarray | None = None, quantiles: np.ndarray | None = None,
+           label_targets: refine.LabelTargets | None = None) -> ReconstructionResult:
     """Decode the final states and classify each sample; with ``cleanup``, isolated pixels beyond
     ``isolated_share`` ``(B, n)`` (isolated pixels per pixel; default none) leave the labels
-    (``jaxmicro.cleanup.remove_isolated``: fractions kept), and grayscale samples take the exemplar's intensity
-    ``quantiles`` ``(B, Q)`` in the order of their own (``jaxmicro.cleanup.match_histogram``).
+    (``jaxmicro.cleanup.remove_isolated``: fractions kept), then 2D labels are swapped toward
+    ``label_targets`` (each field ``(B, ...)``; ``jaxmicro.refine.refine``), and grayscale samples take the
+    exemplar's intensity ``quantiles`` ``(B, Q)`` in the order of their own (``jaxmicro.cleanup.match_histogram``).
 
     ``undecided_fraction``: pixels whose phase changed during the last tenth of the run (0 for grayscale).
     converged: finite, loss changed by less than ``rtol`` (relative) over the last tenth of the steps, and at
@@ -362,6 +368,9 @@ def finish(config: ReconstructionConfig, states: OptimisationState, history: Map
             share = np.zeros((len(labels), config.n_phases)) if isolated_share is None else isolated_share
             keep = np.floor(share * np.prod(config.shape)).astype(int)
             labels = np.stack([remove_isolated(a, b, k) for a, b, k in zip(labels, np.asarray(states.logits), keep)])
+            if label_targets is not None and labels.ndim == 3:
+                labels = np.stack([refine.refine(a, refine.LabelTargets(*(np.asarray(f)[i] for f in label_targets)))
+                                   .labels for i, a in enumerate(labels)])
     steps = history.shape[1]
     window = max(steps // 10, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -500,8 +509,8 @@ def resolve_schedule(exemplar, *, shape: Sequence[int] | None = None, layers: st
                      grayscale: bool = False, **given) -> dict:
     """The run's schedule: ``steps``, ``levels``, ``coarse_steps``, ``polish_steps``, ``slices_per_step``,
     ``correlation_weight`` and the ``MORPHOLOGY_WEIGHTS`` as given, the ones left None from ``IMAGE_SCHEDULE`` or
-    ``VOLUME_SCHEDULE`` (by the output's dimension). ``coarse_steps`` and ``polish_steps`` keep the schedule's
-    proportion to given ``steps`` (twice for images; volumes: twice, and no polish).
+    ``VOLUME_SCHEDULE`` (by the output's dimension). ``coarse_steps`` keep the schedule's proportion to given
+    ``steps`` (twice); neither schedule has a polish.
 
     A default number of levels shrinks until the coarsest level fits the network and subsamples by at most the
     exemplar's finest feature (the smallest mean chord length of any phase, ``finest_feature``), so that
@@ -568,7 +577,11 @@ def level_targets(config: ReconstructionConfig, params, images: Sequence[np.ndar
     share = np.stack([np.mean([isolated_fraction(e, config.n_phases) if e.ndim == len(config.shape)
                                else np.zeros(config.n_phases) for e in g], axis=0)
                       for g in groups]) if not config.grayscale else None
-    return LevelTargets(tuple(tuple(int(s) for s in e.shape) for e in images), config, stacked, fields, share)
+    swaps = None  # a 2D image's label swaps match its own statistics
+    if not config.grayscale and len(config.shape) == 2 and all(len(g) == 1 for g in groups):
+        per_group = [refine.label_targets(g[0], config.n_phases, config.correlation_radius) for g in groups]
+        swaps = refine.LabelTargets(*(np.stack(field) for field in zip(*per_group)))
+    return LevelTargets(tuple(tuple(int(s) for s in e.shape) for e in images), config, stacked, fields, share, swaps)
 
 
 def _targets_network_digest(params, config) -> str:
@@ -682,9 +695,10 @@ def reconstruct(
     with the exemplar's two-point statistics and fractions, or grayscale its histogram, ``jaxmicro.initial``) or
     'noise' (white noise). Default: 'gaussian', 'noise' for ``optimizer='lbfgs'``.
     ``polish_steps``: after the full-size level, that many steps of the objective without the network
-    (statistics only, milliseconds each; unset: twice ``steps`` for 2D phase images, none for volumes and grayscale).
+    (statistics only, milliseconds each; none unless given).
     ``cleanup``: give isolated pixels of the final labels beyond the exemplar's own share their neighbours' phase,
-    fractions kept; grayscale: give the output the exemplar's histogram in its own pixel order (``jaxmicro.cleanup``).
+    fractions kept, then swap 2D labels toward the exemplar's statistics (``jaxmicro.refine``); grayscale: give the
+    output the exemplar's histogram in its own pixel order (``jaxmicro.cleanup``).
 
     Returns a ReconstructionResult; per-sample failure is reported in ``status``, never raised.
     """
@@ -739,7 +753,7 @@ def reconstruct(
             steps=coarse_steps or steps, seed=seed, layers=config.taps, layer_weights=layer_weights,
             optimizer=optimizer, learning_rate=learning_rate, grayscale=grayscale, per_direction=per_direction,
             dtype=dtype, params=params, chunk=chunk, levels=levels - 1, coarse_steps=coarse_steps, progress=progress,
-            initial=initial, polish_steps=0, **options,
+            initial=initial, polish_steps=0, cleanup=False, **options,
         )
         # logits interpolated linearly: phase boundaries and intensities without the blocks of a copy
         initial_logits = jax.image.resize(coarse.logits, (coarse.logits.shape[0], *config.shape, config.channels),
@@ -778,5 +792,7 @@ def reconstruct(
         states, history = polish(config, params, states, objective, history, polish_steps, chunk, polish_progress)
     share = np.asarray(level.isolated_share)[exemplar_index] if not config.grayscale else None
     quantiles = targets.fractions if config.grayscale else None
+    swaps = None if level.label_targets is None else refine.LabelTargets(
+        *(np.asarray(field)[exemplar_index] for field in level.label_targets))
     return finish(config, states, history, exemplar_index, seed, cleanup=cleanup, isolated_share=share,
-                  quantiles=quantiles)
+                  quantiles=quantiles, label_targets=swaps)

@@ -26,6 +26,7 @@ from jaxmicro import vgg
 from jaxmicro.descriptors import Descriptors
 from jaxmicro.errors import InputError
 from jaxmicro.reconstruction import Characterisation, LevelTargets, ReconstructionConfig
+from jaxmicro.refine import LabelTargets
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "describe_targets", "file_digest", "load_targets", "params_digest",
            "read_header", "save_targets"]
@@ -92,6 +93,9 @@ def _level_arrays(prefix: str, level: LevelTargets) -> dict[str, np.ndarray]:
         arrays[f"{prefix}gaussian_start_correlations"] = np.asarray(level.correlations)
     if level.isolated_share is not None:
         arrays[f"{prefix}isolated_share"] = np.asarray(level.isolated_share)
+    if level.label_targets is not None:
+        for name, value in level.label_targets._asdict().items():
+            arrays[f"{prefix}label_targets/{name}"] = np.asarray(value)
     return arrays
 
 
@@ -193,10 +197,13 @@ def load_targets(path: str | os.PathLike[str]) -> Characterisation:
                                       lineal_path=get("lineal_path"))
                 optional = {name: np.asarray(archive[prefix + name]) if prefix + name in archive.files else None
                             for name in ("gaussian_start_correlations", "isolated_share")}
+                swaps = [prefix + "label_targets/" + name for name in LabelTargets._fields]
                 levels.append(LevelTargets(tuple(tuple(s) for s in info["exemplar_shapes"]), config, targets,
                                            None if optional["gaussian_start_correlations"] is None else
                                            jnp.asarray(optional["gaussian_start_correlations"]),
-                                           optional["isolated_share"]))
+                                           optional["isolated_share"],
+                                           LabelTargets(*(archive[name] for name in swaps))
+                                           if all(name in archive.files for name in swaps) else None))
         except (KeyError, TypeError, ValueError, zipfile.BadZipFile, OSError) as error:
             raise InputError(f"{path} is damaged or incomplete ({type(error).__name__}: {error}); characterise "
                              "the exemplar again") from error

@@ -61,12 +61,12 @@ def test_reconstruct_writes_tiffs_metrics_and_figure(exemplar, tmp_path, capsys)
     code, _, _ = run_in_process(capsys, "reconstruct", exemplar, *SMALL, "--seed", "7", "--out", tmp_path / "again")
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "again" / "reconstruction_001.tif"),
                                   tifffile.imread(out / "reconstruction_001.tif"))
-    # the polish: twice --steps unless given, kept in run.json for --resume
-    assert json.loads((out / "run.json").read_text())["polish_steps"] == 24
-    code, _, stderr = run_in_process(capsys, "reconstruct", exemplar, *SMALL, "--polish-steps", "0", "--out",
-                                     tmp_path / "unpolished")
+    # the polish: none unless given, kept in run.json for --resume
+    assert json.loads((out / "run.json").read_text())["polish_steps"] == 0
+    code, _, stderr = run_in_process(capsys, "reconstruct", exemplar, *SMALL, "--polish-steps", "6", "--out",
+                                     tmp_path / "polished")
     assert code == 0, stderr
-    assert json.loads((tmp_path / "unpolished" / "run.json").read_text())["polish_steps"] == 0
+    assert json.loads((tmp_path / "polished" / "run.json").read_text())["polish_steps"] == 6
 
 
 def test_reconstruct_a_volume_from_a_2d_exemplar_with_the_volume_schedule(exemplar, tmp_path, capsys):

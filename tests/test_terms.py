@@ -162,7 +162,7 @@ def test_property_term_is_nan_when_the_solver_failed():
 def test_reconstruction_records_every_term_per_step(params):
     exemplar = blobs((32, 32), fraction=0.3)
     result = R.reconstruct(exemplar, shape=(16, 16), count=2, steps=15, seed=0, layers=TAPS, params=params,
-                           widths=TINY_WIDTHS, correlation_radius=4, levels=1, interface_weight=2.0,
+                           widths=TINY_WIDTHS, correlation_radius=4, levels=1, interface_weight=2.0, polish_steps=30,
                            weights={"correlation": np.array([1.0, 5.0])})  # per-sample weights
     assert set(result.term_history) == set(R.TERM_NAMES)
     weights = {"gram": 1.0, "correlation": np.array([[1.0], [5.0]]), "volume_fraction": 10.0, "interface": 2.0,

@@ -1,0 +1,407 @@
+"""The last step of a 2D reconstruction: pixel swaps that bring the decoded labels closer to the exemplar.
+
+Gradient steps on relaxed phases stall a little short of the exemplar's statistics once the phases are decoded:
+they move probabilities, and the labels follow only where a probability crosses over. ``refine`` moves the
+labels themselves. It lowers
+
+    E = sum_i sum_r (S2_i(r) - S2*_i(r))^2                       two-point map, every displacement of the window
+      + surface_weight * sum_i ((F_i - F*_i) / F*_i)^2            boundary faces along the axes, and across diagonals
+      + chord_weight * sum_i (o_i - o*_i)^2                       share of one-pixel chords
+      + lineal_path_weight * sum_{a,r,i} (L_ai(r) - L*_ai(r))^2   lineal path along each axis
+
+over the phases ``i``. Each round it computes, for every pixel on a phase boundary and each neighbouring phase, the
+exact change of ``E`` that flipping that pixel alone would make (FFTs for the two-point part, run lengths for the
+chords and the lineal path), flips the best ``m`` pairs (one pixel each way between two phases, so the fractions
+stay) among pixels that are not neighbours, and keeps the round only if ``E`` fell, no new isolated pixel appeared
+and no phase's largest cluster changed by more than ``cluster_tolerance``. ``m`` doubles after a kept round and
+halves after a dropped one; a pair dropped at ``m = 1`` is not proposed again. numpy, one sample at a time.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxmicro.cleanup import isolated
+from jaxmicro.errors import InputError
+from jaxmicro.statistics import _chord_counts, _lineal_path_from_counts, largest_cluster_fraction, lineal_path
+
+SURFACE_WEIGHT = 30.0
+CHORD_WEIGHT = 100.0
+LINEAL_PATH_WEIGHT = 10.0
+ROUNDS = 300  # at most; a round takes 3-12 ms for a 128x128 image on a 2-core CPU
+FAILED_PAIRS = 60  # stop after this many pairs were dropped at m = 1
+CLUSTER_TOLERANCE = 0.02
+
+_FACES = ((1, 0), (-1, 0), (1, 1), (-1, 1))  # (shift, axis) of the four face neighbours
+_DIAGONALS = ((1, 1), (1, -1), (-1, 1), (-1, -1))  # shifts of the four diagonal neighbours
+
+
+class LabelTargets(NamedTuple):
+    """The exemplar's statistics that ``refine`` matches (numpy; phases last, displacements centred).
+
+    correlation: ``(2R+1, 2R+1, n)`` two-point map S2 at displacements ``-R..R``;
+    faces: ``(n,)`` boundary faces of each phase per pixel along the axes; diagonal_faces: the same across the
+    diagonals (pixels meeting at a corner: they tell a smooth boundary from a staircase);
+    one_pixel_share: ``(n,)`` one-pixel chords among all chords of each phase (both axes);
+    lineal_path: ``(2, R+1, n)`` along each axis (``jaxmicro.statistics.lineal_path``).
+    """
+
+    correlation: np.ndarray
+    faces: np.ndarray
+    diagonal_faces: np.ndarray
+    one_pixel_share: np.ndarray
+    lineal_path: np.ndarray
+
+
+def _neighbour_counts(labels: np.ndarray, n: int, shifts) -> np.ndarray:
+    """``(n, H, W)``: how many of each pixel's neighbours (at ``shifts``) lie in each phase."""
+    neighbours = [np.roll(labels, shift, axis) for shift, axis in shifts]
+    return np.stack([sum((q == k) for q in neighbours).astype(np.int32) for k in range(n)])
+
+
+def _boundary_faces(labels: np.ndarray, n: int, shifts) -> np.ndarray:
+    """``(n,)`` pixel pairs (at ``shifts``, each pair once per member) where phase ``i`` meets another phase."""
+    same = _neighbour_counts(labels, n, shifts)
+    return np.array([np.sum((labels == k) * (len(shifts) - same[k])) for k in range(n)], np.float64)
+
+
+def _one_pixel_share(labels: np.ndarray, n: int) -> np.ndarray:
+    counts = np.sum(_chord_counts(labels, n), axis=0)  # (n, L + 1), both axes
+    return counts[:, 1] / np.maximum(counts.sum(axis=1), 1)
+
+
+def _diagonal_shifts():
+    return [((dy, dx), (0, 1)) for dy, dx in _DIAGONALS]
+
+
+def label_targets(exemplar: np.ndarray, n_phases: int, radius: int) -> LabelTargets:
+    """``LabelTargets`` of a 2D label image, up to displacements of ``radius`` pixels (periodic)."""
+    labels = np.asarray(exemplar)
+    indicators = np.stack([(labels == k).astype(np.float64) for k in range(n_phases)])
+    spectrum = np.fft.rfft2(indicators)
+    s2 = np.fft.irfft2(spectrum * np.conj(spectrum), s=labels.shape) / labels.size
+    rows = np.arange(-radius, radius + 1) % labels.shape[0]
+    cols = np.arange(-radius, radius + 1) % labels.shape[1]
+    correlation = np.moveaxis(s2[:, rows][:, :, cols], 0, -1)
+    return LabelTargets(
+        correlation=correlation,
+        faces=_boundary_faces(labels, n_phases, _FACES) / labels.size,
+        diagonal_faces=_boundary_faces(labels, n_phases, _diagonal_shifts()) / labels.size,
+        one_pixel_share=_one_pixel_share(labels, n_phases),
+        lineal_path=lineal_path(labels, n_phases, max_distance=radius),
+    )
+
+
+def _run_lengths(labels: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel, the length of its periodic run along ``axis`` up to and including it (``back``) and from it on
+    (``ahead``); a line without a phase change is one run of the line's length."""
+    moved = np.moveaxis(labels, axis, -1)
+    size = moved.shape[-1]
+    lines = moved.reshape(-1, size)
+    change = lines != np.roll(lines, 1, axis=1)
+    order = (np.arange(size)[None, :] + np.argmax(change, axis=1)[:, None]) % size  # each line from a run start
+    rotated = np.take_along_axis(lines, order, axis=1)
+    starts = rotated != np.roll(rotated, 1, axis=1)
+    starts[:, 0] = True
+    ends = np.roll(starts, -1, axis=1)
+    ends[:, -1] = True
+    position = np.broadcast_to(np.arange(size), rotated.shape)
+    start = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+    end = np.minimum.accumulate(np.where(ends, position, size - 1)[:, ::-1], axis=1)[:, ::-1]
+    back, ahead = position - start + 1, end - position + 1
+    uniform = ~change.any(axis=1)
+    back[uniform] = size
+    ahead[uniform] = size
+    out = []
+    for rotated_values in (back, ahead):
+        values = np.empty_like(rotated_values)
+        np.put_along_axis(values, order, rotated_values, axis=1)
+        out.append(np.moveaxis(values.reshape(moved.shape), -1, axis))
+    return out[0], out[1]
+
+
+def _squares(k):
+    """``1^2 + ... + k^2`` (0 for ``k <= 0``)."""
+    k = np.maximum(k, 0)
+    return k * (k + 1) * (2 * k + 1) / 6
+
+
+def _trapezoid_squares(x, y, radius: int):
+    """``sum_{r=0..R} h(r)^2`` for the change of a chord count's lineal path when runs of ``x`` and ``y`` pixels
+    join through one more (or one run splits into them): ``h(r) = max(x + y + 1 - r, 0) - max(x - r, 0) -
+    max(y - r, 0)``, which is ``r + 1`` up to ``min(x, y)``, then ``min(x, y) + 1`` up to ``max(x, y)``, then
+    falls by one a step to 0."""
+    low, high, total = np.minimum(x, y), np.maximum(x, y), x + y + 1
+    rising = _squares(np.minimum(radius + 1, low + 1))
+    flat = np.maximum(0, np.minimum(radius, high) - low) * (low + 1.0) ** 2
+    end = np.minimum(radius, total - 1)
+    falling = np.where(end > high, _squares(low) - _squares(total - end - 1), 0.0)
+    return rising + flat + falling
+
+
+class _Energy(NamedTuple):
+    total: float
+    correlation: np.ndarray  # (n, H, W) the sample's S2 map
+    spectrum: np.ndarray  # (n, H, W // 2 + 1) the phase indicators' Fourier transform
+    faces: np.ndarray  # (2, n) along the axes, across the diagonals
+    one_pixel: np.ndarray  # (n,) one-pixel chords
+    chords: np.ndarray  # (n,) all chords
+    lineal_path: np.ndarray  # (2, R+1, n)
+
+
+class _Problem(NamedTuple):
+    target_map: np.ndarray  # (n, H, W) on the sample's periodic grid
+    window: np.ndarray  # (H, W) bool: displacements within the radius
+    faces: np.ndarray  # (2, n) faces on the sample's grid
+    one_pixel_share: np.ndarray
+    lineal_path: np.ndarray
+    weights: tuple[float, float, float]  # surface, chords, lineal path
+    face_neighbours: np.ndarray  # (4, N) flat index of each pixel's neighbour up, down, left, right
+    diagonal_neighbours: np.ndarray  # (4, N)
+    trapezoid_squares: np.ndarray  # (L + 1, L + 1) _trapezoid_squares of two run lengths up to the longest side
+
+
+def _problem(targets: LabelTargets, shape, weights) -> _Problem:
+    radius = (targets.correlation.shape[0] - 1) // 2
+    n = targets.correlation.shape[-1]
+    offsets = np.arange(-radius, radius + 1)
+    rows, cols = np.broadcast_arrays((offsets % shape[0])[:, None], (offsets % shape[1])[None, :])
+    total, times = np.zeros((n, *shape)), np.zeros(shape)
+    np.add.at(total, (slice(None), rows, cols), np.moveaxis(targets.correlation, -1, 0))
+    np.add.at(times, (rows, cols), 1.0)
+    # displacements +-R along an axis of side 2R are one on the sample: their mean (keeps the map symmetric)
+    window = times > 0
+    target_map = total / np.maximum(times, 1.0)
+    faces = np.stack([targets.faces, targets.diagonal_faces]) * np.prod(shape)
+    rows, cols = np.indices(shape).reshape(2, -1)
+
+    def index(dy, dx):
+        return ((rows + dy) % shape[0]) * shape[1] + (cols + dx) % shape[1]
+
+    return _Problem(target_map, window, faces, np.asarray(targets.one_pixel_share),
+                    np.asarray(targets.lineal_path), weights,
+                    np.stack([index(-1, 0), index(1, 0), index(0, -1), index(0, 1)]),
+                    np.stack([index(dy, dx) for dy, dx in _DIAGONALS]),
+                    _trapezoid_squares(*np.indices((max(shape) + 1,) * 2), radius))
+
+
+def _energy(labels: np.ndarray, problem: _Problem) -> _Energy:
+    n = problem.target_map.shape[0]
+    indicators = np.stack([(labels == k).astype(np.float64) for k in range(n)])
+    spectrum = np.fft.rfft2(indicators)
+    correlation = np.fft.irfft2(spectrum * np.conj(spectrum), s=labels.shape) / labels.size
+    faces = np.stack([_boundary_faces(labels, n, _FACES), _boundary_faces(labels, n, _diagonal_shifts())])
+    counts = _chord_counts(labels, n)  # per axis (n, L + 1)
+    pooled = np.sum(counts, axis=0)
+    one_pixel, chords = pooled[:, 1].astype(np.float64), pooled.sum(axis=1).astype(np.float64)
+    path = _lineal_path_from_counts(counts, labels.size, problem.lineal_path.shape[1] - 1)
+    surface_weight, chord_weight, path_weight = problem.weights
+    total = (np.sum(((correlation - problem.target_map) * problem.window) ** 2)
+             + surface_weight * np.sum(((faces - problem.faces) / problem.faces) ** 2)
+             + chord_weight * np.sum((one_pixel / np.maximum(chords, 1) - problem.one_pixel_share) ** 2)
+             + path_weight * np.sum((path - problem.lineal_path) ** 2))
+    return _Energy(float(total), correlation, spectrum, faces, one_pixel, chords, path)
+
+
+def _flip_gains(labels: np.ndarray, energy: _Energy, problem: _Problem,
+                allowed: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The pixels on a phase boundary (flat indices ``(K,)``, where ``allowed``) and ``{(a, b): (K,)}``: the
+    exact change of ``E`` from flipping each alone from phase ``a`` to ``b`` (inf where it is not in ``a``, has no
+    face neighbour in ``b``, or would leave a neighbour isolated)."""
+    n = problem.target_map.shape[0]
+    shape = labels.shape
+    size = labels.size
+    surface_weight, chord_weight, path_weight = problem.weights
+    flat = labels.ravel()
+    face_labels = flat[problem.face_neighbours]
+    pixels = np.flatnonzero((face_labels != flat).any(axis=0) & allowed.ravel())
+    here = flat[pixels]
+    around = problem.face_neighbours[:, pixels]  # up, down, left, right
+    face_same = np.stack([(face_labels == k).sum(axis=0) for k in range(n)])  # (n, N)
+    diagonal = flat[problem.diagonal_neighbours[:, pixels]]
+    same = [face_same[:, pixels], np.stack([(diagonal == k).sum(axis=0) for k in range(n)])]
+
+    # two-point part, per phase and sign d of the change: (2/N)(2 d H + G(0)) + (2 n_i + 2 Q + 4 d I + 1) / N^2,
+    # H(p) = sum_r G(r) I(p + r), Q(p) = sum_r I(p + r) I(p - r) (a convolution read at 2p)
+    spectrum = energy.spectrum
+    error = (energy.correlation - problem.target_map) * problem.window
+    spread = np.fft.irfft2(np.fft.rfft2(error) * spectrum, s=shape).reshape(n, -1)[:, pixels]
+    pr, pc = np.divmod(pixels, shape[1])
+    pairs = np.fft.irfft2(spectrum * spectrum, s=shape)[:, (2 * pr) % shape[0], (2 * pc) % shape[1]]
+    count = spectrum[:, 0, 0].real  # pixels of each phase
+
+    # runs through each boundary pixel and its neighbours along each axis (up/down, then left/right)
+    runs = []
+    for axis in (0, 1):
+        back, ahead = (r.ravel() for r in _run_lengths(labels, axis))
+        before, after = around[2 * axis], around[2 * axis + 1]
+        runs.append((back[pixels], ahead[pixels], flat[before], back[before], flat[after], ahead[after]))
+    # lineal-path tables: table[a, l, i] = sum_r g(r) max(l - r, 0), g the gradient of the term in L_ai(r)
+    radius = problem.lineal_path.shape[1] - 1
+    slope = 2 * path_weight * (energy.lineal_path - problem.lineal_path) / size
+    lengths = np.arange(max(shape) + 1)
+    upto = np.minimum(lengths, radius + 1)
+    zero = np.zeros((2, 1, n))
+    sums = np.concatenate([zero, np.cumsum(slope, axis=1)], axis=1)
+    moments = np.concatenate([zero, np.cumsum(np.arange(radius + 1)[None, :, None] * slope, axis=1)], axis=1)
+    table = lengths[None, :, None] * sums[:, upto] - moments[:, upto]
+    top = len(lengths) - 1
+
+    def relative(kind, k, change):  # change of the surface term; k one phase or one per pixel
+        target, now = problem.faces[kind][k], energy.faces[kind][k]
+        return ((now + change - target) / target) ** 2 - ((now - target) / target) ** 2
+
+    def share(k, d_one, d_all):  # change of the one-pixel-chord term
+        target, one, chords = problem.one_pixel_share[k], energy.one_pixel[k], energy.chords[k]
+        new, old = (one + d_one) / np.maximum(chords + d_all, 1), one / np.maximum(chords, 1)
+        return (new - target) ** 2 - (old - target) ** 2
+
+    at = np.arange(len(pixels))
+    gain_out = ((2.0 / size) * (-2 * spread[here, at] + error[here, 0, 0])
+                + (2 * count[here] + 2 * pairs[here, at] - 3) / size**2)  # the pixel leaves its phase a
+    gain_out += surface_weight * sum(relative(kind, here, 2 * counts[here, at] - 4) for kind, counts in enumerate(same))
+    whole = _squares(radius + 1)  # a whole line's lineal path changes by r + 1 at every r
+    trapezoid = problem.trapezoid_squares
+    one_out = all_out = 0
+    for axis, (back, ahead, *_) in enumerate(runs):
+        line = shape[axis]
+        before, after = back - 1, ahead - 1  # the a-run through the pixel, less the pixel
+        whole_a = back == line  # a line all in a keeps one a-chord, line - 1 long (joined across the edge)
+        all_out = all_out + np.where(whole_a, 0, (before > 0).astype(np.int64) + (after > 0) - 1)
+        one_out = one_out + np.where(whole_a, int(line == 2),
+                                     (before == 1).astype(np.int64) + (after == 1) - (before + after == 0))
+        path = table[axis]
+        every = line * sums[axis, radius + 1, here]  # a whole line holds `line` segments of every length
+        gain_out += np.where(whole_a, path[line - 1, here] - every,
+                             path[np.minimum(before, top), here] + path[np.minimum(after, top), here]
+                             - path[np.minimum(before + after + 1, top), here])
+        gain_out += path_weight * np.where(whole_a, whole, trapezoid[np.minimum(before, top),
+                                                                     np.minimum(after, top)]) / size**2
+    gain_out += chord_weight * share(here, one_out, all_out)
+
+    gains = {}
+    for b in range(n):  # the pixel joins phase b
+        gain_in = ((2.0 / size) * (2 * spread[b] + error[b, 0, 0]) + (2 * count[b] + 2 * pairs[b] + 1) / size**2)
+        gain_in += surface_weight * sum(relative(kind, b, 4 - 2 * counts[b]) for kind, counts in enumerate(same))
+        one_in = all_in = 0
+        for axis, (back, ahead, prev_phase, prev_back, next_phase, next_ahead) in enumerate(runs):
+            line = shape[axis]
+            left = np.where(prev_phase == b, prev_back, 0)
+            right = np.where(next_phase == b, next_ahead, 0)
+            merged = left + right + 1
+            whole_b = (back == 1) & (ahead == 1) & (left == line - 1)  # the rest of the line is in b: then all of it
+            all_in = all_in + np.where(whole_b, 0, 1 - (left > 0).astype(np.int64) - (right > 0))
+            one_in = one_in + np.where(whole_b, -int(line == 2),
+                                       (merged == 1).astype(np.int64) - (left == 1) - (right == 1))
+            path = table[axis, :, b]
+            gain_in += np.where(whole_b, line * sums[axis, radius + 1, b] - path[line - 1],
+                                path[np.minimum(merged, top)] - path[np.minimum(left, top)]
+                                - path[np.minimum(right, top)])
+            gain_in += path_weight * np.where(whole_b, whole, trapezoid[np.minimum(left, top),
+                                                                        np.minimum(right, top)]) / size**2
+        gain_in += chord_weight * share(b, one_in, all_in)
+        for a in range(n):
+            if a == b:
+                continue
+            strands = np.zeros(len(pixels), bool)  # a face neighbour in a whose other neighbours are all b
+            for q in around:
+                strands |= (flat[q] == a) & (face_same[b][q] == 3)
+            ok = (here == a) & (same[0][b] >= 1) & ~strands
+            gains[(a, b)] = np.where(ok, gain_out + gain_in, np.inf)
+    return pixels, gains
+
+
+def _pick(pixels: np.ndarray, gains: dict, n: int, shape, m: int) -> list[tuple[int, int, int]]:
+    """Up to ``m`` pairs per two phases (a pixel each way, best predicted first, while a pair's sum is negative),
+    no two pixels neighbours (so each gain stays what it was predicted). Returns ``(row, col, new phase)``."""
+    taken = np.zeros(shape, bool)
+    flips = []
+    for a in range(n):
+        for b in range(a + 1, n):
+            sides = []
+            for source, target in ((a, b), (b, a)):
+                gain = gains[(source, target)]
+                best = np.argpartition(gain, min(30 * m, gain.size - 1))[: 30 * m]
+                chosen = []
+                for index in best[np.argsort(gain[best], kind="stable")]:
+                    if not np.isfinite(gain[index]) or len(chosen) >= m:
+                        break
+                    row, col = divmod(int(pixels[index]), shape[1])
+                    near = taken[np.ix_(np.arange(row - 1, row + 2) % shape[0], np.arange(col - 1, col + 2) % shape[1])]
+                    if near.any():
+                        continue
+                    taken[row, col] = True
+                    chosen.append((row, col, target, gain[index]))
+                sides.append(chosen)
+            k = 0
+            while k < min(len(sides[0]), len(sides[1])) and sides[0][k][3] + sides[1][k][3] < 0:
+                k += 1
+            for chosen in sides:
+                flips.extend((row, col, target) for row, col, target, _ in chosen[:k])
+                for row, col, _, _ in chosen[k:]:
+                    taken[row, col] = False
+    return flips
+
+
+class Refinement(NamedTuple):
+    """What ``refine`` did to one sample."""
+
+    labels: np.ndarray
+    energy_before: float
+    energy_after: float
+    rounds: int
+    kept_rounds: int
+    changed_fraction: float
+
+
+def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int = ROUNDS,
+           surface_weight: float = SURFACE_WEIGHT, chord_weight: float = CHORD_WEIGHT,
+           lineal_path_weight: float = LINEAL_PATH_WEIGHT, cluster_tolerance: float = CLUSTER_TOLERANCE,
+           batch: int = 32) -> Refinement:
+    """One 2D sample's labels swapped toward ``targets`` (see the module docstring); the phase fractions, the
+    number of isolated pixels (it never grows) and each phase's largest cluster (within ``cluster_tolerance``)
+    hold. Deterministic."""
+    labels = np.asarray(labels)
+    n = targets.correlation.shape[-1]
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= n:
+        raise InputError(f"refine needs a 2D image of integer phase labels 0..{n - 1} (the targets' phases), "
+                         f"not {labels.dtype} of shape {labels.shape}")
+    problem = _problem(targets, labels.shape, (surface_weight, chord_weight, lineal_path_weight))
+    energy = start = _energy(labels, problem)
+    isolated_count = isolated(labels).sum()
+    clusters = largest_cluster_fraction(labels, n)
+    allowed = np.ones(labels.shape, bool)
+    m, kept, failed, done = batch, 0, 0, 0
+    current = labels
+    for done in range(1, rounds + 1):
+        pixels, gains = _flip_gains(current, energy, problem, allowed)
+        improved = False
+        while m >= 1:
+            flips = _pick(pixels, gains, n, labels.shape, m)
+            if not flips:  # no pair is predicted to help
+                m = 0
+                break
+            trial = current.copy()
+            for row, col, target in flips:
+                trial[row, col] = target
+            trial_energy = _energy(trial, problem)
+            if (trial_energy.total < energy.total and isolated(trial).sum() <= isolated_count
+                    and np.all(np.abs(largest_cluster_fraction(trial, n) - clusters) <= cluster_tolerance)):
+                current, energy, improved = trial, trial_energy, True
+                kept += 1
+                m = min(2 * m, batch)
+                break
+            if m == 1:  # this pair is not proposed again
+                for row, col, _ in flips:
+                    allowed[row, col] = False
+                failed += 1
+                break
+            m //= 2
+        if not improved:
+            if m == 0 or failed > FAILED_PAIRS:
+                break
+            m = 1
+    return Refinement(current.astype(labels.dtype), start.total, energy.total, done, kept,
+                      float(np.mean(current != labels)))

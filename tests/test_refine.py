@@ -1,0 +1,110 @@
+"""The label swaps that end a 2D reconstruction (jaxmicro.refine): targets against the statistics module, each
+predicted flip gain against the energy recomputed from scratch, and what a refinement keeps."""
+
+import numpy as np
+import pytest
+
+from jaxmicro import refine, statistics as st
+from jaxmicro.cleanup import isolated
+from jaxmicro.descriptors import correlation_window
+from jaxmicro.errors import InputError
+from jaxmicro.report import one_pixel_chord_fraction
+
+
+def blobs(size, n, seed=0, smooth=2.0):
+    """A smooth random n-phase structure: periodically smoothed noise cut at n - 1 quantiles."""
+    rng = np.random.default_rng(seed)
+    k = np.fft.fftfreq(size)
+    kernel = np.exp(-0.5 * (2 * np.pi * smooth) ** 2 * (k[:, None] ** 2 + k[None, :] ** 2))
+    field = np.fft.ifft2(np.fft.fft2(rng.normal(size=(size, size))) * kernel).real
+    return np.digitize(field, np.quantile(field, np.arange(1, n) / n)).astype(np.uint8)
+
+
+def test_label_targets_are_the_statistics_of_the_exemplar():
+    image = blobs(32, 3, seed=1)
+    targets = refine.label_targets(image, 3, 8)
+    indicators = np.stack([(image == k) for k in range(3)], axis=-1).astype(np.float32)
+    np.testing.assert_allclose(targets.correlation, correlation_window(st.two_point_correlation(indicators), 8),
+                               atol=1e-6)
+    np.testing.assert_allclose(targets.faces, st.specific_surface(image, 3), rtol=1e-6)
+    np.testing.assert_allclose(targets.one_pixel_share,
+                               one_pixel_chord_fraction(st.chord_length_distribution(image, 3)))
+    np.testing.assert_allclose(targets.lineal_path, st.lineal_path(image, 3, max_distance=8))
+    diagonal = np.zeros(3)  # pixels of the phase whose diagonal neighbour lies in another, counted by hand
+    for dy, dx in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+        other = np.roll(image, (dy, dx), (0, 1)) != image
+        diagonal += np.bincount(image[other], minlength=3)
+    np.testing.assert_allclose(targets.diagonal_faces, diagonal / image.size)
+
+
+def test_run_lengths_against_walking_the_periodic_lines():
+    rng = np.random.default_rng(4)
+    labels = (rng.random((9, 7)) < 0.4).astype(np.uint8)
+    labels[3] = 1  # a line without a change along axis 1
+    for axis in (0, 1):
+        back, ahead = refine._run_lengths(labels, axis)
+        lines = np.moveaxis(labels, axis, -1)
+        for index in np.ndindex(lines.shape):
+            *line, position = index
+            row, size = lines[tuple(line)], lines.shape[-1]
+            steps_back = next((s for s in range(1, size + 1) if row[(position - s) % size] != row[position]), size + 1)
+            steps_ahead = next((s for s in range(1, size + 1) if row[(position + s) % size] != row[position]), size + 1)
+            expected = (min(steps_back, size), min(steps_ahead, size))
+            got = (np.moveaxis(back, axis, -1)[index], np.moveaxis(ahead, axis, -1)[index])
+            assert got == expected, (axis, index)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_every_predicted_flip_gain_is_the_exact_change_of_the_energy(n):
+    labels = blobs(16, n, seed=2, smooth=1.0)
+    labels[5] = labels[5, 0]  # a line all in one phase (its own case for chords and the lineal path)
+    labels[9, :] = 1 - (labels[9] > 0) if n == 2 else labels[9]
+    targets = refine.label_targets(blobs(32, n, seed=3, smooth=1.5), n, 8)  # the full window of a 16x16 sample
+    problem = refine._problem(targets, labels.shape, (100.0, 300.0, 30.0))
+    energy = refine._energy(labels, problem)
+    pixels, gains = refine._flip_gains(labels, energy, problem, np.ones(labels.shape, bool))
+    checked = 0
+    for (a, b), gain in gains.items():
+        for pixel, predicted in zip(pixels, gain):
+            if not np.isfinite(predicted):
+                continue
+            flipped = labels.copy()
+            flipped.flat[pixel] = b
+            np.testing.assert_allclose(predicted, refine._energy(flipped, problem).total - energy.total,
+                                       rtol=1e-7, atol=1e-10, err_msg=f"{a}->{b} at {divmod(pixel, 16)}")
+            checked += 1
+    assert checked > 50
+
+
+def test_refinement_lowers_the_energy_and_keeps_fractions_isolated_pixels_and_clusters():
+    exemplar = blobs(64, 3, seed=5, smooth=2.0)
+    start = blobs(32, 3, seed=6, smooth=1.2)  # finer than the exemplar: too much boundary
+    targets = refine.label_targets(exemplar, 3, 16)
+    result = refine.refine(start, targets, rounds=60)
+    assert result.energy_after < 0.5 * result.energy_before and result.kept_rounds > 10
+    np.testing.assert_array_equal(np.bincount(result.labels.ravel(), minlength=3),
+                                  np.bincount(start.ravel(), minlength=3))
+    assert isolated(result.labels).sum() <= isolated(start).sum()
+    np.testing.assert_allclose(st.largest_cluster_fraction(result.labels, 3), st.largest_cluster_fraction(start, 3),
+                               atol=refine.CLUSTER_TOLERANCE)
+    problem = refine._problem(targets, start.shape, (refine.SURFACE_WEIGHT, refine.CHORD_WEIGHT,
+                                                     refine.LINEAL_PATH_WEIGHT))
+    assert refine._energy(result.labels, problem).total == pytest.approx(result.energy_after)
+    surface = lambda labels: np.abs(st.specific_surface(labels, 3) / targets.faces - 1).max()  # noqa: E731
+    assert surface(result.labels) < 0.8 * surface(start)
+    np.testing.assert_array_equal(refine.refine(start, targets, rounds=60).labels, result.labels)  # deterministic
+    assert result.changed_fraction == pytest.approx(np.mean(result.labels != start))
+
+
+def test_an_exemplar_is_left_as_it_is():
+    exemplar = blobs(32, 2, seed=7)
+    result = refine.refine(exemplar, refine.label_targets(exemplar, 2, 16))
+    assert result.energy_before == pytest.approx(0.0, abs=1e-20)
+    np.testing.assert_array_equal(result.labels, exemplar)
+
+
+def test_labels_that_do_not_fit_the_targets_are_refused():
+    targets = refine.label_targets(blobs(32, 2), 2, 8)
+    for bad in (np.zeros((4, 4, 4), np.uint8), np.full((16, 16), 2, np.uint8), np.zeros((16, 16), np.float32)):
+        with pytest.raises(InputError, match="integer phase labels 0..1"):
+            refine.refine(bad, targets)
