@@ -19,7 +19,7 @@ halves after a dropped one; a pair dropped at ``m = 1`` is not proposed again. n
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from jaxmicro.statistics import _chord_counts, _lineal_path_from_counts, largest
 SURFACE_WEIGHT = 30.0
 CHORD_WEIGHT = 100.0
 LINEAL_PATH_WEIGHT = 10.0
-ROUNDS = 300  # at most; a round takes 3-12 ms for a 128x128 image on a 2-core CPU
+ROUNDS = 300  # at most, and one per 16 pixels; a round takes 3-12 ms for a 128x128 image on a 2-core CPU
 FAILED_PAIRS = 60  # stop after this many pairs were dropped at m = 1
 CLUSTER_TOLERANCE = 0.02
 
@@ -356,13 +356,15 @@ class Refinement(NamedTuple):
     changed_fraction: float
 
 
-def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int = ROUNDS,
+def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int | None = None,
            surface_weight: float = SURFACE_WEIGHT, chord_weight: float = CHORD_WEIGHT,
            lineal_path_weight: float = LINEAL_PATH_WEIGHT, cluster_tolerance: float = CLUSTER_TOLERANCE,
-           batch: int = 32) -> Refinement:
+           batch: int = 32, accept: Callable[[np.ndarray], bool] | None = None) -> Refinement:
     """One 2D sample's labels swapped toward ``targets`` (see the module docstring); the phase fractions, the
     number of isolated pixels (it never grows) and each phase's largest cluster (within ``cluster_tolerance``)
-    hold. Deterministic."""
+    hold. ``rounds``: at most that many (default ``ROUNDS``, and one per 16 pixels on small images).
+    ``accept(labels)``: a further condition every kept round must meet (a property held in a band, say).
+    Deterministic."""
     labels = np.asarray(labels)
     n = targets.correlation.shape[-1]
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= n:
@@ -373,6 +375,7 @@ def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int = ROUNDS,
     isolated_count = isolated(labels).sum()
     clusters = largest_cluster_fraction(labels, n)
     allowed = np.ones(labels.shape, bool)
+    rounds = min(ROUNDS, labels.size // 16) if rounds is None else rounds
     m, kept, failed, done = batch, 0, 0, 0
     current = labels
     for done in range(1, rounds + 1):
@@ -388,7 +391,8 @@ def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int = ROUNDS,
                 trial[row, col] = target
             trial_energy = _energy(trial, problem)
             if (trial_energy.total < energy.total and isolated(trial).sum() <= isolated_count
-                    and np.all(np.abs(largest_cluster_fraction(trial, n) - clusters) <= cluster_tolerance)):
+                    and np.all(np.abs(largest_cluster_fraction(trial, n) - clusters) <= cluster_tolerance)
+                    and (accept is None or accept(trial))):
                 current, energy, improved = trial, trial_energy, True
                 kept += 1
                 m = min(2 * m, batch)

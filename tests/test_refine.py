@@ -4,11 +4,13 @@ predicted flip gain against the energy recomputed from scratch, and what a refin
 import numpy as np
 import pytest
 
-from jaxmicro import refine, statistics as st
+from jaxmicro import reconstruction as R, refine, statistics as st
 from jaxmicro.cleanup import isolated
 from jaxmicro.descriptors import correlation_window
 from jaxmicro.errors import InputError
 from jaxmicro.report import one_pixel_chord_fraction
+
+from conftest import TINY_WIDTHS
 
 
 def blobs(size, n, seed=0, smooth=2.0):
@@ -93,6 +95,8 @@ def test_refinement_lowers_the_energy_and_keeps_fractions_isolated_pixels_and_cl
     surface = lambda labels: np.abs(st.specific_surface(labels, 3) / targets.faces - 1).max()  # noqa: E731
     assert surface(result.labels) < 0.8 * surface(start)
     np.testing.assert_array_equal(refine.refine(start, targets, rounds=60).labels, result.labels)  # deterministic
+    held = refine.refine(start, targets, rounds=60, accept=lambda labels: np.sum(labels[:8] != start[:8]) == 0)
+    assert np.array_equal(held.labels[:8], start[:8]) and held.kept_rounds > 0  # a further condition on every round
     assert result.changed_fraction == pytest.approx(np.mean(result.labels != start))
 
 
@@ -108,3 +112,17 @@ def test_labels_that_do_not_fit_the_targets_are_refused():
     for bad in (np.zeros((4, 4, 4), np.uint8), np.full((16, 16), 2, np.uint8), np.zeros((16, 16), np.float32)):
         with pytest.raises(InputError, match="integer phase labels 0..1"):
             refine.refine(bad, targets)
+
+
+def test_a_reconstruction_ends_with_the_swaps(tiny_params, monkeypatch):
+    exemplar = blobs(64, 2, seed=8, smooth=2.0)
+    run = dict(shape=(32, 32), count=2, steps=8, levels=1, seed=0, layers="relu1_2", widths=TINY_WIDTHS,
+               params=tiny_params)
+    swapped = R.reconstruct(exemplar, **run)
+    monkeypatch.setattr(refine, "refine", lambda labels, targets: refine.Refinement(labels, 0.0, 0.0, 0, 0, 0.0))
+    unswapped = R.reconstruct(exemplar, **run)
+    problem = refine._problem(refine.label_targets(exemplar, 2, 16), (32, 32),
+                              (refine.SURFACE_WEIGHT, refine.CHORD_WEIGHT, refine.LINEAL_PATH_WEIGHT))
+    for before, after in zip(unswapped.labels, swapped.labels):
+        assert np.any(before != after) and np.sum(after == 1) == np.sum(before == 1)
+        assert refine._energy(after, problem).total < refine._energy(before, problem).total

@@ -44,6 +44,8 @@ def test_reconstruct_from_stored_targets_is_bitwise_the_same(exemplar, tiny_para
     loaded = T.load_targets(tmp_path / "t.npz")  # the arrays come back exactly
     for a, b in zip(jax.tree.leaves(stored.levels[0].targets), jax.tree.leaves(loaded.levels[0].targets)):
         np.testing.assert_array_equal(a, b)
+    for a, b in zip(stored.levels[0].label_targets, loaded.levels[0].label_targets):  # what the label swaps match
+        np.testing.assert_array_equal(a, b)
 
 
 def test_stored_grayscale_targets_hold_the_gaussian_start(exemplar, tiny_params, tmp_path):
