@@ -76,12 +76,16 @@ def _diagonal_shifts():
     return [((dy, dx), (0, 1)) for dy, dx in _DIAGONALS]
 
 
+def _two_point_map(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The periodic S2 map ``(n, H, W)`` of each phase and the phase indicators' Fourier transform."""
+    spectrum = np.fft.rfft2(np.stack([(labels == k).astype(np.float64) for k in range(n)]))
+    return np.fft.irfft2(spectrum * np.conj(spectrum), s=labels.shape) / labels.size, spectrum
+
+
 def label_targets(exemplar: np.ndarray, n_phases: int, radius: int) -> LabelTargets:
     """``LabelTargets`` of a 2D label image, up to displacements of ``radius`` pixels (periodic)."""
     labels = np.asarray(exemplar)
-    indicators = np.stack([(labels == k).astype(np.float64) for k in range(n_phases)])
-    spectrum = np.fft.rfft2(indicators)
-    s2 = np.fft.irfft2(spectrum * np.conj(spectrum), s=labels.shape) / labels.size
+    s2, _ = _two_point_map(labels, n_phases)
     rows = np.arange(-radius, radius + 1) % labels.shape[0]
     cols = np.arange(-radius, radius + 1) % labels.shape[1]
     correlation = np.moveaxis(s2[:, rows][:, :, cols], 0, -1)
@@ -189,9 +193,7 @@ def _problem(targets: LabelTargets, shape, weights) -> _Problem:
 
 def _energy(labels: np.ndarray, problem: _Problem) -> _Energy:
     n = problem.target_map.shape[0]
-    indicators = np.stack([(labels == k).astype(np.float64) for k in range(n)])
-    spectrum = np.fft.rfft2(indicators)
-    correlation = np.fft.irfft2(spectrum * np.conj(spectrum), s=labels.shape) / labels.size
+    correlation, spectrum = _two_point_map(labels, n)
     faces = np.stack([_boundary_faces(labels, n, _FACES), _boundary_faces(labels, n, _diagonal_shifts())])
     counts = _chord_counts(labels, n)  # per axis (n, L + 1)
     pooled = np.sum(counts, axis=0)
