@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxmicro.cleanup import isolated
 from jaxmicro.errors import InputError
+from jaxmicro.report import one_pixel_chord_fraction
 from jaxmicro.statistics import _chord_counts, _lineal_path_from_counts, largest_cluster_fraction, lineal_path
 
 SURFACE_WEIGHT = 30.0
@@ -36,6 +37,7 @@ CLUSTER_TOLERANCE = 0.02
 
 _FACES = ((1, 0), (-1, 0), (1, 1), (-1, 1))  # (shift, axis) of the four face neighbours
 _DIAGONALS = ((1, 1), (1, -1), (-1, 1), (-1, -1))  # shifts of the four diagonal neighbours
+_DIAGONAL_SHIFTS = tuple((shift, (0, 1)) for shift in _DIAGONALS)  # as (shift, axes) for np.roll
 
 
 class LabelTargets(NamedTuple):
@@ -67,15 +69,6 @@ def _boundary_faces(labels: np.ndarray, n: int, shifts) -> np.ndarray:
     return np.array([np.sum((labels == k) * (len(shifts) - same[k])) for k in range(n)], np.float64)
 
 
-def _one_pixel_share(labels: np.ndarray, n: int) -> np.ndarray:
-    counts = np.sum(_chord_counts(labels, n), axis=0)  # (n, L + 1), both axes
-    return counts[:, 1] / np.maximum(counts.sum(axis=1), 1)
-
-
-def _diagonal_shifts():
-    return [((dy, dx), (0, 1)) for dy, dx in _DIAGONALS]
-
-
 def _two_point_map(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The periodic S2 map ``(n, H, W)`` of each phase and the phase indicators' Fourier transform."""
     spectrum = np.fft.rfft2(np.stack([(labels == k).astype(np.float64) for k in range(n)]))
@@ -92,8 +85,8 @@ def label_targets(exemplar: np.ndarray, n_phases: int, radius: int) -> LabelTarg
     return LabelTargets(
         correlation=correlation,
         faces=_boundary_faces(labels, n_phases, _FACES) / labels.size,
-        diagonal_faces=_boundary_faces(labels, n_phases, _diagonal_shifts()) / labels.size,
-        one_pixel_share=_one_pixel_share(labels, n_phases),
+        diagonal_faces=_boundary_faces(labels, n_phases, _DIAGONAL_SHIFTS) / labels.size,
+        one_pixel_share=one_pixel_chord_fraction(np.stack(_chord_counts(labels, n_phases))),
         lineal_path=lineal_path(labels, n_phases, max_distance=radius),
     )
 
@@ -194,7 +187,7 @@ def _problem(targets: LabelTargets, shape, weights) -> _Problem:
 def _energy(labels: np.ndarray, problem: _Problem) -> _Energy:
     n = problem.target_map.shape[0]
     correlation, spectrum = _two_point_map(labels, n)
-    faces = np.stack([_boundary_faces(labels, n, _FACES), _boundary_faces(labels, n, _diagonal_shifts())])
+    faces = np.stack([_boundary_faces(labels, n, _FACES), _boundary_faces(labels, n, _DIAGONAL_SHIFTS)])
     counts = _chord_counts(labels, n)  # per axis (n, L + 1)
     pooled = np.sum(counts, axis=0)
     one_pixel, chords = pooled[:, 1].astype(np.float64), pooled.sum(axis=1).astype(np.float64)
