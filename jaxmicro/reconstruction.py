@@ -579,7 +579,8 @@ def level_targets(config: ReconstructionConfig, params, images: Sequence[np.ndar
                       for g in groups]) if not config.grayscale else None
     swaps = None  # a 2D image's label swaps match its own statistics
     if not config.grayscale and len(config.shape) == 2 and all(len(g) == 1 for g in groups):
-        per_group = [refine.label_targets(g[0], config.n_phases, config.correlation_radius) for g in groups]
+        per_group = [refine.label_targets(g[0], config.n_phases, config.correlation_radius, config.shape)
+                     for g in groups]
         swaps = refine.LabelTargets(*(np.stack(field) for field in zip(*per_group)))
     return LevelTargets(tuple(tuple(int(s) for s in e.shape) for e in images), config, stacked, fields, share, swaps)
 

@@ -4,17 +4,21 @@ Gradient steps on relaxed phases stall a little short of the exemplar's statisti
 they move probabilities, and the labels follow only where a probability crosses over. ``refine`` moves the
 labels themselves. It lowers
 
-    E = sum_i sum_r (S2_i(r) - S2*_i(r))^2                       two-point map, every displacement of the window
+    E = sum_i sum_r w(r) (S2_i(r) - S2*_i(r))^2                  two-point map, every displacement of the window
       + surface_weight * sum_i ((F_i - F*_i) / F*_i)^2            boundary faces along the axes, and across diagonals
       + chord_weight * sum_i (o_i - o*_i)^2                       share of one-pixel chords
       + lineal_path_weight * sum_{a,r,i} (L_ai(r) - L*_ai(r))^2   lineal path along each axis
+      + cluster_weight * sum_i max(|C_i - C*_i| - band, 0)^2        share of each phase in its largest cluster
 
-over the phases ``i``. Each round it computes, for every pixel on a phase boundary and each neighbouring phase, the
-exact change of ``E`` that flipping that pixel alone would make (FFTs for the two-point part, run lengths for the
-chords and the lineal path), flips the best ``m`` pairs (one pixel each way between two phases, so the fractions
-stay) among pixels that are not neighbours, and keeps the round only if ``E`` fell, no new isolated pixel appeared
-and no phase's largest cluster changed by more than ``cluster_tolerance``. ``m`` doubles after a kept round and
-halves after a dropped one; a pair dropped at ``m = 1`` is not proposed again. numpy, one sample at a time.
+over the phases ``i``; ``w`` is 1, and ``1 + axis_weight`` along the axes (the profiles a report judges); ``C*``
+is the exemplar's largest-cluster share at the sample's size. Each round it computes, for every pixel on a phase
+boundary and each neighbouring phase, the change of ``E`` that flipping that pixel alone would make (exact, from
+FFTs for the two-point part and run lengths for the chords and the lineal path, except that a flip cutting a
+cluster in two is not foreseen), flips the best ``m`` pairs (one pixel each way between two phases, so the
+fractions stay) among pixels that are not neighbours, and keeps the round only if ``E`` fell, no new isolated
+pixel appeared and no phase's largest cluster moved away from its target (by more than ``cluster_tolerance``).
+``m`` doubles after a kept round and halves after a dropped one; a pair dropped at ``m = 1`` is not proposed
+again. numpy, one sample at a time.
 """
 
 from __future__ import annotations
@@ -22,17 +26,21 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import numpy as np
+from scipy import ndimage
 
+from jaxmicro import statistics as st
 from jaxmicro.cleanup import isolated
 from jaxmicro.errors import InputError
 from jaxmicro.report import one_pixel_chord_fraction
-from jaxmicro.statistics import _chord_counts, _lineal_path_from_counts, largest_cluster_fraction, lineal_path
 
 SURFACE_WEIGHT = 30.0
+AXIS_WEIGHT = 10.0  # extra weight of the two-point map's displacements along the axes
 CHORD_WEIGHT = 100.0
 LINEAL_PATH_WEIGHT = 10.0
 ROUNDS = 300  # at most, and one per 16 pixels; a round takes 3-12 ms for a 128x128 image on a 2-core CPU
 FAILED_PAIRS = 60  # stop after this many pairs were dropped at m = 1
+CLUSTER_WEIGHT = 1.0
+CLUSTER_BAND = 0.05  # the cluster term is zero while each phase's largest cluster lies this close to its target
 CLUSTER_TOLERANCE = 0.02
 
 _FACES = ((1, 0), (-1, 0), (1, 1), (-1, 1))  # (shift, axis) of the four face neighbours
@@ -47,7 +55,9 @@ class LabelTargets(NamedTuple):
     faces: ``(n,)`` boundary faces of each phase per pixel along the axes; diagonal_faces: the same across the
     diagonals (pixels meeting at a corner: they tell a smooth boundary from a staircase);
     one_pixel_share: ``(n,)`` one-pixel chords among all chords of each phase (both axes);
-    lineal_path: ``(2, R+1, n)`` along each axis (``jaxmicro.statistics.lineal_path``).
+    lineal_path: ``(2, R+1, n)`` along each axis (``jaxmicro.statistics.lineal_path``);
+    largest_cluster: ``(n,)`` the share of each phase in its largest cluster, averaged over the exemplar's tiles of
+    the sample's size (``jaxmicro.statistics.largest_cluster_fraction_tiles``); NaN where unknown.
     """
 
     correlation: np.ndarray
@@ -55,6 +65,7 @@ class LabelTargets(NamedTuple):
     diagonal_faces: np.ndarray
     one_pixel_share: np.ndarray
     lineal_path: np.ndarray
+    largest_cluster: np.ndarray
 
 
 def _neighbour_counts(labels: np.ndarray, n: int, shifts) -> np.ndarray:
@@ -75,8 +86,9 @@ def _two_point_map(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.fft.irfft2(spectrum * np.conj(spectrum), s=labels.shape) / labels.size, spectrum
 
 
-def label_targets(exemplar: np.ndarray, n_phases: int, radius: int) -> LabelTargets:
-    """``LabelTargets`` of a 2D label image, up to displacements of ``radius`` pixels (periodic)."""
+def label_targets(exemplar: np.ndarray, n_phases: int, radius: int, shape=None) -> LabelTargets:
+    """``LabelTargets`` of a 2D label image, up to displacements of ``radius`` pixels (periodic), for samples of
+    ``shape`` (the largest clusters; NaN without a shape)."""
     labels = np.asarray(exemplar)
     s2, _ = _two_point_map(labels, n_phases)
     rows = np.arange(-radius, radius + 1) % labels.shape[0]
@@ -86,8 +98,10 @@ def label_targets(exemplar: np.ndarray, n_phases: int, radius: int) -> LabelTarg
         correlation=correlation,
         faces=_boundary_faces(labels, n_phases, _FACES) / labels.size,
         diagonal_faces=_boundary_faces(labels, n_phases, _DIAGONAL_SHIFTS) / labels.size,
-        one_pixel_share=one_pixel_chord_fraction(np.stack(_chord_counts(labels, n_phases))),
-        lineal_path=lineal_path(labels, n_phases, max_distance=radius),
+        one_pixel_share=one_pixel_chord_fraction(np.stack(st._chord_counts(labels, n_phases))),
+        lineal_path=st.lineal_path(labels, n_phases, max_distance=radius),
+        largest_cluster=(np.full(n_phases, np.nan) if shape is None
+                         else st.largest_cluster_fraction_tiles(labels, shape, n_phases)),
     )
 
 
@@ -146,21 +160,26 @@ class _Energy(NamedTuple):
     one_pixel: np.ndarray  # (n,) one-pixel chords
     chords: np.ndarray  # (n,) all chords
     lineal_path: np.ndarray  # (2, R+1, n)
+    clusters: np.ndarray  # (n,) each phase's share in its largest cluster
 
 
 class _Problem(NamedTuple):
     target_map: np.ndarray  # (n, H, W) on the sample's periodic grid
-    window: np.ndarray  # (H, W) bool: displacements within the radius
+    window: np.ndarray  # (H, W) weight of each displacement: 0 outside the radius, 1 + axis_weight on the axes
+    axis_weight: float
     faces: np.ndarray  # (2, n) faces on the sample's grid
     one_pixel_share: np.ndarray
     lineal_path: np.ndarray
-    weights: tuple[float, float, float]  # surface, chords, lineal path
+    largest_cluster: np.ndarray  # (n,) NaN where unknown
+    weights: tuple[float, float, float, float]  # surface, chords, lineal path, clusters
+    cluster_band: float
     face_neighbours: np.ndarray  # (4, N) flat index of each pixel's neighbour up, down, left, right
+    face_inside: np.ndarray  # (4, N) bool: that neighbour does not lie across the image's edge
     diagonal_neighbours: np.ndarray  # (4, N)
     trapezoid_squares: np.ndarray  # (L + 1, L + 1) _trapezoid_squares of two run lengths up to the longest side
 
 
-def _problem(targets: LabelTargets, shape, weights) -> _Problem:
+def _problem(targets: LabelTargets, shape, weights, cluster_band: float, axis_weight: float) -> _Problem:
     radius = (targets.correlation.shape[0] - 1) // 2
     n = targets.correlation.shape[-1]
     offsets = np.arange(-radius, radius + 1)
@@ -169,7 +188,10 @@ def _problem(targets: LabelTargets, shape, weights) -> _Problem:
     np.add.at(total, (slice(None), rows, cols), np.moveaxis(targets.correlation, -1, 0))
     np.add.at(times, (rows, cols), 1.0)
     # displacements +-R along an axis of side 2R are one on the sample: their mean (keeps the map symmetric)
-    window = times > 0
+    window = (times > 0).astype(np.float64)
+    window[0] *= 1 + axis_weight  # the displacements along the axes: the profiles a report judges
+    window[:, 0] *= 1 + axis_weight
+    window[0, 0] = (1 + 2 * axis_weight) * (times[0, 0] > 0)
     target_map = total / np.maximum(times, 1.0)
     faces = np.stack([targets.faces, targets.diagonal_faces]) * np.prod(shape)
     rows, cols = np.indices(shape).reshape(2, -1)
@@ -177,27 +199,63 @@ def _problem(targets: LabelTargets, shape, weights) -> _Problem:
     def index(dy, dx):
         return ((rows + dy) % shape[0]) * shape[1] + (cols + dx) % shape[1]
 
-    return _Problem(target_map, window, faces, np.asarray(targets.one_pixel_share),
-                    np.asarray(targets.lineal_path), weights,
-                    np.stack([index(-1, 0), index(1, 0), index(0, -1), index(0, 1)]),
+    return _Problem(target_map, window, axis_weight, faces, np.asarray(targets.one_pixel_share),
+                    np.asarray(targets.lineal_path), np.asarray(targets.largest_cluster, np.float64), weights,
+                    cluster_band, np.stack([index(-1, 0), index(1, 0), index(0, -1), index(0, 1)]),
+                    np.stack([rows > 0, rows < shape[0] - 1, cols > 0, cols < shape[1] - 1]),
                     np.stack([index(dy, dx) for dy, dx in _DIAGONALS]),
                     _trapezoid_squares(*np.indices((max(shape) + 1,) * 2), radius))
+
+
+def _cluster_term(clusters: np.ndarray, problem: _Problem, phases=slice(None)) -> np.ndarray:
+    """Each phase's (or ``phases``') part of the cluster term: its largest cluster's distance from the target
+    beyond the band, squared (0 where the target is unknown)."""
+    excess = np.abs(clusters - problem.largest_cluster[phases]) - problem.cluster_band
+    return problem.weights[3] * np.nan_to_num(np.maximum(excess, 0.0)) ** 2
 
 
 def _energy(labels: np.ndarray, problem: _Problem) -> _Energy:
     n = problem.target_map.shape[0]
     correlation, spectrum = _two_point_map(labels, n)
     faces = np.stack([_boundary_faces(labels, n, _FACES), _boundary_faces(labels, n, _DIAGONAL_SHIFTS)])
-    counts = _chord_counts(labels, n)  # per axis (n, L + 1)
+    counts = st._chord_counts(labels, n)  # per axis (n, L + 1)
     pooled = np.sum(counts, axis=0)
     one_pixel, chords = pooled[:, 1].astype(np.float64), pooled.sum(axis=1).astype(np.float64)
-    path = _lineal_path_from_counts(counts, labels.size, problem.lineal_path.shape[1] - 1)
-    surface_weight, chord_weight, path_weight = problem.weights
-    total = (np.sum(((correlation - problem.target_map) * problem.window) ** 2)
+    path = st._lineal_path_from_counts(counts, labels.size, problem.lineal_path.shape[1] - 1)
+    surface_weight, chord_weight, path_weight, _ = problem.weights
+    clusters = st.largest_cluster_fraction(labels, n)
+    total = (np.sum(problem.window * (correlation - problem.target_map) ** 2)
              + surface_weight * np.sum(((faces - problem.faces) / problem.faces) ** 2)
              + chord_weight * np.sum((one_pixel / np.maximum(chords, 1) - problem.one_pixel_share) ** 2)
-             + path_weight * np.sum((path - problem.lineal_path) ** 2))
-    return _Energy(float(total), correlation, spectrum, faces, one_pixel, chords, path)
+             + path_weight * np.sum((path - problem.lineal_path) ** 2)
+             + np.sum(_cluster_term(clusters, problem)))
+    return _Energy(float(total), correlation, spectrum, faces, one_pixel, chords, path, clusters)
+
+
+def _cluster_gains(labels: np.ndarray, energy: _Energy, problem: _Problem,
+                   pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The change of the cluster term from flipping each of ``pixels`` alone: ``(K,)`` for leaving its phase and
+    ``(n, K)`` for joining each phase. Joining is exact (the pixel and every cluster of that phase it touches
+    become one); leaving assumes the pixel's cluster stays whole, one pixel smaller (a flip that cuts a cluster
+    shows only when the round's energy is recomputed)."""
+    n = problem.target_map.shape[0]
+    leave, join = np.zeros(len(pixels)), np.zeros((n, len(pixels)))
+    flat = labels.ravel()
+    here = flat[pixels]
+    around, inside = problem.face_neighbours[:, pixels], problem.face_inside[:, pixels]
+    now = _cluster_term(energy.clusters, problem)
+    for k in np.flatnonzero(np.isfinite(problem.largest_cluster) & (problem.weights[3] > 0)):
+        ids = ndimage.label(labels == k)[0].ravel()  # face-connected, not periodic, as in the statistics
+        sizes = np.bincount(ids, minlength=1)
+        sizes[0] = 0
+        count, largest = sizes.sum(), sizes.max()
+        up, down, left, right = np.where(inside, ids[around], 0)  # the clusters of k each pixel touches
+        merged = (1 + sizes[up] + sizes[down] * (down != up) + sizes[left] * (left != up) * (left != down)
+                  + sizes[right] * (right != up) * (right != down) * (right != left))
+        join[k] = _cluster_term(np.maximum(largest, merged) / (count + 1), problem, k) - now[k]
+        smaller = largest - (sizes[ids[pixels]] == largest)
+        leave = np.where(here == k, _cluster_term(smaller / max(count - 1, 1), problem, k) - now[k], leave)
+    return leave, join
 
 
 def _flip_gains(labels: np.ndarray, energy: _Energy, problem: _Problem,
@@ -208,7 +266,7 @@ def _flip_gains(labels: np.ndarray, energy: _Energy, problem: _Problem,
     n = problem.target_map.shape[0]
     shape = labels.shape
     size = labels.size
-    surface_weight, chord_weight, path_weight = problem.weights
+    surface_weight, chord_weight, path_weight, _ = problem.weights
     flat = labels.ravel()
     face_labels = flat[problem.face_neighbours]
     pixels = np.flatnonzero((face_labels != flat).any(axis=0) & allowed.ravel())
@@ -218,14 +276,24 @@ def _flip_gains(labels: np.ndarray, energy: _Energy, problem: _Problem,
     diagonal = flat[problem.diagonal_neighbours[:, pixels]]
     same = [face_same[:, pixels], np.stack([(diagonal == k).sum(axis=0) for k in range(n)])]
 
-    # two-point part, per phase and sign d of the change: (2/N)(2 d H + G(0)) + (2 n_i + 2 Q + 4 d I + 1) / N^2,
-    # H(p) = sum_r G(r) I(p + r), Q(p) = sum_r I(p + r) I(p - r) (a convolution read at 2p)
+    # two-point part, per phase and sign d of the change, with weights w(r) and G = w (S2 - S2*):
+    # (2/N)(2 d H + G(0)) + (P + w(0) (4 d I + 1)) / N^2, H(p) = sum_r G(r) I(p + r) and
+    # P(p) = sum_r w(r) (I(p + r) + I(p - r))^2 = 2 n_i + 2 Q + axis_weight * (the same along p's row and column),
+    # Q(p) = sum_r I(p + r) I(p - r) (a convolution read at 2p); exact where the window holds every displacement
     spectrum = energy.spectrum
     error = (energy.correlation - problem.target_map) * problem.window
     spread = np.fft.irfft2(np.fft.rfft2(error) * spectrum, s=shape).reshape(n, -1)[:, pixels]
     pr, pc = np.divmod(pixels, shape[1])
-    pairs = np.fft.irfft2(spectrum * spectrum, s=shape)[:, (2 * pr) % shape[0], (2 * pc) % shape[1]]
     count = spectrum[:, 0, 0].real  # pixels of each phase
+    second = 2 * count[:, None] + 2 * np.fft.irfft2(spectrum * spectrum, s=shape)[:, (2 * pr) % shape[0],
+                                                                                 (2 * pc) % shape[1]]
+    if problem.axis_weight:
+        indicators = np.stack([(labels == k) for k in range(n)]).astype(np.float64)
+        lines = [np.fft.irfft(np.fft.rfft(indicators, axis=1 + axis) ** 2, n=shape[axis], axis=1 + axis)
+                 for axis in (0, 1)]  # each column's and row's convolution with itself
+        second += 2 * problem.axis_weight * (indicators.sum(axis=1)[:, pc] + lines[0][:, (2 * pr) % shape[0], pc]
+                                             + indicators.sum(axis=2)[:, pr] + lines[1][:, pr, (2 * pc) % shape[1]])
+    middle = problem.window[0, 0]
 
     # runs through each boundary pixel and its neighbours along each axis (up/down, then left/right)
     runs = []
@@ -254,8 +322,9 @@ def _flip_gains(labels: np.ndarray, energy: _Energy, problem: _Problem,
         return (new - target) ** 2 - (old - target) ** 2
 
     at = np.arange(len(pixels))
-    gain_out = ((2.0 / size) * (-2 * spread[here, at] + error[here, 0, 0])
-                + (2 * count[here] + 2 * pairs[here, at] - 3) / size**2)  # the pixel leaves its phase a
+    leave, join = _cluster_gains(labels, energy, problem, pixels)
+    gain_out = leave + ((2.0 / size) * (-2 * spread[here, at] + error[here, 0, 0])
+                + (second[here, at] - 3 * middle) / size**2)  # the pixel leaves its phase a
     gain_out += surface_weight * sum(relative(kind, here, 2 * counts[here, at] - 4) for kind, counts in enumerate(same))
     whole = _squares(radius + 1)  # a whole line's lineal path changes by r + 1 at every r
     trapezoid = problem.trapezoid_squares
@@ -278,7 +347,8 @@ def _flip_gains(labels: np.ndarray, energy: _Energy, problem: _Problem,
 
     gains = {}
     for b in range(n):  # the pixel joins phase b
-        gain_in = ((2.0 / size) * (2 * spread[b] + error[b, 0, 0]) + (2 * count[b] + 2 * pairs[b] + 1) / size**2)
+        gain_in = (join[b] + (2.0 / size) * (2 * spread[b] + error[b, 0, 0])
+                   + (second[b] + middle) / size**2)
         gain_in += surface_weight * sum(relative(kind, b, 4 - 2 * counts[b]) for kind, counts in enumerate(same))
         one_in = all_in = 0
         for axis, (back, ahead, prev_phase, prev_back, next_phase, next_ahead) in enumerate(runs):
@@ -353,11 +423,16 @@ class Refinement(NamedTuple):
 
 def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int | None = None,
            surface_weight: float = SURFACE_WEIGHT, chord_weight: float = CHORD_WEIGHT,
-           lineal_path_weight: float = LINEAL_PATH_WEIGHT, cluster_tolerance: float = CLUSTER_TOLERANCE,
-           batch: int = 32, accept: Callable[[np.ndarray], bool] | None = None) -> Refinement:
-    """One 2D sample's labels swapped toward ``targets`` (see the module docstring); the phase fractions, the
-    number of isolated pixels (it never grows) and each phase's largest cluster (within ``cluster_tolerance``)
-    hold. ``rounds``: at most that many (default ``ROUNDS``, and one per 16 pixels on small images).
+           lineal_path_weight: float = LINEAL_PATH_WEIGHT, axis_weight: float = AXIS_WEIGHT,
+           cluster_weight: float = CLUSTER_WEIGHT, cluster_band: float = CLUSTER_BAND,
+           cluster_tolerance: float = CLUSTER_TOLERANCE, batch: int = 32,
+           accept: Callable[[np.ndarray], bool] | None = None) -> Refinement:
+    """One 2D sample's labels swapped toward ``targets`` (see the module docstring); the phase fractions and the
+    number of isolated pixels (it never grows) hold. Each phase's largest cluster never lies more than
+    ``cluster_tolerance`` farther from its target than the closest it came (or than ``cluster_band``); without a
+    target, it stays within ``cluster_tolerance`` of where it started.
+    ``rounds``: at most that many (default ``ROUNDS``, and one per 16 pixels on small images).
+    ``axis_weight``: the extra weight of the two-point map along the axes.
     ``accept(labels)``: a further condition every kept round must meet (a property held in a band, say).
     Deterministic."""
     labels = np.asarray(labels)
@@ -365,10 +440,18 @@ def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int | None = No
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= n:
         raise InputError(f"refine needs a 2D image of integer phase labels 0..{n - 1} (the targets' phases), "
                          f"not {labels.dtype} of shape {labels.shape}")
-    problem = _problem(targets, labels.shape, (surface_weight, chord_weight, lineal_path_weight))
+    problem = _problem(targets, labels.shape, (surface_weight, chord_weight, lineal_path_weight, cluster_weight),
+                       cluster_band, axis_weight)
     energy = start = _energy(labels, problem)
     isolated_count = isolated(labels).sum()
-    clusters = largest_cluster_fraction(labels, n)
+    known = np.isfinite(problem.largest_cluster)
+    closest = np.abs(start.clusters - problem.largest_cluster)
+
+    def clusters_hold(clusters):
+        distance = np.abs(clusters - problem.largest_cluster)
+        return np.all(np.isnan(clusters) | np.where(known, distance <= np.maximum(closest + cluster_tolerance,
+                                                                                  cluster_band),
+                                                    np.abs(clusters - start.clusters) <= cluster_tolerance))
     allowed = np.ones(labels.shape, bool)
     rounds = min(ROUNDS, labels.size // 16) if rounds is None else rounds
     m, kept, failed, done = batch, 0, 0, 0
@@ -386,9 +469,9 @@ def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int | None = No
                 trial[row, col] = target
             trial_energy = _energy(trial, problem)
             if (trial_energy.total < energy.total and isolated(trial).sum() <= isolated_count
-                    and np.all(np.abs(largest_cluster_fraction(trial, n) - clusters) <= cluster_tolerance)
-                    and (accept is None or accept(trial))):
+                    and clusters_hold(trial_energy.clusters) and (accept is None or accept(trial))):
                 current, energy, improved = trial, trial_energy, True
+                closest = np.fmin(closest, np.abs(energy.clusters - problem.largest_cluster))
                 kept += 1
                 m = min(2 * m, batch)
                 break

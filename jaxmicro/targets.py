@@ -176,6 +176,16 @@ def _header(path: Path, archive) -> dict:
     return header
 
 
+def _label_targets(archive, names: dict[str, str]) -> LabelTargets | None:
+    """A level's ``LabelTargets`` (each field ``(B, ...)``), or None where the file has none; files written
+    before the largest-cluster targets get NaN there (no cluster term)."""
+    if not all(name in archive.files for field, name in names.items() if field != "largest_cluster"):
+        return None
+    arrays = {field: archive[name] for field, name in names.items() if name in archive.files}
+    arrays.setdefault("largest_cluster", np.full(arrays["faces"].shape, np.nan))
+    return LabelTargets(**arrays)
+
+
 def load_targets(path: str | os.PathLike[str]) -> Characterisation:
     """Read a targets file written by `save_targets` (or ``jaxmicro characterise``)."""
     path = Path(path)
@@ -197,13 +207,12 @@ def load_targets(path: str | os.PathLike[str]) -> Characterisation:
                                       lineal_path=get("lineal_path"))
                 optional = {name: np.asarray(archive[prefix + name]) if prefix + name in archive.files else None
                             for name in ("gaussian_start_correlations", "isolated_share")}
-                swaps = [prefix + "label_targets/" + name for name in LabelTargets._fields]
+                swaps = {name: prefix + "label_targets/" + name for name in LabelTargets._fields}
                 levels.append(LevelTargets(tuple(tuple(s) for s in info["exemplar_shapes"]), config, targets,
                                            None if optional["gaussian_start_correlations"] is None else
                                            jnp.asarray(optional["gaussian_start_correlations"]),
                                            optional["isolated_share"],
-                                           LabelTargets(*(archive[name] for name in swaps))
-                                           if all(name in archive.files for name in swaps) else None))
+                                           _label_targets(archive, swaps)))
         except (KeyError, TypeError, ValueError, zipfile.BadZipFile, OSError) as error:
             raise InputError(f"{path} is damaged or incomplete ({type(error).__name__}: {error}); characterise "
                              "the exemplar again") from error

@@ -3,6 +3,7 @@ predicted flip gain against the energy recomputed from scratch, and what a refin
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from jaxmicro import reconstruction as R, refine, statistics as st
 from jaxmicro.cleanup import isolated
@@ -32,6 +33,9 @@ def test_label_targets_are_the_statistics_of_the_exemplar():
     np.testing.assert_allclose(targets.one_pixel_share,
                                one_pixel_chord_fraction(st.chord_length_distribution(image, 3)))
     np.testing.assert_allclose(targets.lineal_path, st.lineal_path(image, 3, max_distance=8))
+    assert np.all(np.isnan(targets.largest_cluster))  # no sample size: no cluster target
+    np.testing.assert_allclose(refine.label_targets(image, 3, 8, (16, 16)).largest_cluster,
+                               st.largest_cluster_fraction_tiles(image, (16, 16), 3))
     diagonal = np.zeros(3)  # pixels of the phase whose diagonal neighbour lies in another, counted by hand
     for dy, dx in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
         other = np.roll(image, (dy, dx), (0, 1)) != image
@@ -56,13 +60,13 @@ def test_run_lengths_against_walking_the_periodic_lines():
             assert got == expected, (axis, index)
 
 
-@pytest.mark.parametrize("n", [2, 3])
-def test_every_predicted_flip_gain_is_the_exact_change_of_the_energy(n):
+@pytest.mark.parametrize("n, axis_weight", [(2, 0.0), (3, 0.0), (2, 5.0), (3, 5.0)])
+def test_every_predicted_flip_gain_is_the_exact_change_of_the_energy(n, axis_weight):
     labels = blobs(16, n, seed=2, smooth=1.0)
     labels[5] = labels[5, 0]  # a line all in one phase (its own case for chords and the lineal path)
     labels[9, :] = 1 - (labels[9] > 0) if n == 2 else labels[9]
     targets = refine.label_targets(blobs(32, n, seed=3, smooth=1.5), n, 8)  # the full window of a 16x16 sample
-    problem = refine._problem(targets, labels.shape, (100.0, 300.0, 30.0))
+    problem = refine._problem(targets, labels.shape, (100.0, 300.0, 30.0, 1.0), refine.CLUSTER_BAND, axis_weight)
     energy = refine._energy(labels, problem)
     pixels, gains = refine._flip_gains(labels, energy, problem, np.ones(labels.shape, bool))
     checked = 0
@@ -78,6 +82,46 @@ def test_every_predicted_flip_gain_is_the_exact_change_of_the_energy(n):
     assert checked > 50
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_predicted_cluster_gains_are_exact_unless_a_flip_cuts_a_cluster(n):
+    labels = blobs(16, n, seed=4, smooth=0.7)
+    # targets far from the sample's clusters on both sides, so every change of a largest cluster counts
+    far = np.where(np.arange(n) % 2 == 0, 1.0, 0.0)
+    targets = refine.label_targets(blobs(48, n, seed=5, smooth=1.5), n, 8)._replace(largest_cluster=far)
+    problem = refine._problem(targets, labels.shape, (30.0, 100.0, 10.0, 10.0), 0.01, 0.0)
+    energy = refine._energy(labels, problem)
+    pixels, gains = refine._flip_gains(labels, energy, problem, np.ones(labels.shape, bool))
+    size = lambda image, k: np.bincount(ndimage.label(image == k)[0].ravel())[1:].max()  # noqa: E731
+    exact, merging = 0, 0
+    for (a, b), gain in gains.items():
+        for pixel, predicted in zip(pixels, gain):
+            if not np.isfinite(predicted):
+                continue
+            flipped = labels.copy()
+            flipped.flat[pixel] = b
+            ids = ndimage.label(labels == a)[0]
+            in_largest = np.bincount(ids.ravel())[ids.flat[pixel]] == size(labels, a)
+            if size(flipped, a) != size(labels, a) - in_largest:
+                continue  # the flip cut a cluster: not foreseen, by design
+            np.testing.assert_allclose(predicted, refine._energy(flipped, problem).total - energy.total,
+                                       rtol=1e-7, atol=1e-10, err_msg=f"{a}->{b} at {divmod(pixel, 16)}")
+            exact += 1
+            merging += size(flipped, b) > size(labels, b) + 1
+    assert exact > 50 and merging > 0
+
+
+def test_the_cluster_term_joins_a_phase_that_is_too_broken_up():
+    exemplar = blobs(64, 2, seed=9, smooth=2.0)
+    start = blobs(32, 2, seed=15, smooth=0.8)
+    targets = refine.label_targets(exemplar, 2, 8)._replace(largest_cluster=np.array([0.95, np.nan]))
+    before = st.largest_cluster_fraction(start, 2)[0]
+    result = refine.refine(start, targets, rounds=60)
+    after = st.largest_cluster_fraction(result.labels, 2)[0]
+    assert before < 0.5 and after > 0.95 - 0.1
+    alone = refine.refine(start, targets._replace(largest_cluster=np.full(2, np.nan)), rounds=60)
+    assert abs(st.largest_cluster_fraction(alone.labels, 2)[0] - before) <= refine.CLUSTER_TOLERANCE
+
+
 def test_refinement_lowers_the_energy_and_keeps_fractions_isolated_pixels_and_clusters():
     exemplar = blobs(64, 3, seed=5, smooth=2.0)
     start = blobs(32, 3, seed=6, smooth=1.2)  # finer than the exemplar: too much boundary
@@ -90,7 +134,8 @@ def test_refinement_lowers_the_energy_and_keeps_fractions_isolated_pixels_and_cl
     np.testing.assert_allclose(st.largest_cluster_fraction(result.labels, 3), st.largest_cluster_fraction(start, 3),
                                atol=refine.CLUSTER_TOLERANCE)
     problem = refine._problem(targets, start.shape, (refine.SURFACE_WEIGHT, refine.CHORD_WEIGHT,
-                                                     refine.LINEAL_PATH_WEIGHT))
+                                                     refine.LINEAL_PATH_WEIGHT, refine.CLUSTER_WEIGHT),
+                              refine.CLUSTER_BAND, refine.AXIS_WEIGHT)
     assert refine._energy(result.labels, problem).total == pytest.approx(result.energy_after)
     surface = lambda labels: np.abs(st.specific_surface(labels, 3) / targets.faces - 1).max()  # noqa: E731
     assert surface(result.labels) < 0.8 * surface(start)
@@ -121,8 +166,9 @@ def test_a_reconstruction_ends_with_the_swaps(tiny_params, monkeypatch):
     swapped = R.reconstruct(exemplar, **run)
     monkeypatch.setattr(refine, "refine", lambda labels, targets: refine.Refinement(labels, 0.0, 0.0, 0, 0, 0.0))
     unswapped = R.reconstruct(exemplar, **run)
-    problem = refine._problem(refine.label_targets(exemplar, 2, 16), (32, 32),
-                              (refine.SURFACE_WEIGHT, refine.CHORD_WEIGHT, refine.LINEAL_PATH_WEIGHT))
+    problem = refine._problem(refine.label_targets(exemplar, 2, 16, (32, 32)), (32, 32),
+                              (refine.SURFACE_WEIGHT, refine.CHORD_WEIGHT, refine.LINEAL_PATH_WEIGHT,
+                               refine.CLUSTER_WEIGHT), refine.CLUSTER_BAND, refine.AXIS_WEIGHT)
     for before, after in zip(unswapped.labels, swapped.labels):
         assert np.any(before != after) and np.sum(after == 1) == np.sum(before == 1)
         assert refine._energy(after, problem).total < refine._energy(before, problem).total

@@ -46,6 +46,13 @@ def test_reconstruct_from_stored_targets_is_bitwise_the_same(exemplar, tiny_para
         np.testing.assert_array_equal(a, b)
     for a, b in zip(stored.levels[0].label_targets, loaded.levels[0].label_targets):  # what the label swaps match
         np.testing.assert_array_equal(a, b)
+    assert np.all(np.isfinite(loaded.levels[0].label_targets.largest_cluster))
+    with np.load(tmp_path / "t.npz") as archive:  # a file from before the cluster targets: no cluster term
+        older = {k: archive[k] for k in archive.files if not k.endswith("label_targets/largest_cluster")}
+    np.savez(tmp_path / "older.npz", **older)
+    swaps = T.load_targets(tmp_path / "older.npz").levels[0].label_targets
+    assert swaps.largest_cluster.shape == (1, 2) and np.all(np.isnan(swaps.largest_cluster))
+    np.testing.assert_array_equal(swaps.faces, stored.levels[0].label_targets.faces)
 
 
 def test_stored_grayscale_targets_hold_the_gaussian_start(exemplar, tiny_params, tmp_path):
