@@ -88,7 +88,8 @@ def _two_point_map(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def label_targets(exemplar: np.ndarray, n_phases: int, radius: int, shape=None) -> LabelTargets:
     """``LabelTargets`` of a 2D label image, up to displacements of ``radius`` pixels (periodic), for samples of
-    ``shape`` (the largest clusters; NaN without a shape)."""
+    ``shape`` (the largest clusters: NaN without a shape, or for samples larger than the exemplar, which holds no
+    piece of their size)."""
     labels = np.asarray(exemplar)
     s2, _ = _two_point_map(labels, n_phases)
     rows = np.arange(-radius, radius + 1) % labels.shape[0]
@@ -100,7 +101,7 @@ def label_targets(exemplar: np.ndarray, n_phases: int, radius: int, shape=None) 
         diagonal_faces=_boundary_faces(labels, n_phases, _DIAGONAL_SHIFTS) / labels.size,
         one_pixel_share=one_pixel_chord_fraction(np.stack(st._chord_counts(labels, n_phases))),
         lineal_path=st.lineal_path(labels, n_phases, max_distance=radius),
-        largest_cluster=(np.full(n_phases, np.nan) if shape is None
+        largest_cluster=(np.full(n_phases, np.nan) if shape is None or np.any(np.greater(shape, labels.shape))
                          else st.largest_cluster_fraction_tiles(labels, shape, n_phases)),
     )
 

@@ -36,6 +36,7 @@ def test_label_targets_are_the_statistics_of_the_exemplar():
     assert np.all(np.isnan(targets.largest_cluster))  # no sample size: no cluster target
     np.testing.assert_allclose(refine.label_targets(image, 3, 8, (16, 16)).largest_cluster,
                                st.largest_cluster_fraction_tiles(image, (16, 16), 3))
+    assert np.all(np.isnan(refine.label_targets(image, 3, 8, (64, 16)).largest_cluster))  # no piece that large
     diagonal = np.zeros(3)  # pixels of the phase whose diagonal neighbour lies in another, counted by hand
     for dy, dx in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
         other = np.roll(image, (dy, dx), (0, 1)) != image
