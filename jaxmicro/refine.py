@@ -13,8 +13,8 @@ labels themselves. It lowers
 over the phases ``i``; ``w`` is 1, and ``1 + axis_weight`` along the axes (the profiles a report judges); ``C*``
 is the exemplar's largest-cluster share at the sample's size. Each round it computes, for every pixel on a phase
 boundary and each neighbouring phase, the change of ``E`` that flipping that pixel alone would make (exact, from
-FFTs for the two-point part and run lengths for the chords and the lineal path, except that a flip cutting a
-cluster in two is not foreseen), flips the best ``m`` pairs (one pixel each way between two phases, so the
+FFTs for the two-point part and run lengths for the chords and the lineal path; for the cluster term only flips
+that join clusters count), flips the best ``m`` pairs (one pixel each way between two phases, so the
 fractions stay) among pixels that are not neighbours, and keeps the round only if ``E`` fell, no new isolated
 pixel appeared and no phase's largest cluster moved away from its target (by more than ``cluster_tolerance``).
 ``m`` doubles after a kept round and halves after a dropped one; a pair dropped at ``m = 1`` is not proposed
@@ -37,7 +37,7 @@ SURFACE_WEIGHT = 30.0
 AXIS_WEIGHT = 10.0  # extra weight of the two-point map's displacements along the axes
 CHORD_WEIGHT = 100.0
 LINEAL_PATH_WEIGHT = 10.0
-ROUNDS = 300  # at most, and one per 16 pixels; a round takes 3-12 ms for a 128x128 image on a 2-core CPU
+ROUNDS = 300  # at most, and one per 16 pixels; a round takes 3-15 ms for a 128x128 image on a 2-core CPU
 FAILED_PAIRS = 60  # stop after this many pairs were dropped at m = 1
 CLUSTER_WEIGHT = 1.0
 CLUSTER_BAND = 0.05  # the cluster term is zero while each phase's largest cluster lies this close to its target
@@ -233,30 +233,29 @@ def _energy(labels: np.ndarray, problem: _Problem) -> _Energy:
     return _Energy(float(total), correlation, spectrum, faces, one_pixel, chords, path, clusters)
 
 
-def _cluster_gains(labels: np.ndarray, energy: _Energy, problem: _Problem,
-                   pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The change of the cluster term from flipping each of ``pixels`` alone: ``(K,)`` for leaving its phase and
-    ``(n, K)`` for joining each phase. Joining is exact (the pixel and every cluster of that phase it touches
-    become one); leaving assumes the pixel's cluster stays whole, one pixel smaller (a flip that cuts a cluster
-    shows only when the round's energy is recomputed)."""
+def _cluster_gains(labels: np.ndarray, energy: _Energy, problem: _Problem, pixels: np.ndarray) -> np.ndarray:
+    """``(n, K)``: the change of the cluster term from each of ``pixels`` joining each phase, counting joins only:
+    where the pixel touches two or more clusters of that phase they become one (exact, with the phases' pixel
+    counts as they are: a pair of flips keeps them). A flip that merely grows or shrinks a cluster by one pixel
+    counts 0, so moving pixels from small clusters onto the largest (which raises its share without joining
+    anything) does not drive the swaps; a flip that cuts a cluster is not foreseen. The round's energy, computed
+    afresh, has the whole term."""
     n = problem.target_map.shape[0]
-    leave, join = np.zeros(len(pixels)), np.zeros((n, len(pixels)))
-    flat = labels.ravel()
-    here = flat[pixels]
+    join = np.zeros((n, len(pixels)))
     around, inside = problem.face_neighbours[:, pixels], problem.face_inside[:, pixels]
     now = _cluster_term(energy.clusters, problem)
     for k in np.flatnonzero(np.isfinite(problem.largest_cluster) & (problem.weights[3] > 0)):
         ids = ndimage.label(labels == k)[0].ravel()  # face-connected, not periodic, as in the statistics
         sizes = np.bincount(ids, minlength=1)
         sizes[0] = 0
-        count, largest = sizes.sum(), sizes.max()
         up, down, left, right = np.where(inside, ids[around], 0)  # the clusters of k each pixel touches
-        merged = (1 + sizes[up] + sizes[down] * (down != up) + sizes[left] * (left != up) * (left != down)
-                  + sizes[right] * (right != up) * (right != down) * (right != left))
-        join[k] = _cluster_term(np.maximum(largest, merged) / (count + 1), problem, k) - now[k]
-        smaller = largest - (sizes[ids[pixels]] == largest)
-        leave = np.where(here == k, _cluster_term(smaller / max(count - 1, 1), problem, k) - now[k], leave)
-    return leave, join
+        new = [down * (down != up), left * (left != up) * (left != down),
+               right * (right != up) * (right != down) * (right != left)]
+        joins = ((up > 0).astype(int) + sum((c > 0).astype(int) for c in new)) >= 2
+        merged = 1 + sizes[up] + sum(sizes[c] for c in new)
+        largest = np.where(joins, np.maximum(sizes.max(), merged), sizes.max())
+        join[k] = _cluster_term(largest / sizes.sum(), problem, k) - now[k]
+    return join
 
 
 def _flip_gains(labels: np.ndarray, energy: _Energy, problem: _Problem,
@@ -323,8 +322,8 @@ def _flip_gains(labels: np.ndarray, energy: _Energy, problem: _Problem,
         return (new - target) ** 2 - (old - target) ** 2
 
     at = np.arange(len(pixels))
-    leave, join = _cluster_gains(labels, energy, problem, pixels)
-    gain_out = leave + ((2.0 / size) * (-2 * spread[here, at] + error[here, 0, 0])
+    join = _cluster_gains(labels, energy, problem, pixels)
+    gain_out = ((2.0 / size) * (-2 * spread[here, at] + error[here, 0, 0])
                 + (second[here, at] - 3 * middle) / size**2)  # the pixel leaves its phase a
     gain_out += surface_weight * sum(relative(kind, here, 2 * counts[here, at] - 4) for kind, counts in enumerate(same))
     whole = _squares(radius + 1)  # a whole line's lineal path changes by r + 1 at every r
