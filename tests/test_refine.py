@@ -96,12 +96,12 @@ def test_the_cluster_term_foresees_exactly_the_flips_that_join_clusters(n):
     joins = 0
     for b in range(n):
         now = refine._cluster_term(energy.clusters[b], problem, b)
+        clusters = ndimage.label(labels == b)[0]
         for pixel in pixels:
             if labels.flat[pixel] == b:
                 continue
             row, col = divmod(int(pixel), 16)
-            touching = {ndimage.label(labels == b)[0][r, c] for r, c in ((row - 1, col), (row + 1, col),
-                                                                         (row, col - 1), (row, col + 1))
+            touching = {clusters[r, c] for r, c in ((row - 1, col), (row + 1, col), (row, col - 1), (row, col + 1))
                         if 0 <= r < 16 and 0 <= c < 16 and labels[r, c] == b}
             flipped = labels.copy()
             flipped.flat[pixel] = b
