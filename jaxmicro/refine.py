@@ -18,7 +18,14 @@ that join clusters count), flips the best ``m`` pairs (one pixel each way betwee
 fractions stay) among pixels that are not neighbours, and keeps the round only if ``E`` fell, no new isolated
 pixel appeared and no phase's largest cluster moved away from its target (by more than ``cluster_tolerance``).
 ``m`` doubles after a kept round and halves after a dropped one; a pair dropped at ``m = 1`` is not proposed
-again. numpy, one sample at a time.
+again.
+
+Single flips cannot split a cluster that is too well connected: no one pixel of a neck two pixels wide is
+foreseen to help. So at the start, and whenever the swaps stall, a phase whose largest cluster lies more than the
+band above its target is cut: the fewest pixels (at most ``CUT_PIXELS``) that separate one end of the cluster from
+the other (a maximum flow through its pixels) go to the phase around them, as many pixels of that phase go the
+other way where they are predicted to help most, and the trial is kept under the same rules as a round.
+numpy, one sample at a time.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse.csgraph import breadth_first_order, maximum_flow, shortest_path
 
 from jaxmicro import statistics as st
 from jaxmicro.cleanup import isolated
@@ -42,6 +50,8 @@ FAILED_PAIRS = 60  # stop after this many pairs were dropped at m = 1
 CLUSTER_WEIGHT = 1.0
 CLUSTER_BAND = 0.05  # the cluster term is zero while each phase's largest cluster lies this close to its target
 CLUSTER_TOLERANCE = 0.02
+CUT_PIXELS = 6  # the largest vertex cut tried through an over-connected phase
+CUT_SPLITS = ((0.1, 0.9), (0.2, 0.8), (0.3, 0.7), (0.4, 0.6), (0.1, 0.5), (0.5, 0.9), (0.2, 0.5), (0.5, 0.8))
 
 _FACES = ((1, 0), (-1, 0), (1, 1), (-1, 1))  # (shift, axis) of the four face neighbours
 _DIAGONALS = ((1, 1), (1, -1), (-1, 1), (-1, -1))  # shifts of the four diagonal neighbours
@@ -258,6 +268,60 @@ def _cluster_gains(labels: np.ndarray, energy: _Energy, problem: _Problem, pixel
     return join
 
 
+def _vertex_cut(pairs: np.ndarray, source: np.ndarray, sink: np.ndarray, most: int) -> np.ndarray | None:
+    """The fewest pixels (indices into a cluster's ``K`` pixels, joined by ``pairs``) whose removal separates the
+    pixels in ``source`` from those in ``sink`` (bool ``(K,)``); None where that takes more than ``most``.
+    A maximum flow through the pixels, each split into an entry and an exit joined by one unit of capacity."""
+    count = len(source)
+    big = np.int32(1 << 20)
+    entries, exits, start, end = np.arange(count), count + np.arange(count), 2 * count, 2 * count + 1
+    rows = np.concatenate([entries, exits[pairs[:, 0]], exits[pairs[:, 1]], np.full(source.sum(), start),
+                           exits[sink]])
+    cols = np.concatenate([exits, entries[pairs[:, 1]], entries[pairs[:, 0]], entries[source],
+                           np.full(sink.sum(), end)])
+    capacity = np.full(len(rows), big)
+    capacity[:count] = np.where(source | sink, big, 1)
+    graph = sparse.csr_matrix((capacity, (rows, cols)), shape=(end + 1, end + 1))
+    flow = maximum_flow(graph, start, end)
+    if flow.flow_value > most:
+        return None
+    residual = (graph - flow.flow).tocsr()
+    residual.data = (residual.data > 0).astype(np.int8)
+    residual.eliminate_zeros()
+    reached = np.zeros(end + 1, bool)
+    reached[breadth_first_order(residual, start, return_predecessors=False)] = True
+    return np.flatnonzero(reached[entries] & ~reached[exits])
+
+
+def _cuts(labels: np.ndarray, phase: int, most: int) -> list[np.ndarray]:
+    """Small vertex cuts (flat pixel indices, at most ``most`` each) through ``phase``'s largest cluster
+    (face-connected, not periodic), each separating the pixels nearest one end of the cluster from those nearest
+    the other end (``CUT_SPLITS``: shares of the cluster's pixels ranked by their distance, within the cluster,
+    from a pixel farthest from another). The cut separates pixels that touch at a corner too, so it is a wall
+    joined through faces, never a diagonal of pixels that would each be left isolated."""
+    ids = ndimage.label(labels == phase)[0]
+    sizes = np.bincount(ids.ravel())
+    sizes[0] = 0
+    index = -np.ones(labels.shape, np.int64)
+    pixels = np.flatnonzero(ids.ravel() == np.argmax(sizes))
+    index.flat[pixels] = np.arange(len(pixels))
+    pairs = np.concatenate([np.stack([a[(a >= 0) & (b >= 0)], b[(a >= 0) & (b >= 0)]], 1)
+                            for a, b in ((index[:-1], index[1:]), (index[:, :-1], index[:, 1:]),
+                                         (index[:-1, :-1], index[1:, 1:]), (index[:-1, 1:], index[1:, :-1]))])
+    links = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(pixels),) * 2)
+    links = links.tocsr() + links.T.tocsr()
+    end = np.argmax(shortest_path(links, unweighted=True, indices=0))
+    rank = np.empty(len(pixels))
+    rank[np.argsort(shortest_path(links, unweighted=True, indices=end), kind="stable")] = np.arange(len(pixels))
+    rank /= len(pixels)
+    found = {}
+    for near, far in CUT_SPLITS:
+        cut = _vertex_cut(pairs, rank <= near, rank >= far, most)
+        if cut is not None and len(cut):
+            found.setdefault(tuple(pixels[cut]), pixels[cut])
+    return list(found.values())
+
+
 def _flip_gains(labels: np.ndarray, energy: _Energy, problem: _Problem,
                 allowed: np.ndarray) -> tuple[np.ndarray, dict]:
     """The pixels on a phase boundary (flat indices ``(K,)``, where ``allowed``) and ``{(a, b): (K,)}``: the
@@ -410,6 +474,49 @@ def _pick(pixels: np.ndarray, gains: dict, n: int, shape, m: int) -> list[tuple[
     return flips
 
 
+def _cut_trials(labels: np.ndarray, energy: _Energy, problem: _Problem, allowed: np.ndarray):
+    """Labels that cut an over-connected phase's largest cluster (more than the band above its target): the
+    pixels of a small vertex cut go to the phase most of their face neighbours hold, and as many pixels of that
+    phase, on its boundary with the cut phase and not near the cut, go to the cut phase, best predicted first, so
+    the fractions stay. Yields each trial's labels."""
+    n = problem.target_map.shape[0]
+    over = np.nan_to_num(energy.clusters - problem.largest_cluster, nan=-1.0) > problem.cluster_band
+    for phase in np.flatnonzero(over):
+        for cut in _cuts(labels, phase, CUT_PIXELS):
+            rest = labels == phase
+            rest.flat[cut] = False
+            share = st.largest_cluster_fraction(rest.astype(np.int8), 2)[1] * rest.sum() / (rest.sum() + len(cut))
+            if _cluster_term(share, problem, phase) >= _cluster_term(energy.clusters, problem)[phase]:
+                continue  # the cut does not bring the cluster closer to its target
+            trial = labels.copy().ravel()
+            around = trial[problem.face_neighbours[:, cut]]
+            votes = np.stack([(around == k).sum(axis=0) for k in range(n)])
+            votes[phase] = -1
+            trial[cut] = np.argmax(votes, axis=0)
+            trial = trial.reshape(labels.shape)
+            taken = np.zeros(labels.shape, bool)
+            taken.flat[cut] = True
+            taken = ndimage.binary_dilation(taken, np.ones((5, 5), bool)) | ~allowed  # not near the cut
+            pixels, gains = _flip_gains(trial, _energy(trial, problem), problem, ~taken)
+            for other in np.unique(trial.flat[cut]):
+                gain = gains[(other, phase)]
+                needed = np.sum(trial.flat[cut] == other)
+                for index in np.argsort(gain, kind="stable"):
+                    if needed == 0 or not np.isfinite(gain[index]):
+                        break
+                    row, col = divmod(int(pixels[index]), labels.shape[1])
+                    if taken[row, col]:
+                        continue
+                    trial[row, col] = phase
+                    taken[np.ix_(np.arange(row - 1, row + 2) % labels.shape[0],
+                                 np.arange(col - 1, col + 2) % labels.shape[1])] = True
+                    needed -= 1
+                if needed:
+                    break
+            else:
+                yield trial
+
+
 class Refinement(NamedTuple):
     """What ``refine`` did to one sample."""
 
@@ -425,7 +532,7 @@ def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int | None = No
            surface_weight: float = SURFACE_WEIGHT, chord_weight: float = CHORD_WEIGHT,
            lineal_path_weight: float = LINEAL_PATH_WEIGHT, axis_weight: float = AXIS_WEIGHT,
            cluster_weight: float = CLUSTER_WEIGHT, cluster_band: float = CLUSTER_BAND,
-           cluster_tolerance: float = CLUSTER_TOLERANCE, batch: int = 32,
+           cluster_tolerance: float = CLUSTER_TOLERANCE, batch: int = 32, cuts: bool = True,
            accept: Callable[[np.ndarray], bool] | None = None) -> Refinement:
     """One 2D sample's labels swapped toward ``targets`` (see the module docstring); the phase fractions and the
     number of isolated pixels (it never grows) hold. Each phase's largest cluster never lies more than
@@ -433,6 +540,9 @@ def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int | None = No
     target, it stays within ``cluster_tolerance`` of where it started.
     ``rounds``: at most that many (default ``ROUNDS``, and one per 16 pixels on small images).
     ``axis_weight``: the extra weight of the two-point map along the axes.
+    ``cuts``: also try small vertex cuts through a phase whose largest cluster lies more than ``cluster_band`` above
+    its target (at the start, after a kept cut, and when the swaps stall), keeping one only where the rules above
+    hold.
     ``accept(labels)``: a further condition every kept round must meet (a property held in a band, say).
     Deterministic."""
     labels = np.asarray(labels)
@@ -452,11 +562,28 @@ def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int | None = No
         return np.all(np.isnan(clusters) | np.where(known, distance <= np.maximum(closest + cluster_tolerance,
                                                                                   cluster_band),
                                                     np.abs(clusters - start.clusters) <= cluster_tolerance))
+    def better(trial):  # the trial's energy where it may be kept, else None
+        trial_energy = _energy(trial, problem)
+        if (trial_energy.total < energy.total and isolated(trial).sum() <= isolated_count
+                and clusters_hold(trial_energy.clusters) and (accept is None or accept(trial))):
+            return trial_energy
+        return None
+
     allowed = np.ones(labels.shape, bool)
     rounds = min(ROUNDS, labels.size // 16) if rounds is None else rounds
     m, kept, failed, done = batch, 0, 0, 0
+    cut_due, cut_tried = cuts, -1  # a cut is tried at the start, after a kept cut and when the swaps stall
     current = labels
     for done in range(1, rounds + 1):
+        if cut_due:
+            cut_due = False
+            trials = [(t, e) for t in _cut_trials(current, energy, problem, allowed) if (e := better(t)) is not None]
+            if trials:
+                current, energy = min(trials, key=lambda trial: trial[1].total)
+                closest = np.fmin(closest, np.abs(energy.clusters - problem.largest_cluster))
+                kept, m, failed, cut_due = kept + 1, batch, 0, True
+                continue
+            cut_tried = kept
         pixels, gains = _flip_gains(current, energy, problem, allowed)
         improved = False
         while m >= 1:
@@ -467,9 +594,8 @@ def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int | None = No
             trial = current.copy()
             for row, col, target in flips:
                 trial[row, col] = target
-            trial_energy = _energy(trial, problem)
-            if (trial_energy.total < energy.total and isolated(trial).sum() <= isolated_count
-                    and clusters_hold(trial_energy.clusters) and (accept is None or accept(trial))):
+            trial_energy = better(trial)
+            if trial_energy is not None:
                 current, energy, improved = trial, trial_energy, True
                 closest = np.fmin(closest, np.abs(energy.clusters - problem.largest_cluster))
                 kept += 1
@@ -483,6 +609,9 @@ def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int | None = No
             m //= 2
         if not improved:
             if m == 0 or failed > FAILED_PAIRS:
+                if cuts and cut_tried != kept:
+                    cut_due = True
+                    continue
                 break
             m = 1
     return Refinement(current.astype(labels.dtype), start.total, energy.total, done, kept,

@@ -125,6 +125,42 @@ def test_the_cluster_term_joins_a_phase_that_is_too_broken_up():
     assert abs(st.largest_cluster_fraction(alone.labels, 2)[0] - before) <= refine.CLUSTER_TOLERANCE
 
 
+def test_a_vertex_cut_is_the_fewest_pixels_that_separate_the_two_ends():
+    nx = pytest.importorskip("networkx")
+    for seed in range(4):
+        phase = blobs(32, 2, seed=20 + seed, smooth=1.5) == 1
+        ids = ndimage.label(phase)[0]
+        cluster = [tuple(p) for p in np.argwhere(ids == np.argmax(np.bincount(ids.ravel())[1:]) + 1)]
+        index = {p: i for i, p in enumerate(cluster)}
+        pairs = np.array([(index[p], index[q]) for p in cluster for q in
+                          ((p[0] + 1, p[1]), (p[0], p[1] + 1), (p[0] + 1, p[1] + 1), (p[0] + 1, p[1] - 1))
+                          if q in index])  # pixels touching at a face or a corner
+        source, sink = np.zeros(len(cluster), bool), np.zeros(len(cluster), bool)
+        source[: len(cluster) // 10], sink[-len(cluster) // 10:] = True, True  # the top rows, the bottom rows
+        cut = refine._vertex_cut(pairs, source, sink, most=len(cluster))
+        graph = nx.Graph()
+        ends = np.where(source, -1, np.where(sink, -2, np.arange(len(cluster))))  # each end as one node
+        graph.add_edges_from((ends[a], ends[b]) for a, b in pairs if ends[a] != ends[b])
+        assert len(cut) == len(nx.minimum_node_cut(graph, -1, -2))
+        graph.remove_nodes_from(cut.tolist())
+        assert not nx.has_path(graph, -1, -2) and not (source | sink)[cut].any()
+        if len(cut) > 1:
+            assert refine._vertex_cut(pairs, source, sink, most=len(cut) - 1) is None
+
+
+def test_a_cut_splits_a_phase_that_is_too_connected():
+    start = np.zeros((32, 32), np.uint8)
+    start[6:16, 2:12] = start[6:16, 18:28] = start[10:12, 12:18] = 1  # two squares joined by a neck 2 pixels wide
+    start[22:28, 6:24] = 1
+    targets = refine.label_targets(start, 2, 8)._replace(largest_cluster=np.array([np.nan, 0.33]))
+    result = refine.refine(start, targets)
+    assert st.largest_cluster_fraction(result.labels, 2)[1] <= 0.33 + refine.CLUSTER_BAND
+    np.testing.assert_array_equal(np.bincount(result.labels.ravel()), np.bincount(start.ravel()))
+    assert isolated(result.labels).sum() == 0
+    uncut = refine.refine(start, targets, cuts=False)
+    assert st.largest_cluster_fraction(uncut.labels, 2)[1] > 0.6  # the swaps alone never cut
+
+
 def test_refinement_lowers_the_energy_and_keeps_fractions_isolated_pixels_and_clusters():
     exemplar = blobs(64, 3, seed=5, smooth=2.0)
     start = blobs(32, 3, seed=6, smooth=1.2)  # finer than the exemplar: too much boundary
