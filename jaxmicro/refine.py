@@ -485,7 +485,7 @@ def _cut_trials(labels: np.ndarray, energy: _Energy, problem: _Problem, allowed:
         for cut in _cuts(labels, phase, CUT_PIXELS):
             rest = labels == phase
             rest.flat[cut] = False
-            share = st.largest_cluster_fraction(rest.astype(np.int8), 2)[1] * rest.sum() / (rest.sum() + len(cut))
+            share = np.bincount(ndimage.label(rest)[0].ravel())[1:].max() / (rest.sum() + len(cut))
             if _cluster_term(share, problem, phase) >= _cluster_term(energy.clusters, problem)[phase]:
                 continue  # the cut does not bring the cluster closer to its target
             trial = labels.copy().ravel()
@@ -562,6 +562,7 @@ def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int | None = No
         return np.all(np.isnan(clusters) | np.where(known, distance <= np.maximum(closest + cluster_tolerance,
                                                                                   cluster_band),
                                                     np.abs(clusters - start.clusters) <= cluster_tolerance))
+
     def better(trial):  # the trial's energy where it may be kept, else None
         trial_energy = _energy(trial, problem)
         if (trial_energy.total < energy.total and isolated(trial).sum() <= isolated_count
