@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmicro import optimise, physics, reconstruction as R, terms as T
+from jaxmicro import optimise, physics, reconstruction as R, refine, terms as T
 from jaxmicro.descriptors import make_describe
 from jaxmicro.errors import InputError
 from jaxmicro.status import Status, status_labels
@@ -48,6 +48,9 @@ CLEAN_LABELS = {"interface_weight": 10.0, "lineal_path_weight": 10.0, "short_cho
 """Options that add the clean-label terms of 2D reconstructions to a design (``design(..., **CLEAN_LABELS)``,
 ``jaxmicro design --clean-labels``): no checkerboards or isolated pixels; off by default, because targets far
 below the exemplar's own value were reached less often with them (docs/results.md)."""
+SWAP_TOLERANCE = 0.005
+"""How far the label swaps that end a design may move a target's relative miss (or up to its miss before them,
+where that is larger): half the 1 % a design must reach."""
 TENSORS = {"k": "conductivity", "C": "stiffness"}  # whole-tensor targets: k (conductivity), C (Voigt stiffness)
 
 
@@ -553,6 +556,7 @@ def design(
     progress: Callable | None = None,
     checkpoint=None,
     predictors: Mapping[str, Callable] | None = None,
+    swaps: bool = True,
     **options,
 ) -> DesignResult:
     """Design ``count`` microstructures per target that reach property ``targets`` with ``exemplar``'s statistics.
@@ -577,6 +581,9 @@ def design(
     ``predictors``: ``{kind: predict(fields)}`` used in place of the solver during the optimisation (e.g. a
     learned head, ``jaxmicro.surrogate.design.design_predictors``); ``design_records`` still checks every final
     design with the solver.
+
+    ``swaps``: end 2D designs with statistics terms with label swaps toward the exemplar's statistics that hold
+    each target (``swap_labels``).
 
     Returns a DesignResult; check and summarise it with ``design_records`` (the solver on the labels).
     """
@@ -660,8 +667,9 @@ def design(
     finished = R.finish(config, states, history, np.zeros(batch, int), seed, cleanup=False)
     asked = [{t.name: given_tensor(t, dim).tolist() if t.is_tensor else t.asked(i) for t in property_targets}
              for i in target_index]
-    return DesignResult(finished.labels, finished.logits, finished.loss_history, finished.term_history,
-                        finished.status, asked, stat_weight, target_index, seed, config, property_targets, phases)
+    result = DesignResult(finished.labels, finished.logits, finished.loss_history, finished.term_history,
+                          finished.status, asked, stat_weight, target_index, seed, config, property_targets, phases)
+    return swap_labels(result, images[0]) if swaps else result
 
 
 # --- checking the designs ---------------------------------------------------------------------------------
@@ -674,6 +682,70 @@ def achieved_properties(labels: np.ndarray, phases: PhaseProperties, kinds: set[
     solved = jax.vmap(lambda one: {kind: predict(one) for kind, predict in predictors.items()})(
         jnp.asarray(labels, jnp.int32))
     return jax.tree.map(np.asarray, solved)
+
+
+def swap_labels(result: DesignResult, exemplar: np.ndarray, *, tolerance: float = SWAP_TOLERANCE) -> DesignResult:
+    """The last step of 2D designs with statistics terms: label swaps toward the exemplar's statistics
+    (``jaxmicro.refine``: no isolated pixel is added), where every kept swap holds each target's miss
+    (``check_target``, the solver on the swapped labels) within the larger of its miss before the swaps and
+    ``tolerance``, and the largest two-point error along the axes (``refine.axis_error``: the S2 error a report
+    gives) at most where it was. ``exemplar``: its phase labels. Designs without statistics terms, volumes and
+    designs that lost a phase are returned as they are."""
+    config, dim = result.config, len(result.config.shape)
+    chosen = [b for b, labels in enumerate(result.labels) if result.statistics_weight[b] > 0
+              and np.all(np.bincount(labels.ravel(), minlength=config.n_phases))]
+    if dim != 2 or not chosen:
+        return result
+    kinds = {component(t.name, dim)[0] for t in result.property_targets}
+    predictors = make_predictors(result.phases, kinds)
+    solve = jax.jit(lambda labels: {kind: predict(labels) for kind, predict in predictors.items()})
+    targets = refine.label_targets(np.asarray(exemplar), config.n_phases, config.correlation_radius, config.shape)
+
+    def misses(labels, index):  # each target's miss, or None where the solver did not converge
+        solved = solve(jnp.asarray(labels, jnp.int32))
+        if any(int(one.status) != Status.CONVERGED for one in solved.values()):
+            return None
+        fractions = np.bincount(labels.ravel(), minlength=config.n_phases) / labels.size
+        return np.array([check_target(t, solved[component(t.name, dim)[0]].tensor, result.phases, dim, fractions,
+                                      index)[2] for t in result.property_targets])
+
+    swapped = result.labels.copy()
+    for b in chosen:
+        index = result.target_index[b]
+        before = misses(swapped[b], index)
+        if before is None:
+            continue
+        allowed, s2_error = np.maximum(before, tolerance), refine.axis_error(swapped[b], targets)
+        swapped[b] = refine.refine(swapped[b], targets, accept=lambda trial: (
+            refine.axis_error(trial, targets) <= s2_error
+            and (after := misses(trial, index)) is not None and bool(np.all(after <= allowed)))).labels
+    return result._replace(labels=swapped)
+
+
+def check_target(target: PropertyTarget, tensor, phases: PhaseProperties, dim: int, fractions: np.ndarray,
+                 index: int) -> tuple[Any, float, float]:
+    """One design's ``(achieved, relative error, miss)`` for one target, from the solver's ``tensor`` on its labels
+    (Mandel for stiffness) and its phase ``fractions``; ``index``: its swept target. The miss is the relative
+    error, except for a bound that holds ('>=' / '<='), where it is 0; max / min are measured from the Voigt /
+    Reuss bound at the fractions, a whole tensor by the relative Frobenius error (reported as it was asked)."""
+    kind, select = component(target.name, dim)
+    tensor = np.asarray(tensor, np.float64)
+    if target.is_tensor:
+        goal = target_tensor(target, dim)
+        error = float(np.linalg.norm(tensor - goal) / np.linalg.norm(goal))
+        shown = tensor if kind == "conductivity" else np.asarray(physics.mandel_to_voigt(tensor), np.float64)
+        return shown.tolist(), error, error
+    value = float(select(tensor))
+    if target.relation in ("max", "min"):
+        lo, hi = component_bounds(target, phases, dim, fractions)
+        bound = hi if target.relation == "max" else lo
+        # relative to the bound; to the range when the bound is 0 (k_xx=min with an insulating phase)
+        error = abs(value - bound) / (abs(bound) or abs(hi - lo) or 1.0)
+        return value, error, error
+    goal = target.value(int(index))
+    gap = (value - goal) / abs(goal)
+    miss = {">=": max(-gap, 0.0), "<=": max(gap, 0.0)}.get(target.relation, abs(gap))
+    return value, abs(gap), miss
 
 
 def design_records(result: DesignResult, exemplar: np.ndarray, *, reach_tolerance: float = 0.01,
@@ -700,38 +772,17 @@ def design_records(result: DesignResult, exemplar: np.ndarray, *, reach_toleranc
     for b in range(len(result.labels)):
         entry = entries.get(b, missing)  # a design that lost a phase has no comparable statistics
         fractions = np.bincount(result.labels[b].ravel(), minlength=n) / result.labels[b].size
-        achieved, errors, reached = {}, {}, []
         solver_ok = all(int(solved[k].status[b]) == Status.CONVERGED for k in kinds)
+        achieved, errors, misses = {}, {}, []
         for target in result.property_targets:
-            kind, select = component(target.name, dim)
-            if target.is_tensor:  # relative Frobenius error; reported in the notation it was asked in
-                tensor, goal = solved[kind].tensor[b].astype(np.float64), target_tensor(target, dim)
-                achieved[target.name] = (tensor if kind == "conductivity"
-                                         else np.asarray(physics.mandel_to_voigt(tensor), np.float64)).tolist()
-                errors[target.name] = float(np.linalg.norm(tensor - goal) / np.linalg.norm(goal))
-                reached.append(errors[target.name] <= reach_tolerance)
-                continue
-            value = float(select(solved[kind].tensor[b]))
-            achieved[target.name] = value
-            if target.relation in ("max", "min"):
-                lo, hi = component_bounds(target, result.phases, dim, fractions)
-                bound = hi if target.relation == "max" else lo
-                # relative to the bound; to the range when the bound is 0 (k_xx=min with an insulating phase)
-                errors[target.name] = abs(value - bound) / (abs(bound) or abs(hi - lo) or 1.0)
-                reached.append(errors[target.name] <= reach_tolerance)
-                continue
-            goal = target.value(result.target_index[b])
-            gap = (value - goal) / abs(goal)
-            errors[target.name] = abs(gap)
-            if target.relation == ">=":
-                gap = min(gap, 0.0)
-            elif target.relation == "<=":
-                gap = max(gap, 0.0)
-            reached.append(abs(gap) <= reach_tolerance)
+            kind = component(target.name, dim)[0]
+            achieved[target.name], errors[target.name], miss = check_target(
+                target, solved[kind].tensor[b], result.phases, dim, fractions, result.target_index[b])
+            misses.append(miss)
         status = Status(int(result.status[b])) if solver_ok else Status.NOT_CONVERGED
         records.append({
             "file": names[b], "target": result.targets[b], "achieved": achieved,
-            "relative_error": errors, "reached": bool(all(reached) and solver_ok),
+            "relative_error": errors, "reached": bool(max(misses) <= reach_tolerance and solver_ok),
             "statistics_weight": float(result.statistics_weight[b]),
             "volume_fractions": fractions.tolist(),
             "volume_fraction_error": float(np.abs(fractions - np.bincount(exemplar.ravel(), minlength=n)

@@ -25,7 +25,10 @@ foreseen to help. So at the start, and whenever the swaps stall, a phase whose l
 band above its target is cut: the fewest pixels (at most ``CUT_PIXELS``) that separate one end of the cluster from
 the other (a maximum flow through its pixels) go to the phase around them, as many pixels of that phase go the
 other way where they are predicted to help most, and the trial is kept under the same rules as a round.
-numpy, one sample at a time.
+
+Before the swaps, the phase counts are brought to the exemplar's fractions (to the nearest pixel) by single flips
+from a phase with too many pixels to a neighbouring one with too few, best predicted first, kept under the same
+rules (half as many flips after a trial that was not kept). numpy, one sample at a time.
 """
 
 from __future__ import annotations
@@ -116,6 +119,17 @@ def label_targets(exemplar: np.ndarray, n_phases: int, radius: int, shape=None) 
     )
 
 
+def axis_error(labels: np.ndarray, targets: LabelTargets) -> float:
+    """The largest two-point error of a 2D sample along the axes, over phases and distances up to the targets'
+    radius and half the sample's side (periodic; ``s2_max_abs_error`` of ``jaxmicro.report.compare``)."""
+    n, radius = targets.correlation.shape[-1], (targets.correlation.shape[0] - 1) // 2
+    s2, _ = _two_point_map(np.asarray(labels), n)
+    r = min(radius, min(labels.shape) // 2)
+    along = np.abs(s2[:, : r + 1, 0] - np.moveaxis(targets.correlation[radius : radius + r + 1, radius], -1, 0))
+    across = np.abs(s2[:, 0, : r + 1] - np.moveaxis(targets.correlation[radius, radius : radius + r + 1], -1, 0))
+    return float(max(along.max(), across.max()))
+
+
 def _run_lengths(labels: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel, the length of its periodic run along ``axis`` up to and including it (``back``) and from it on
     (``ahead``); a line without a phase change is one run of the line's length."""
@@ -182,6 +196,7 @@ class _Problem(NamedTuple):
     one_pixel_share: np.ndarray
     lineal_path: np.ndarray
     largest_cluster: np.ndarray  # (n,) NaN where unknown
+    fractions: np.ndarray  # (n,) the exemplar's phase fractions
     weights: tuple[float, float, float, float]  # surface, chords, lineal path, clusters
     cluster_band: float
     face_neighbours: np.ndarray  # (4, N) flat index of each pixel's neighbour up, down, left, right
@@ -211,7 +226,8 @@ def _problem(targets: LabelTargets, shape, weights, cluster_band: float, axis_we
         return ((rows + dy) % shape[0]) * shape[1] + (cols + dx) % shape[1]
 
     return _Problem(target_map, window, axis_weight, faces, np.asarray(targets.one_pixel_share),
-                    np.asarray(targets.lineal_path), np.asarray(targets.largest_cluster, np.float64), weights,
+                    np.asarray(targets.lineal_path), np.asarray(targets.largest_cluster, np.float64),
+                    targets.correlation[radius, radius].astype(np.float64), weights,
                     cluster_band, np.stack([index(-1, 0), index(1, 0), index(0, -1), index(0, 1)]),
                     np.stack([rows > 0, rows < shape[0] - 1, cols > 0, cols < shape[1] - 1]),
                     np.stack([index(dy, dx) for dy, dx in _DIAGONALS]),
@@ -442,6 +458,11 @@ def _flip_gains(labels: np.ndarray, energy: _Energy, problem: _Problem,
     return pixels, gains
 
 
+def _around(row: int, col: int, shape) -> tuple[np.ndarray, np.ndarray]:
+    """The index of a pixel's 3x3 neighbourhood (periodic)."""
+    return np.ix_(np.arange(row - 1, row + 2) % shape[0], np.arange(col - 1, col + 2) % shape[1])
+
+
 def _pick(pixels: np.ndarray, gains: dict, n: int, shape, m: int) -> list[tuple[int, int, int]]:
     """Up to ``m`` pairs per two phases (a pixel each way, best predicted first, while a pair's sum is negative),
     no two pixels neighbours (so each gain stays what it was predicted). Returns ``(row, col, new phase)``."""
@@ -458,7 +479,7 @@ def _pick(pixels: np.ndarray, gains: dict, n: int, shape, m: int) -> list[tuple[
                     if not np.isfinite(gain[index]) or len(chosen) >= m:
                         break
                     row, col = divmod(int(pixels[index]), shape[1])
-                    near = taken[np.ix_(np.arange(row - 1, row + 2) % shape[0], np.arange(col - 1, col + 2) % shape[1])]
+                    near = taken[_around(row, col, shape)]
                     if near.any():
                         continue
                     taken[row, col] = True
@@ -472,6 +493,34 @@ def _pick(pixels: np.ndarray, gains: dict, n: int, shape, m: int) -> list[tuple[
                 for row, col, _, _ in chosen[k:]:
                     taken[row, col] = False
     return flips
+
+
+def _fraction_trial(labels: np.ndarray, energy: _Energy, problem: _Problem, allowed: np.ndarray, most: int):
+    """Labels nearer the exemplar's phase fractions (counted to the nearest pixel): up to ``most`` pixels of a phase
+    with too many go to a neighbouring phase with too few, best predicted first, no two neighbours; None where the
+    counts already match or no such pixel is found."""
+    n = problem.target_map.shape[0]
+    share = problem.fractions * labels.size
+    wanted = np.floor(share).astype(np.int64)
+    wanted[np.argsort(wanted - share)[: labels.size - wanted.sum()]] += 1  # the largest remainders round up
+    surplus = np.bincount(labels.ravel(), minlength=n) - wanted
+    if not surplus.any():
+        return None
+    pixels, gains = _flip_gains(labels, energy, problem, allowed)
+    options = sorted((gain[i], int(pixels[i]), b) for (a, b), gain in gains.items() if surplus[a] > 0 > surplus[b]
+                     for i in np.flatnonzero(np.isfinite(gain)))
+    trial, taken = labels.copy(), np.zeros(labels.shape, bool)
+    for _, index, b in options:
+        if most == 0:
+            break
+        row, col = divmod(index, labels.shape[1])
+        a = trial[row, col]
+        if surplus[a] <= 0 or surplus[b] >= 0 or taken[row, col]:
+            continue
+        trial[row, col] = b
+        surplus[a], surplus[b], most = surplus[a] - 1, surplus[b] + 1, most - 1
+        taken[_around(row, col, labels.shape)] = True
+    return None if np.array_equal(trial, labels) else trial
 
 
 def _cut_trials(labels: np.ndarray, energy: _Energy, problem: _Problem, allowed: np.ndarray):
@@ -508,8 +557,7 @@ def _cut_trials(labels: np.ndarray, energy: _Energy, problem: _Problem, allowed:
                     if taken[row, col]:
                         continue
                     trial[row, col] = phase
-                    taken[np.ix_(np.arange(row - 1, row + 2) % labels.shape[0],
-                                 np.arange(col - 1, col + 2) % labels.shape[1])] = True
+                    taken[_around(row, col, labels.shape)] = True
                     needed -= 1
                 if needed:
                     break
@@ -533,9 +581,10 @@ def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int | None = No
            lineal_path_weight: float = LINEAL_PATH_WEIGHT, axis_weight: float = AXIS_WEIGHT,
            cluster_weight: float = CLUSTER_WEIGHT, cluster_band: float = CLUSTER_BAND,
            cluster_tolerance: float = CLUSTER_TOLERANCE, batch: int = 32, cuts: bool = True,
-           accept: Callable[[np.ndarray], bool] | None = None) -> Refinement:
-    """One 2D sample's labels swapped toward ``targets`` (see the module docstring); the phase fractions and the
-    number of isolated pixels (it never grows) hold. Each phase's largest cluster never lies more than
+           match_fractions: bool = True, accept: Callable[[np.ndarray], bool] | None = None) -> Refinement:
+    """One 2D sample's labels swapped toward ``targets`` (see the module docstring); with ``match_fractions`` the
+    phase counts first move to the exemplar's fractions (to the nearest pixel), then they hold, and so does the
+    number of isolated pixels (it never grows). Each phase's largest cluster never lies more than
     ``cluster_tolerance`` farther from its target than the closest it came (or than ``cluster_band``); without a
     target, it stays within ``cluster_tolerance`` of where it started.
     ``rounds``: at most that many (default ``ROUNDS``, and one per 16 pixels on small images).
@@ -575,6 +624,13 @@ def refine(labels: np.ndarray, targets: LabelTargets, *, rounds: int | None = No
     m, kept, failed, done = batch, 0, 0, 0
     cut_due, cut_tried = cuts, -1  # a cut is tried at the start, after a kept cut and when the swaps stall
     current = labels
+    most = labels.size if match_fractions else 0  # the exemplar's fractions first, by at most `most` flips a trial
+    while most >= 1 and (trial := _fraction_trial(current, energy, problem, allowed, most)) is not None:
+        trial_energy = better(trial)
+        if trial_energy is None:
+            most //= 2
+        else:
+            current, energy = trial, trial_energy
     for done in range(1, rounds + 1):
         if cut_due:
             cut_due = False

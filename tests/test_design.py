@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxmicro import inverse_design as D, physics, vgg
+from jaxmicro.cleanup import isolated
 from jaxmicro.errors import InputError
 
 from conftest import TINY_WIDTHS, run_in_process
@@ -160,6 +161,29 @@ def test_a_tiny_design_hits_a_conductivity_target_with_statistics(params):
     assert result.config.correlation_power == D.CORRELATION_POWER  # the designs' two-point norm
     assert checked["pareto"] and checked["bounds"]["conductivity"]["reuss"] < own < \
         checked["bounds"]["conductivity"]["voigt"]
+
+
+def test_label_swaps_end_a_design_closer_to_the_statistics_and_hold_each_target(params):
+    exemplar = blobs((64, 64), fraction=0.4)
+    own = float(physics.effective_conductivity(exemplar, [1.0, 10.0]).tensor[0, 0])
+    request = dict(targets={"k_xx": [0.9 * own, 1.1 * own]}, shape=(32, 32), conductivity=[1.0, 10.0], count=1,
+                   steps=150, coarse_steps=50, seed=1, layers=TAPS, params=params, widths=TINY_WIDTHS,
+                   correlation_radius=6, hold_fraction=True)
+    unswapped = D.design(exemplar, **request, swaps=False)
+    swapped = D.swap_labels(unswapped, exemplar)
+    np.testing.assert_array_equal(D.design(exemplar, **request).labels, swapped.labels)  # the default's last step
+    before = D.design_records(unswapped, exemplar)["designs"]
+    after = D.design_records(swapped, exemplar)["designs"]
+    assert np.mean(swapped.labels != unswapped.labels) > 0.01
+    assert sum(r["s2_max_abs_error"] for r in after) < sum(r["s2_max_abs_error"] for r in before)
+    for old, new, a, b in zip(before, after, unswapped.labels, swapped.labels):
+        assert new["s2_max_abs_error"] <= old["s2_max_abs_error"]
+        assert new["volume_fraction_error"] <= old["volume_fraction_error"]
+        assert isolated(b).sum() <= isolated(a).sum()
+        assert new["relative_error"]["k_xx"] <= max(old["relative_error"]["k_xx"], D.SWAP_TOLERANCE) + 1e-4, new
+    # designs without statistics terms are left as they are (the solver alone sets their structure)
+    plain = unswapped._replace(statistics_weight=np.zeros(2, np.float32))
+    np.testing.assert_array_equal(D.swap_labels(plain, exemplar).labels, unswapped.labels)
 
 
 def test_clean_labels_weigh_the_interface_lineal_path_and_short_chord_terms_in(params):
