@@ -50,6 +50,7 @@ from jaxmicro.initial import (
     intensity_field_correlation,
 )
 from jaxmicro.optimise import OptimisationState, decoded_phases, make_optimizer
+from jaxmicro.refine_volume import VolumeTargets, refine_volume, volume_targets
 from jaxmicro.status import Status, status_labels
 
 CONVERGED, MAX_STEPS, NON_FINITE = Status.CONVERGED, Status.NOT_CONVERGED, Status.NON_FINITE
@@ -65,8 +66,9 @@ VOLUME_SCHEDULE = {"steps": 100, "levels": 3, "coarse_steps": 200, "slices_per_s
 """The default schedule of a volume: 200 steps at 1/4 and at 1/2 of the size, then 100 at full size, 1 slice per
 direction through the network per step (at an offset that moves every step), a heavier two-point term (every
 voxel feels it every step, while the Gram term reaches only the sampled slices), and the lineal-path and
-short-chord terms at 10 along all three axes (no interface term, no polish). Exemplars with features finer than
-4 pixels get 2 levels (``resolve_schedule``). See docs/results.md."""
+short-chord terms at 10 along all three axes (no interface term, no polish); phase labels then go through the
+cleanup and the voxel swaps of ``jaxmicro.refine_volume``. Exemplars with features finer than 4 pixels get 2
+levels (``resolve_schedule``). See docs/results.md."""
 GRAYSCALE_LEARNING_RATE = 0.1
 """Adam's first step size for grayscale reconstructions (phase images: 0.05, ``optimise.make_optimizer``). A
 sigmoid intensity travels about 4 logits between a dark and a bright pixel, about what a cosine-decaying 0.05
@@ -138,8 +140,8 @@ class LevelTargets(NamedTuple):
     configuration the targets were computed with, the targets (``Descriptors`` stacked over exemplar groups),
     the correlations of the Gaussian start ``(G, n, *shape)`` (None where not computed), the share of
     isolated pixels per phase ``(G, n)`` (None for grayscale) and what the final label swaps match
-    (``jaxmicro.refine.LabelTargets`` stacked over groups; None for grayscale, volumes and targets stored by an
-    earlier version)."""
+    (``jaxmicro.refine.LabelTargets`` for images, ``jaxmicro.refine_volume.VolumeTargets`` for volumes, stacked
+    over groups; None for grayscale, several exemplars per group and targets stored by an earlier version)."""
 
     exemplar_shapes: tuple[tuple[int, ...], ...]
     config: ReconstructionConfig
@@ -340,11 +342,12 @@ class ReconstructionResult(NamedTuple):
 def finish(config: ReconstructionConfig, states: OptimisationState, history: Mapping[str, np.ndarray],
            exemplar_index: np.ndarray, seed: int, rtol: float = 1e-2, cleanup: bool = True,
            isolated_share: np.ndarray | None = None, quantiles: np.ndarray | None = None,
-           label_targets: refine.LabelTargets | None = None) -> ReconstructionResult:
+           label_targets: refine.LabelTargets | VolumeTargets | None = None) -> ReconstructionResult:
     """Decode the final states and classify each sample; with ``cleanup``, isolated pixels beyond
     ``isolated_share`` ``(B, n)`` (isolated pixels per pixel; default none) leave the labels
-    (``jaxmicro.cleanup.remove_isolated``: fractions kept), then 2D labels are swapped toward
-    ``label_targets`` (each field ``(B, ...)``; ``jaxmicro.refine.refine``), and grayscale samples take the
+    (``jaxmicro.cleanup.remove_isolated``: fractions kept), then labels are swapped toward ``label_targets``
+    (each field ``(B, ...)``; ``jaxmicro.refine.refine`` for images, ``jaxmicro.refine_volume.refine_volume`` for
+    volumes), and grayscale samples take the
     exemplar's intensity ``quantiles`` ``(B, Q)`` in the order of their own (``jaxmicro.cleanup.match_histogram``).
 
     ``undecided_fraction``: pixels whose phase changed during the last tenth of the run (0 for grayscale).
@@ -368,9 +371,10 @@ def finish(config: ReconstructionConfig, states: OptimisationState, history: Map
             share = np.zeros((len(labels), config.n_phases)) if isolated_share is None else isolated_share
             keep = np.floor(share * np.prod(config.shape)).astype(int)
             labels = np.stack([remove_isolated(a, b, k) for a, b, k in zip(labels, np.asarray(states.logits), keep)])
-            if label_targets is not None and labels.ndim == 3:
-                labels = np.stack([refine.refine(a, refine.LabelTargets(*(np.asarray(f)[i] for f in label_targets)))
-                                   .labels for i, a in enumerate(labels)])
+            if label_targets is not None:
+                swap = refine.refine if labels.ndim == 3 else refine_volume
+                labels = np.stack([swap(a, type(label_targets)(*(np.asarray(f)[i] for f in label_targets))).labels
+                                   for i, a in enumerate(labels)])
     steps = history.shape[1]
     window = max(steps // 10, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -560,9 +564,9 @@ def resolve_schedule(exemplar, *, shape: Sequence[int] | None = None, layers: st
 
 
 def level_targets(config: ReconstructionConfig, params, images: Sequence[np.ndarray], per_direction: bool,
-                  correlations: bool) -> LevelTargets:
+                  correlations: bool, swaps: bool = True) -> LevelTargets:
     """The exemplar-derived data of one level (``LevelTargets``) from the images at that level; ``correlations``:
-    also those of the Gaussian start."""
+    also those of the Gaussian start; ``swaps``: also what the final label swaps match (the full-size level)."""
     groups = [list(images)] if per_direction else [[e] for e in images]
     per_group = [make_targets(config, params, g) for g in groups]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *per_group)
@@ -577,12 +581,16 @@ def level_targets(config: ReconstructionConfig, params, images: Sequence[np.ndar
     share = np.stack([np.mean([isolated_fraction(e, config.n_phases) if e.ndim == len(config.shape)
                                else np.zeros(config.n_phases) for e in g], axis=0)
                       for g in groups]) if not config.grayscale else None
-    swaps = None  # a 2D image's label swaps match its own statistics
-    if not config.grayscale and len(config.shape) == 2 and all(len(g) == 1 for g in groups):
-        per_group = [refine.label_targets(g[0], config.n_phases, config.correlation_radius, config.shape)
-                     for g in groups]
-        swaps = refine.LabelTargets(*(np.stack(field) for field in zip(*per_group)))
-    return LevelTargets(tuple(tuple(int(s) for s in e.shape) for e in images), config, stacked, fields, share, swaps)
+    label_targets = None  # the label swaps match one exemplar's own statistics
+    if swaps and not config.grayscale and all(len(g) == 1 for g in groups):
+        if len(config.shape) == 2:
+            per_group = [refine.label_targets(g[0], config.n_phases, config.correlation_radius, config.shape)
+                         for g in groups]
+        else:
+            per_group = [volume_targets(g[0], config.n_phases, config.correlation_radius) for g in groups]
+        label_targets = type(per_group[0])(*(np.stack(field) for field in zip(*per_group)))
+    return LevelTargets(tuple(tuple(int(s) for s in e.shape) for e in images), config, stacked, fields, share,
+                        label_targets)
 
 
 def _targets_network_digest(params, config) -> str:
@@ -621,7 +629,8 @@ def characterise(
             level_images = [subsample(e) for e in level_images]
             level_config, _ = make_config(level_images, shape=tuple(s // 2 for s in level_config.shape),
                                           layers=config.taps, grayscale=grayscale, dtype=dtype, **coarse_options)
-        stored.append(level_targets(level_config, params, level_images, per_direction, correlations=True))
+        stored.append(level_targets(level_config, params, level_images, per_direction, correlations=True,
+                                    swaps=level == 0))
     finest = None if grayscale else min(finest_feature(e) for e in images)
     return Characterisation(config.n_phases, per_direction, finest, tuple(stored),
                             _targets_network_digest(params, config))
@@ -698,8 +707,9 @@ def reconstruct(
     ``polish_steps``: after the full-size level, that many steps of the objective without the network
     (statistics only, milliseconds each; none unless given).
     ``cleanup``: give isolated pixels of the final labels beyond the exemplar's own share their neighbours' phase,
-    fractions kept, then swap 2D labels toward the exemplar's statistics (``jaxmicro.refine``); grayscale: give the
-    output the exemplar's histogram in its own pixel order (``jaxmicro.cleanup``).
+    fractions kept, then swap labels toward the exemplar's statistics (``jaxmicro.refine``; volumes:
+    ``jaxmicro.refine_volume``); grayscale: give the output the exemplar's histogram in its own pixel order
+    (``jaxmicro.cleanup``).
 
     Returns a ReconstructionResult; per-sample failure is reported in ``status``, never raised.
     """
@@ -764,7 +774,7 @@ def reconstruct(
     initial = initial or ("noise" if optimizer == "lbfgs" else "gaussian")
     gaussian = initial_logits is None and initial == "gaussian" and not resuming
     if stored is None:
-        level = level_targets(config, params, images, per_direction, correlations=gaussian)
+        level = level_targets(config, params, images, per_direction, correlations=gaussian, swaps=cleanup)
     else:
         level = stored_level(stored, config)
         if gaussian and level.correlations is None:
@@ -793,7 +803,7 @@ def reconstruct(
         states, history = polish(config, params, states, objective, history, polish_steps, chunk, polish_progress)
     share = np.asarray(level.isolated_share)[exemplar_index] if not config.grayscale else None
     quantiles = targets.fractions if config.grayscale else None
-    swaps = None if level.label_targets is None else refine.LabelTargets(
+    swaps = None if level.label_targets is None else type(level.label_targets)(
         *(np.asarray(field)[exemplar_index] for field in level.label_targets))
     return finish(config, states, history, exemplar_index, seed, cleanup=cleanup, isolated_share=share,
                   quantiles=quantiles, label_targets=swaps)

@@ -27,6 +27,7 @@ from jaxmicro.descriptors import Descriptors
 from jaxmicro.errors import InputError
 from jaxmicro.reconstruction import Characterisation, LevelTargets, ReconstructionConfig
 from jaxmicro.refine import LabelTargets
+from jaxmicro.refine_volume import VolumeTargets
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "describe_targets", "file_digest", "load_targets", "params_digest",
            "read_header", "save_targets"]
@@ -176,9 +177,13 @@ def _header(path: Path, archive) -> dict:
     return header
 
 
-def _label_targets(archive, names: dict[str, str]) -> LabelTargets | None:
-    """A level's ``LabelTargets`` (each field ``(B, ...)``), or None where the file has none; files written
-    before the largest-cluster targets get NaN there (no cluster term)."""
+def _label_targets(archive, prefix: str) -> LabelTargets | VolumeTargets | None:
+    """A level's ``LabelTargets`` (images) or ``VolumeTargets`` (volumes), each field ``(B, ...)``, or None where
+    the file has none; files written before the largest-cluster targets get NaN there (no cluster term)."""
+    volume = {field: prefix + "label_targets/" + field for field in VolumeTargets._fields}
+    if all(name in archive.files for name in volume.values()) and prefix + "label_targets/faces" not in archive.files:
+        return VolumeTargets(**{field: archive[name] for field, name in volume.items()})
+    names = {field: prefix + "label_targets/" + field for field in LabelTargets._fields}
     if not all(name in archive.files for field, name in names.items() if field != "largest_cluster"):
         return None
     arrays = {field: archive[name] for field, name in names.items() if name in archive.files}
@@ -207,12 +212,11 @@ def load_targets(path: str | os.PathLike[str]) -> Characterisation:
                                       lineal_path=get("lineal_path"))
                 optional = {name: np.asarray(archive[prefix + name]) if prefix + name in archive.files else None
                             for name in ("gaussian_start_correlations", "isolated_share")}
-                swaps = {name: prefix + "label_targets/" + name for name in LabelTargets._fields}
                 levels.append(LevelTargets(tuple(tuple(s) for s in info["exemplar_shapes"]), config, targets,
                                            None if optional["gaussian_start_correlations"] is None else
                                            jnp.asarray(optional["gaussian_start_correlations"]),
                                            optional["isolated_share"],
-                                           _label_targets(archive, swaps)))
+                                           _label_targets(archive, prefix)))
         except (KeyError, TypeError, ValueError, zipfile.BadZipFile, OSError) as error:
             raise InputError(f"{path} is damaged or incomplete ({type(error).__name__}: {error}); characterise "
                              "the exemplar again") from error
