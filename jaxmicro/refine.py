@@ -566,7 +566,7 @@ def _cut_trials(labels: np.ndarray, energy: _Energy, problem: _Problem, allowed:
 
 
 class Refinement(NamedTuple):
-    """What ``refine`` did to one sample."""
+    """What ``refine`` (or ``jaxmicro.refine_volume.refine_volume``) did to one sample."""
 
     labels: np.ndarray
     energy_before: float

@@ -34,6 +34,7 @@ from scipy import fft
 from jaxmicro import statistics as st
 from jaxmicro.cleanup import isolated
 from jaxmicro.errors import InputError
+from jaxmicro.refine import Refinement
 from jaxmicro.report import one_pixel_chord_fraction
 
 ROUNDS = 30  # at most; a round takes 0.1-0.15 s for a 64^3 volume of 3 phases on a 2-core CPU
@@ -206,22 +207,11 @@ def _fraction_trial(moves: _Moves, gain: np.ndarray, wanted: np.ndarray, most: i
     return None if np.array_equal(trial, moves.labels) else trial
 
 
-class VolumeRefinement(NamedTuple):
-    """What ``refine_volume`` did to one volume."""
-
-    labels: np.ndarray
-    energy_before: float
-    energy_after: float
-    rounds: int
-    kept_rounds: int
-    changed_fraction: float
-
-
 def refine_volume(labels: np.ndarray, targets: VolumeTargets, *, rounds: int = ROUNDS, batch: int = BATCH,
                   chord_weight: float = CHORD_WEIGHT, chord_tolerance: float = CHORD_TOLERANCE,
                   lineal_path_tolerance: float = LINEAL_PATH_TOLERANCE,
                   cluster_tolerance: float = CLUSTER_TOLERANCE, goal: float = GOAL,
-                  match_fractions: bool = True) -> VolumeRefinement:
+                  match_fractions: bool = True) -> Refinement:
     """One volume's labels swapped toward ``targets`` (see the module docstring); with ``match_fractions`` the
     phase counts first move toward the exemplar's fractions (to the nearest voxel where the rules let them), then
     they hold; the isolated
@@ -293,5 +283,5 @@ def refine_volume(labels: np.ndarray, targets: VolumeTargets, *, rounds: int = R
         if m == 0 or failed > FAILED_PAIRS:
             break
         m = max(m, 1)
-    return VolumeRefinement(current.astype(labels.dtype), start.energy, state.energy, done, kept,
+    return Refinement(current.astype(labels.dtype), start.energy, state.energy, done, kept,
                             float(np.mean(current != labels)))

@@ -7,12 +7,12 @@ from scipy import ndimage
 from jaxmicro import reconstruction as R, report, statistics as st
 from jaxmicro.cleanup import isolated
 from jaxmicro.errors import InputError
+from jaxmicro.refine import Refinement
 from jaxmicro.refine_volume import (
     CHORD_BAND,
     CHORD_TOLERANCE,
     LINEAL_PATH_SLACK,
     LINEAL_PATH_TOLERANCE,
-    VolumeRefinement,
     _gains,
     _state,
     refine_volume,
@@ -128,7 +128,7 @@ def test_a_volume_reconstruction_ends_with_the_swaps(tiny_params, monkeypatch):
     run = dict(shape=(16, 16, 16), count=2, steps=6, levels=1, seed=0, layers="relu1_2", widths=TINY_WIDTHS,
                params=tiny_params)
     swapped = R.reconstruct(exemplar, **run)
-    monkeypatch.setattr(R, "refine_volume", lambda labels, targets: VolumeRefinement(labels, 0.0, 0.0, 0, 0, 0.0))
+    monkeypatch.setattr(R, "refine_volume", lambda labels, targets: Refinement(labels, 0.0, 0.0, 0, 0, 0.0))
     unswapped = R.reconstruct(exemplar, **run)
     errors = report.compare(exemplar, [*unswapped.labels, *swapped.labels])["reconstructions"]
     for before, after, b, a in zip(errors[:2], errors[2:], unswapped.labels, swapped.labels):
