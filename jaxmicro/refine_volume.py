@@ -91,8 +91,8 @@ def _profiles(labels: np.ndarray, n: int, radius: int, keep_spectra: bool = True
         indicator = (labels == phase).astype(np.float32)
         for axis, side in enumerate(labels.shape):
             spectrum = fft.rfft(indicator, axis=axis, workers=-1)
-            s2 = fft.irfft(spectrum * np.conj(spectrum), n=side, axis=axis, workers=-1)
-            profiles[axis, phase] = np.moveaxis(s2, axis, -1).reshape(-1, side).mean(0)[: radius + 1] / side
+            power = np.moveaxis(spectrum.real**2 + spectrum.imag**2, axis, -1).reshape(-1, side // 2 + 1)
+            profiles[axis, phase] = fft.irfft(power.mean(0), n=side)[: radius + 1] / side  # the mean line's S2
             if keep_spectra:
                 spectra[axis].append(spectrum)
     return profiles, [np.stack(s) for s in spectra] if keep_spectra else []
