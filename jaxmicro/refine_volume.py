@@ -79,8 +79,6 @@ class _State(NamedTuple):
     chords: np.ndarray  # (n,) chords of each phase, the three axes together
     one_voxel: np.ndarray  # (n,) the share of one-voxel chords among them
     lineal_path_error: float  # the largest over axes, distances and phases
-    isolated: int
-    clusters: np.ndarray  # (n,) each phase's share in its largest cluster
 
 
 def _profiles(labels: np.ndarray, n: int, radius: int, keep_spectra: bool = True) -> tuple[np.ndarray, list]:
@@ -91,8 +89,8 @@ def _profiles(labels: np.ndarray, n: int, radius: int, keep_spectra: bool = True
         indicator = (labels == phase).astype(np.float32)
         for axis, side in enumerate(labels.shape):
             spectrum = fft.rfft(indicator, axis=axis, workers=-1)
-            power = np.moveaxis(spectrum.real**2 + spectrum.imag**2, axis, -1).reshape(-1, side // 2 + 1)
-            profiles[axis, phase] = fft.irfft(power.mean(0), n=side)[: radius + 1] / side  # the mean line's S2
+            s2 = fft.irfft(spectrum * np.conj(spectrum), n=side, axis=axis, workers=-1)
+            profiles[axis, phase] = np.moveaxis(s2, axis, -1).reshape(-1, side).mean(0)[: radius + 1] / side
             if keep_spectra:
                 spectra[axis].append(spectrum)
     return profiles, [np.stack(s) for s in spectra] if keep_spectra else []
@@ -108,9 +106,7 @@ def _state(labels: np.ndarray, targets: VolumeTargets, chord_weight: float) -> _
     path = st._lineal_path_from_counts(counts, labels.size, radius)
     excess = np.maximum(np.abs(share - targets.one_voxel_share) - CHORD_BAND, 0.0)
     energy = np.sum(residual**2) + chord_weight * np.sum(excess**2)
-    return _State(float(energy), residual, spectra, chords, share,
-                  float(np.max(np.abs(path - targets.lineal_path))), int(isolated(labels).sum()),
-                  st._largest_cluster_fraction(labels, n))
+    return _State(float(energy), residual, spectra, chords, share, float(np.max(np.abs(path - targets.lineal_path))))
 
 
 def _gains(labels: np.ndarray, state: _State, targets: VolumeTargets, chord_weight: float) -> np.ndarray:
@@ -233,13 +229,16 @@ def refine_volume(labels: np.ndarray, targets: VolumeTargets, *, rounds: int = R
     chord_allowed = np.maximum(np.abs(start.one_voxel - targets.one_voxel_share), chord_tolerance)
     closest_path = start.lineal_path_error
 
-    def better(trial):  # the trial's state where it may be kept, else None
+    isolated_count, clusters = isolated(labels).sum(), st._largest_cluster_fraction(labels, n)
+
+    def better(trial):  # the trial's state where it may be kept, else None (the costlier checks last)
         trial_state = _state(trial, targets, chord_weight)
-        if (trial_state.energy < state.energy and trial_state.isolated <= start.isolated
+        if (trial_state.energy < state.energy
                 and np.all(np.abs(trial_state.one_voxel - targets.one_voxel_share) <= chord_allowed)
                 and trial_state.lineal_path_error <= max(closest_path + LINEAL_PATH_SLACK, lineal_path_tolerance)
-                and np.all(np.isnan(start.clusters)
-                           | (np.abs(trial_state.clusters - start.clusters) <= cluster_tolerance))):
+                and isolated(trial).sum() <= isolated_count
+                and np.all(np.isnan(clusters) | (np.abs(st._largest_cluster_fraction(trial, n) - clusters)
+                                                 <= cluster_tolerance))):
             return trial_state
         return None
 
