@@ -495,15 +495,21 @@ def _pick(pixels: np.ndarray, gains: dict, n: int, shape, m: int) -> list[tuple[
     return flips
 
 
+def nearest_counts(fractions: np.ndarray, size: int) -> np.ndarray:
+    """``(n,)`` pixel (voxel) counts of a sample of ``size`` nearest to the phase ``fractions``, summing to
+    ``size`` (the largest remainders round up)."""
+    share = np.asarray(fractions, np.float64) * size
+    counts = np.floor(share).astype(np.int64)
+    counts[np.argsort(counts - share)[: size - counts.sum()]] += 1
+    return counts
+
+
 def _fraction_trial(labels: np.ndarray, energy: _Energy, problem: _Problem, allowed: np.ndarray, most: int):
     """Labels nearer the exemplar's phase fractions (counted to the nearest pixel): up to ``most`` pixels of a phase
     with too many go to a neighbouring phase with too few, best predicted first, no two neighbours; None where the
     counts already match or no such pixel is found."""
     n = problem.target_map.shape[0]
-    share = problem.fractions * labels.size
-    wanted = np.floor(share).astype(np.int64)
-    wanted[np.argsort(wanted - share)[: labels.size - wanted.sum()]] += 1  # the largest remainders round up
-    surplus = np.bincount(labels.ravel(), minlength=n) - wanted
+    surplus = np.bincount(labels.ravel(), minlength=n) - nearest_counts(problem.fractions, labels.size)
     if not surplus.any():
         return None
     pixels, gains = _flip_gains(labels, energy, problem, allowed)

@@ -34,7 +34,7 @@ from scipy import fft
 from jaxmicro import statistics as st
 from jaxmicro.cleanup import isolated
 from jaxmicro.errors import InputError
-from jaxmicro.refine import Refinement
+from jaxmicro.refine import Refinement, nearest_counts
 from jaxmicro.report import one_pixel_chord_fraction
 
 ROUNDS = 30  # at most; a round takes 0.1-0.15 s for a 64^3 volume of 3 phases on a 2-core CPU
@@ -134,11 +134,11 @@ def _gains(labels: np.ndarray, state: _State, targets: VolumeTargets, chord_weig
         before, after = np.roll(labels, 1, axis), np.roll(labels, -1, axis)
         pairs = ((before, np.roll(labels, 2, axis)), (after, np.roll(labels, -2, axis)))
         for b in range(n):
-            alone = (before != b) & (after != b)
-            ones = alone.astype(np.float32)  # and the chords: one more, or one less where two join
+            alone = ((before != b) & (after != b)).astype(np.float32)
+            ones = alone.copy()  # and the chords: one more, or one less where two join
             for near, far in pairs:
                 ones -= (near == b) & (far != b)
-            ones -= state.one_voxel[b] * (alone.astype(np.float32) - ((before == b) & (after == b)))
+            ones -= state.one_voxel[b] * (alone - ((before == b) & (after == b)))
             gain[b] += chord_gain[b] * ones
     return gain
 
@@ -244,9 +244,7 @@ def refine_volume(labels: np.ndarray, targets: VolumeTargets, *, rounds: int = R
 
     allowed = np.ones(labels.shape, bool)
     current, m, kept, failed, done = labels, batch // 8, 0, 0, 0
-    share = targets.correlation[0, 0] * labels.size  # S2 at distance 0: the fractions
-    wanted = np.floor(share).astype(np.int64)
-    wanted[np.argsort(wanted - share)[: labels.size - wanted.sum()]] += 1  # the largest remainders round up
+    wanted = nearest_counts(targets.correlation[0, 0], labels.size)  # S2 at distance 0: the fractions
     # the exemplar's fractions first, by at most `most` flips a trial
     most = int(np.maximum(np.bincount(labels.ravel(), minlength=n) - wanted, 0).sum()) if match_fractions else 0
     moves, gain = _Moves.of(current, n, allowed), _gains(current, state, targets, chord_weight)

@@ -181,7 +181,7 @@ def _label_targets(archive, prefix: str) -> LabelTargets | VolumeTargets | None:
     """A level's ``LabelTargets`` (images) or ``VolumeTargets`` (volumes), each field ``(B, ...)``, or None where
     the file has none; files written before the largest-cluster targets get NaN there (no cluster term)."""
     volume = {field: prefix + "label_targets/" + field for field in VolumeTargets._fields}
-    if all(name in archive.files for name in volume.values()) and prefix + "label_targets/faces" not in archive.files:
+    if all(name in archive.files for name in volume.values()):
         return VolumeTargets(**{field: archive[name] for field, name in volume.items()})
     names = {field: prefix + "label_targets/" + field for field in LabelTargets._fields}
     if not all(name in archive.files for field, name in names.items() if field != "largest_cluster"):
