@@ -361,20 +361,25 @@ def format_comparison(d: dict) -> str:
         f"exemplar {' x '.join(map(str, ex['shape']))}, {ex['n_phases']} phases, fractions {fractions}; "
         f"profiles compared up to {d['max_distance']} px; independent-structure agreement {d['baseline']:.3f}",
         "",
-        f"{'file':<24} {'shape':>13} {'|dVf|':>7} {'|dS2|':>7} {'|dL|':>7} {'copy':>6} {'base':>6}  note",
+        f"{'file':<24} {'shape':>13} {'|dVf|':>7} {'|dS2|':>7} {'|dL|':>7} {'|dS|/S':>7} {'|d1px|':>7} {'copy':>6} "
+        f"{'base':>6}  note",
     ]
     for r in d["reconstructions"]:
         shape = "x".join(map(str, r["shape"]))
         note = "LIKELY A COPY of the exemplar" if r["likely_copy"] else ""
+        surface = np.max(np.abs(r["specific_surface_relative_error"]))
+        one_pixel = np.max(np.abs(np.subtract(r["one_pixel_chord_fraction"], ex["one_pixel_chord_fraction"])))
         lines.append(
             f"{r['file'][:24]:<24} {shape:>13} {r['volume_fraction_error']:>7.4f} {r['s2_max_abs_error']:>7.4f} "
-            f"{r['lineal_path_max_abs_error']:>7.4f} {r['copy_agreement']:>6.3f} {r['copy_baseline']:>6.3f}  {note}"
+            f"{r['lineal_path_max_abs_error']:>7.4f} {surface:>7.4f} {one_pixel:>7.4f} {r['copy_agreement']:>6.3f} "
+            f"{r['copy_baseline']:>6.3f}  {note}"
         )
     lines += _cluster_lines(ex, d["reconstructions"])
     lines.append("")
     lines.append("|dVf|, |dS2|, |dL|: largest absolute error of volume fraction, S2 and lineal path over phases, axes "
-                 "and distances; copy: best pixel agreement over shifts/flips/transposes; "
-                 "base: that of independent structures")
+                 "and distances; |dS|/S: largest relative error of a phase's specific surface; |d1px|: largest "
+                 "difference of a phase's share of one-pixel chords; copy: best pixel agreement over "
+                 "shifts/flips/transposes; base: that of independent structures")
     return "\n".join(lines)
 
 

@@ -51,7 +51,12 @@ def test_identical_and_shifted_copies():
     assert not indep["likely_copy"] and indep["copy_agreement"] < 0.9
     baseline = np.sum(np.multiply(d["exemplar"]["volume_fractions"], indep["volume_fractions"]))
     assert indep["copy_baseline"] == pytest.approx(baseline)
-    assert "LIKELY A COPY" in report.format_comparison(d)
+    text = report.format_comparison(d).splitlines()
+    assert "LIKELY A COPY" in text[3] and "|dS|/S" in text[2] and "|d1px|" in text[2]
+    surface, one_pixel = (float(v) for v in text[3].split()[5:7])  # same.npy: the exemplar's own values
+    assert surface == 0.0 and one_pixel == 0.0
+    row = text[5].split()  # other.npy
+    assert float(row[5]) == pytest.approx(np.max(np.abs(indep["specific_surface_relative_error"])), abs=1e-4)
 
 
 def test_different_sizes_and_3d_reconstruction_of_2d_exemplar():
