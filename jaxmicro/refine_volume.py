@@ -3,25 +3,28 @@ axis and their share of one-voxel chords closer to the exemplar's, as a report j
 
 It lowers
 
-    E = sum_a sum_i sum_{r=0..R} (S2_ai(r) - S2*_ai(r))^2 + chord_weight * sum_i max(|o_i - o*_i| - band, 0)^2
+    E = sum_a sum_i [(R + 1) (S2_ai(0) - S2*_ai(0))^2 + sum_{r=1..R} (S2_ai(r) - S2*_ai(r))^2]
+      + chord_weight * sum_i max(|o_i - o*_i| - band, 0)^2
 
 over the axes ``a`` and phases ``i``, where ``S2_ai(r)`` is the share of voxel pairs ``r`` apart along axis ``a``
-that both lie in phase ``i`` (periodic, as ``jaxmicro.report.compare`` computes it), ``S2*`` the exemplar's
-profile along that axis (a 2D exemplar: its in-plane mean, on every axis), and ``o_i`` the share of one-voxel
-chords among phase ``i``'s chords. Flipping one voxel ``x`` from phase ``a`` to ``b`` changes ``S2_a(r)`` by
-``-(I_a(x + r) + I_a(x - r)) / N`` and ``S2_b(r)`` by ``+(I_b(x + r) + I_b(x - r)) / N``, so the first-order
-change of ``E`` for every voxel at once is a 1D convolution along each axis (FFTs), plus the local change of the
-one-voxel chords. Each round swaps the best ``m`` pairs (a voxel each way between two phases, so the fractions
-stay) among voxels on a boundary with the phase they go to that leave no neighbour isolated, and keeps the round
-only if ``E`` fell, no isolated voxel appeared, each phase's one-voxel-chord share stayed within
-``chord_tolerance`` of the exemplar's (or no farther from it than at the start), the lineal path along the axes
-stayed within ``lineal_path_tolerance`` of the exemplar's (or within ``LINEAL_PATH_SLACK`` of the closest it
-came), and no phase's largest cluster moved more than ``cluster_tolerance`` from where it started (the
-tomogram's thin third phase stays connected). ``m`` doubles after a kept round and halves after a dropped one;
-voxels dropped at ``m = 1`` are not proposed again. Before the swaps, single flips from a phase with too many
-voxels to a neighbouring one with too few bring the phase counts to the exemplar's fractions (to the nearest
-voxel) where at most ``FRACTION_TRIALS`` trials get there, kept under the same rules (twice as many flips after
-a kept trial, half as many after a dropped one). numpy, one volume at a time.
+that both lie in phase ``i`` (periodic, as ``jaxmicro.report.compare`` computes it), ``S2*`` the exemplar's profile
+along that axis (a 2D exemplar: its in-plane mean, on every axis), and ``o_i`` the share of one-voxel chords among
+phase ``i``'s chords. The fractions (``S2_i(0)``) weigh as much as all other distances together: swaps keep them, so
+this weight acts on the single flips that bring them to the exemplar's (below). Flipping one voxel ``x`` from phase
+``a`` to ``b`` changes ``S2_a(r)`` by ``-(I_a(x + r) + I_a(x - r)) / N`` and ``S2_b(r)`` by ``+(I_b(x + r) + I_b(x -
+r)) / N``, so the first-order change of ``E`` for every voxel at once is a 1D convolution along each axis (FFTs),
+plus the local change of the one-voxel chords. Each round swaps the best ``m`` pairs (a voxel each way between two
+phases, so the fractions stay) among voxels on a boundary with the phase they go to that leave no neighbour
+isolated, and keeps the round only if ``E`` fell, no isolated voxel appeared, each phase's one-voxel-chord share
+stayed within ``chord_tolerance`` of the exemplar's (or no farther from it than at the start), the lineal path along
+the axes stayed within ``lineal_path_tolerance`` of the exemplar's (or within ``LINEAL_PATH_SLACK`` of the closest
+it came), and no phase's largest cluster moved more than ``cluster_tolerance`` from where it started (the tomogram's
+thin third phase stays connected). ``m`` doubles after a kept round and halves after a dropped one; voxels dropped
+at ``m = 1`` are not proposed again. Before the swaps, single flips from a phase with too many voxels to a
+neighbouring one with too few (each phase in surplus giving its share) bring the phase counts to the exemplar's
+fractions (to the nearest voxel) where at most ``FRACTION_TRIALS`` trials get there, kept under the same rules
+(twice as many flips after a kept trial, half as many after a dropped one; flips that together would isolate a voxel
+are undone). numpy, one volume at a time.
 """
 
 from __future__ import annotations
@@ -105,8 +108,13 @@ def _state(labels: np.ndarray, targets: VolumeTargets, chord_weight: float) -> _
     share = np.sum([c[:, 1] for c in counts], axis=0) / np.maximum(chords, 1)
     path = st._lineal_path_from_counts(counts, labels.size, radius)
     excess = np.maximum(np.abs(share - targets.one_voxel_share) - CHORD_BAND, 0.0)
-    energy = np.sum(residual**2) + chord_weight * np.sum(excess**2)
+    energy = _two_point_energy(residual) + chord_weight * np.sum(excess**2)
     return _State(float(energy), residual, spectra, chords, share, float(np.max(np.abs(path - targets.lineal_path))))
+
+
+def _two_point_energy(residual: np.ndarray) -> float:
+    """The two-point part of ``E`` from the residual ``(3, n, R + 1)``: distance 0 (the fractions) weighs ``R + 1``."""
+    return float(np.sum(residual**2) + (residual.shape[2] - 1) * np.sum(residual[:, :, 0] ** 2))
 
 
 def _gains(labels: np.ndarray, state: _State, targets: VolumeTargets, chord_weight: float) -> np.ndarray:
@@ -130,7 +138,7 @@ def _gains(labels: np.ndarray, state: _State, targets: VolumeTargets, chord_weig
         shape[axis + 1] = side // 2 + 1
         kernel_spectrum = fft.rfft(kernel.astype(np.float32), axis=1).reshape(shape)
         gain += fft.irfft(state.spectra[axis] * kernel_spectrum, n=side, axis=axis + 1, workers=-1)
-        gain += state.residual[axis, :, 0].reshape(n, 1, 1, 1)
+        gain += (radius + 1) * state.residual[axis, :, 0].reshape(n, 1, 1, 1)
         before, after = np.roll(labels, 1, axis), np.roll(labels, -1, axis)
         pairs = ((before, np.roll(labels, 2, axis)), (after, np.roll(labels, -2, axis)))
         for b in range(n):
@@ -194,13 +202,28 @@ def _fraction_trial(moves: _Moves, gain: np.ndarray, wanted: np.ndarray, most: i
     n = gain.shape[0]
     surplus = np.bincount(moves.labels.ravel(), minlength=n) - wanted
     trial = moves.labels.copy()
+    share = min(1.0, most / max(surplus[surplus > 0].sum(), 1))  # of each surplus, so every phase gives some
     for a in np.flatnonzero(surplus > 0):
         for b in np.flatnonzero(surplus < 0):
-            k = int(min(surplus[a], -surplus[b], most))
+            k = int(np.ceil(min(surplus[a], -surplus[b]) * share))
             chosen = moves.best(trial, gain, a, b, k)[0] if k > 0 else []
             trial.ravel()[chosen] = b
-            surplus[a], surplus[b], most = surplus[a] - len(chosen), surplus[b] + len(chosen), most - len(chosen)
+            surplus[a], surplus[b] = surplus[a] - len(chosen), surplus[b] + len(chosen)
+    trial = _undo_isolating(trial, moves.labels)
     return None if np.array_equal(trial, moves.labels) else trial
+
+
+def _undo_isolating(trial: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``trial`` with its changes undone at and next to each voxel that it isolates (flips chosen one by one may
+    together surround a voxel that none of them isolates alone)."""
+    trial = trial.copy()
+    for _ in range(3):
+        new = isolated(trial) & ~isolated(labels)
+        if not new.any():
+            break
+        near = np.logical_or.reduce([new] + [np.roll(new, shift, axis) for axis in range(3) for shift in (1, -1)])
+        trial[near] = labels[near]
+    return trial
 
 
 def refine_volume(labels: np.ndarray, targets: VolumeTargets, *, rounds: int = ROUNDS, batch: int = BATCH,
@@ -258,7 +281,8 @@ def refine_volume(labels: np.ndarray, targets: VolumeTargets, *, rounds: int = R
             current, state, most = trial, trial_state, 2 * most
             moves, gain = _Moves.of(current, n, allowed), _gains(current, state, targets, chord_weight)
     # until the two-point error is below the goal and the chord term is 0
-    while done < rounds and not (np.abs(state.residual).max() <= goal and state.energy <= np.sum(state.residual**2)):
+    while done < rounds and not (np.abs(state.residual).max() <= goal
+                                 and state.energy <= _two_point_energy(state.residual)):
         done += 1
         gain = _gains(current, state, targets, chord_weight)
         moves = _Moves.of(current, n, allowed)

@@ -7,14 +7,17 @@ from scipy import ndimage
 from jaxmicro import reconstruction as R, report, statistics as st
 from jaxmicro.cleanup import isolated
 from jaxmicro.errors import InputError
-from jaxmicro.refine import Refinement
+from jaxmicro.refine import Refinement, nearest_counts
 from jaxmicro.refine_volume import (
     CHORD_BAND,
     CHORD_TOLERANCE,
     LINEAL_PATH_SLACK,
     LINEAL_PATH_TOLERANCE,
+    _fraction_trial,
     _gains,
+    _Moves,
     _state,
+    _undo_isolating,
     refine_volume,
     volume_targets,
 )
@@ -108,11 +111,37 @@ def test_the_phase_counts_move_to_the_exemplars_fractions_first():
     result = refine_volume(volume, targets, rounds=0)  # the fraction flips alone
     wanted = np.bincount(exemplar.ravel(), minlength=3) / exemplar.size * volume.size
     assert np.abs(np.bincount(volume.ravel(), minlength=3) - wanted).max() > 40
-    # most of the way: the last flips would raise the error elsewhere (a chord share, say) more than they fix
-    start = np.abs(np.bincount(volume.ravel(), minlength=3) - wanted)
-    assert np.all(np.abs(np.bincount(result.labels.ravel(), minlength=3) - wanted) <= 0.2 * start + 1)
+    np.testing.assert_allclose(np.bincount(result.labels.ravel(), minlength=3), wanted, atol=1)
     assert result.energy_after < result.energy_before and isolated(result.labels).sum() <= isolated(volume).sum()
     np.testing.assert_array_equal(refine_volume(volume, targets, rounds=0, match_fractions=False).labels, volume)
+
+
+def test_every_phase_with_too_many_voxels_gives_its_share():
+    exemplar = _phases(2.0, (96, 96), 5)
+    volume = _phases(2.0, (20, 20, 20), 6, quantiles=(0.504, 0.81))  # 32 and 49 voxels too many, 81 too few
+    targets = volume_targets(exemplar, 3, 10)
+    wanted = nearest_counts(targets.correlation[0, 0], volume.size)
+    gain = _gains(volume, _state(volume, targets, 100.0), targets, 100.0)
+    trial = _fraction_trial(_Moves.of(volume, 3, np.ones(volume.shape, bool)), gain, wanted, 40)
+    change = np.bincount(trial.ravel(), minlength=3) - np.bincount(volume.ravel(), minlength=3)
+    assert change[0] < 0 and change[1] < 0 and -change[0] < -change[1] and 0 < change[2] <= 41
+
+
+def test_flips_that_together_isolate_a_voxel_are_undone():
+    """Two flips next to a voxel, each harmless alone, together surround it with one phase: both are undone,
+    a flip elsewhere stays."""
+    labels = np.zeros((9, 9, 9), np.uint8)
+    labels[4, 4, 4] = 1
+    for offset in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0)):
+        labels[4 + offset[0], 4 + offset[1], 4 + offset[2]] = 2
+    labels[1, 1, 2] = 2  # and an isolated voxel that a flip joins
+    trial = labels.copy()
+    trial[4, 4, 3] = trial[4, 4, 5] = trial[1, 1, 1] = 2
+    assert not isolated(labels)[4, 4, 4] and isolated(trial)[4, 4, 4]
+    kept = _undo_isolating(trial, labels)
+    expected = labels.copy()
+    expected[1, 1, 1] = 2
+    np.testing.assert_array_equal(kept, expected)
 
 
 def test_rejects_images_and_foreign_phases():
