@@ -11,20 +11,20 @@ that both lie in phase ``i`` (periodic, as ``jaxmicro.report.compare`` computes 
 along that axis (a 2D exemplar: its in-plane mean, on every axis), and ``o_i`` the share of one-voxel chords among
 phase ``i``'s chords. The fractions (``S2_i(0)``) weigh as much as all other distances together: swaps keep them, so
 this weight acts on the single flips that bring them to the exemplar's (below). Flipping one voxel ``x`` from phase
-``a`` to ``b`` changes ``S2_a(r)`` by ``-(I_a(x + r) + I_a(x - r)) / N`` and ``S2_b(r)`` by ``+(I_b(x + r) + I_b(x -
-r)) / N``, so the first-order change of ``E`` for every voxel at once is a 1D convolution along each axis (FFTs),
-plus the local change of the one-voxel chords. Each round swaps the best ``m`` pairs (a voxel each way between two
-phases, so the fractions stay) among voxels on a boundary with the phase they go to that leave no neighbour
-isolated, and keeps the round only if ``E`` fell, no isolated voxel appeared, each phase's one-voxel-chord share
-stayed within ``chord_tolerance`` of the exemplar's (or no farther from it than at the start), the lineal path along
-the axes stayed within ``lineal_path_tolerance`` of the exemplar's (or within ``LINEAL_PATH_SLACK`` of the closest
-it came), and no phase's largest cluster moved more than ``cluster_tolerance`` from where it started (the tomogram's
-thin third phase stays connected). ``m`` doubles after a kept round and halves after a dropped one; voxels dropped
-at ``m = 1`` are not proposed again. Before the swaps, single flips from a phase with too many voxels to a
-neighbouring one with too few (each phase in surplus giving its share) bring the phase counts to the exemplar's
-fractions (to the nearest voxel) where at most ``FRACTION_TRIALS`` trials get there, kept under the same rules
-(twice as many flips after a kept trial, half as many after a dropped one; flips that together would isolate a voxel
-are undone). numpy, one volume at a time.
+``a`` to ``b`` changes ``S2_a(r)`` by ``-(I_a(x + r) + I_a(x - r)) / N`` and ``S2_b(r)`` by
+``+(I_b(x + r) + I_b(x - r)) / N``, so the first-order change of ``E`` for every voxel at once is a 1D convolution
+along each axis (FFTs), plus the local change of the one-voxel chords. Each round swaps the best ``m`` pairs (a
+voxel each way between two phases, so the fractions stay) among voxels on a boundary with the phase they go to that
+leave no neighbour isolated, and keeps the round only if ``E`` fell, no isolated voxel appeared, each phase's
+one-voxel-chord share stayed within ``chord_tolerance`` of the exemplar's (or no farther from it than at the start),
+the lineal path along the axes stayed within ``lineal_path_tolerance`` of the exemplar's (or within
+``LINEAL_PATH_SLACK`` of the closest it came), and no phase's largest cluster moved more than ``cluster_tolerance``
+from where it started (the tomogram's thin third phase stays connected). ``m`` doubles after a kept round and halves
+after a dropped one; voxels dropped at ``m = 1`` are not proposed again. Before the swaps, single flips from a phase
+with too many voxels to a neighbouring one with too few (each phase in surplus giving its share) bring the phase
+counts to the exemplar's fractions (to the nearest voxel) where at most ``FRACTION_TRIALS`` trials get there, kept
+under the same rules (twice as many flips after a kept trial, half as many after a dropped one; flips that together
+would isolate a voxel are undone). numpy, one volume at a time.
 """
 
 from __future__ import annotations
@@ -197,8 +197,9 @@ def _pick(moves: _Moves, gain: np.ndarray, m: int) -> np.ndarray | None:
 
 
 def _fraction_trial(moves: _Moves, gain: np.ndarray, wanted: np.ndarray, most: int) -> np.ndarray | None:
-    """Labels nearer the exemplar's phase counts ``wanted``: up to ``most`` voxels of a phase with too many go to
-    a neighbouring phase with too few, best predicted first; None where the counts match or no voxel can go."""
+    """Labels nearer the exemplar's phase counts ``wanted``: about ``most`` voxels (each phase with too many giving
+    the same share of its surplus) go to a neighbouring phase with too few, best predicted first, less any flips
+    that together isolate a voxel; None where the counts match or no voxel can go."""
     n = gain.shape[0]
     surplus = np.bincount(moves.labels.ravel(), minlength=n) - wanted
     trial = moves.labels.copy()
