@@ -217,9 +217,9 @@ def _fraction_trial(moves: _Moves, gain: np.ndarray, wanted: np.ndarray, most: i
 def _undo_isolating(trial: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """``trial`` with its changes undone at and next to each voxel that it isolates (flips chosen one by one may
     together surround a voxel that none of them isolates alone)."""
-    trial = trial.copy()
+    trial, before = trial.copy(), isolated(labels)
     for _ in range(3):
-        new = isolated(trial) & ~isolated(labels)
+        new = isolated(trial) & ~before
         if not new.any():
             break
         near = np.logical_or.reduce([new] + [np.roll(new, shift, axis) for axis in range(3) for shift in (1, -1)])
