@@ -141,17 +141,20 @@ def _gains(labels: np.ndarray, state: _State, targets: VolumeTargets, chord_weig
             kernel[:, -r] += state.residual[axis, :, r]
         shape = [n, 1, 1, 1]
         shape[axis + 1] = side // 2 + 1
-        kernel_spectrum = fft.rfft(kernel.astype(np.float32), axis=1).reshape(shape)
+        kernel_spectrum = fft.rfft(kernel.astype(np.float32), axis=1).real.reshape(shape)  # an even kernel: real
         gain += fft.irfft(state.spectra[axis] * kernel_spectrum, n=side, axis=axis + 1, workers=-1)
         gain += (radius + 1) * state.residual[axis, :, 0].reshape(n, 1, 1, 1)
         before, after = np.roll(labels, 1, axis), np.roll(labels, -1, axis)
-        pairs = ((before, np.roll(labels, 2, axis)), (after, np.roll(labels, -2, axis)))
+        farther = (np.roll(labels, 2, axis), np.roll(labels, -2, axis))
         for b in range(n):
-            alone = ((before != b) & (after != b)).astype(np.float32)
-            ones = alone.copy()  # and the chords: one more, or one less where two join
-            for near, far in pairs:
-                ones -= (near == b) & (far != b)
-            ones -= state.one_voxel[b] * (alone - ((before == b) & (after == b)))
+            if not chord_gain[b]:
+                continue
+            near = (before == b, after == b)
+            alone = ~(near[0] | near[1])
+            # the voxel's own chord, less each neighbour's lone chord it joins; and the chords: one more where
+            # neither neighbour holds b, one less where both do
+            ones = (1.0 - state.one_voxel[b]) * alone + state.one_voxel[b] * (near[0] & near[1])
+            ones -= (near[0] & (farther[0] != b)).astype(np.float32) + (near[1] & (farther[1] != b))
             gain[b] += chord_gain[b] * ones
     return gain
 
