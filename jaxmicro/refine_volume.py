@@ -163,7 +163,12 @@ def _isolates_a_neighbour(labels: np.ndarray, neighbours: list, b: int) -> np.nd
     """Per voxel, whether giving it phase ``b`` would leave a face neighbour isolated: one not of phase ``b``
     whose five other neighbours are."""
     lonely = (labels != b) & (sum((q == b).astype(np.int8) for q in neighbours) == 5)
-    return np.logical_or.reduce([np.roll(lonely, shift, axis) for axis in range(3) for shift in (1, -1)])
+    return _beside(lonely)
+
+
+def _beside(mask: np.ndarray) -> np.ndarray:
+    """The voxels with a face neighbour in ``mask`` (periodic)."""
+    return np.logical_or.reduce([np.roll(mask, shift, axis) for axis in range(3) for shift in (1, -1)])
 
 
 class _Moves(NamedTuple):
@@ -230,7 +235,7 @@ def _undo_isolating(trial: np.ndarray, labels: np.ndarray) -> np.ndarray:
         new = isolated(trial) & ~before
         if not new.any():
             break
-        near = np.logical_or.reduce([new] + [np.roll(new, shift, axis) for axis in range(3) for shift in (1, -1)])
+        near = new | _beside(new)
         trial[near] = labels[near]
     return trial
 
