@@ -224,8 +224,8 @@ def _add_reading_options(p):
 
 
 RUN_OPTIONS = ("exemplar", "shape", "count", "steps", "seed", "optimizer", "learning_rate", "layers", "dtype",
-               "grayscale", "phases", "gray_from_rgb", "checkpoint_every", "levels", "coarse_steps", "polish_steps",
-               "slices_per_step", "exemplar_x", "exemplar_y", "exemplar_z", "targets", *INPUT_OPTIONS)
+               "products", "grayscale", "phases", "gray_from_rgb", "checkpoint_every", "levels", "coarse_steps",
+               "polish_steps", "slices_per_step", "exemplar_x", "exemplar_y", "exemplar_z", "targets", *INPUT_OPTIONS)
 # what run.json records beside the options: not options (a run resumes on any devices), so --resume skips them
 RECORDS = ("devices_used",)
 
@@ -253,7 +253,7 @@ def _reconstruct(args) -> int:
     _detail(args, "resolved schedule: " + ", ".join(f"{k}={getattr(args, k)}" for k in (
         "steps", "levels", "coarse_steps", "polish_steps", "slices_per_step")))
     config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype,
-                              slices_per_step=args.slices_per_step, **options)
+                              products=args.products, slices_per_step=args.slices_per_step, **options)
     if source["stored"] is not None:
         R.stored_level(source["stored"], config)  # made for this reconstruction? (shape, network, radius)
     if args.levels > 1:
@@ -284,9 +284,10 @@ def _reconstruct(args) -> int:
                                  progress, chunk: R.reconstruct(
         image, shape=shape, count=args.count, steps=args.steps, seed=args.seed, layers=taps,
         optimizer=args.optimizer, learning_rate=args.learning_rate, grayscale=grayscale, dtype=args.dtype,
-        params=params, chunk=chunk, callback=callback, progress=progress, checkpoint=checkpointer,
-        levels=args.levels, coarse_steps=args.coarse_steps, slices_per_step=args.slices_per_step,
-        polish_steps=polish_steps, per_direction=source["per_direction"], **options,
+        products=args.products, params=params, chunk=chunk, callback=callback, progress=progress,
+        checkpoint=checkpointer, levels=args.levels, coarse_steps=args.coarse_steps,
+        slices_per_step=args.slices_per_step, polish_steps=polish_steps, per_direction=source["per_direction"],
+        **options,
     ), polish_steps=polish_steps)
     if outcome is None:
         return EXIT_INTERRUPTED
@@ -507,6 +508,8 @@ def _reconstruction_source(args) -> dict:
             args.layers = ",".join(network["taps"])
         if args.dtype == "float32" and network["dtype"] in ("float32", "bfloat16"):
             args.dtype = network["dtype"]
+        if args.products == "auto" and network.get("products") in ("float32", "bfloat16"):
+            args.products = network["products"]
         if bool(header["grayscale"]) != bool(getattr(args, "grayscale", False)):
             raise InputError(f"{args.targets} holds the targets of a {'grayscale' if header['grayscale'] else 'phase'}"
                              f" exemplar: {'add' if header['grayscale'] else 'leave out'} --grayscale")
@@ -575,11 +578,12 @@ def _characterise(args) -> int:
     if out.is_dir():
         raise InputError(f"{out} is a folder; give the targets file's name, e.g. --out targets.npz")
     schedule = R.resolve_schedule(image, shape=shape, layers=args.layers, grayscale=grayscale, levels=args.levels)
-    config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype)
+    config, _ = R.make_config(image, shape=shape, layers=args.layers, grayscale=grayscale, dtype=args.dtype,
+                              products=args.products)
     params = R.load_network_params(config, progress=not args.quiet)
     stored = R.characterise(image, shape=shape, layers=config.taps, grayscale=grayscale,
                             per_direction=source["per_direction"], dtype=args.dtype, params=params,
-                            levels=schedule["levels"])
+                            levels=schedule["levels"], products=args.products)
     record = dict(source["record"])
     voxel = _output_voxel(source["voxel_size"], len(shape))
     if voxel is not None:
@@ -919,6 +923,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default="default",
                    help="tap set (default, mcrpy, gatys, shallow) or names like relu1_2,relu2_2 (default: default)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="network compute dtype")
+    p.add_argument("--products", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="the convolutions' products: bfloat16 inputs with float32 results, or float32 (default auto: "
+                        "bfloat16 on a CPU with AMX, where it is faster)")
     p.add_argument("--levels", type=_positive_int,
                    help="coarse-to-fine levels: 2 first reconstructs at half size (default 2; volumes 3)")
     p.add_argument("--coarse-steps", type=_positive_int, metavar="K",
@@ -958,6 +965,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", help="output shape the targets are for (default: the exemplar's)")
     p.add_argument("--layers", default="default", help="tap set or layer names, as for reconstruct")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="network compute dtype")
+    p.add_argument("--products", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="the convolutions' products: bfloat16 inputs with float32 results, or float32 (default auto: "
+                        "bfloat16 on a CPU with AMX, where it is faster)")
     p.add_argument("--levels", type=_positive_int,
                    help="coarse-to-fine levels to store (default: those reconstruct would run)")
     p.add_argument("--force", action="store_true", help="overwrite --out")

@@ -55,7 +55,7 @@ def make_network(config) -> Callable:
     """``features(params, rgb (S, H, W, 3)) -> {tap: (S, H', W', C)}`` for the configured, pruned VGG19."""
     model = vgg.VGG19Features(
         taps=config.taps, pooling=config.pooling, padding=config.padding, dtype=config.dtype,
-        convolution=config.convolution, widths=config.widths,
+        convolution=config.convolution, products=config.products, widths=config.widths,
     )
 
     def features(params, rgb):

@@ -37,7 +37,7 @@ DESIGN_STEPS = 1000
 COARSE_STEPS = 1000  # statistics-only steps at half size before the design steps (start="coarse")
 STARTS = ("coarse", "reconstruction", "noise")  # where a design with statistics terms starts
 STRETCH = 4  # how much longer the coarse start's features get where a target needs anisotropy (stretched_axes)
-STRUCTURE_OPTIONS = ("widths", "pooling", "padding", "dtype", "convolution")  # the network the start shares
+STRUCTURE_OPTIONS = ("widths", "pooling", "padding", "dtype", "convolution", "products")  # the network the start shares
 DEFAULT_FILTER_RADIUS = 3.0  # pixels, the density filter of designs without statistics terms
 CORRELATION_WEIGHT = 30.0  # the two-point weight of the statistics terms the design defaults were measured with
 CORRELATION_POWER = 16.0

@@ -114,6 +114,7 @@ class ReconstructionConfig(NamedTuple):
     padding: str = "periodic"
     dtype: Any = jnp.float32
     convolution: str = "auto"  # "direct", "matmul" or "auto" (matmul on CPU), see vgg.VGG19Features
+    products: str = "auto"  # "float32", "bfloat16" (inputs rounded, float32 results) or "auto", see vgg.Conv3x3
     widths: tuple[int, ...] = vgg.VGG19_WIDTHS  # smaller only for tests with random weights
     slices_per_step: int | None = None  # volumes: slices per direction through the network each step; None: all
 
@@ -131,7 +132,7 @@ class ReconstructionConfig(NamedTuple):
 
 
 TARGET_FIELDS = ("shape", "n_phases", "taps", "correlation_radius", "pooling", "padding", "dtype", "convolution",
-                 "widths")
+                 "products", "widths")
 """The configuration fields that the exemplar targets depend on (a stored target is used only where they agree)."""
 
 

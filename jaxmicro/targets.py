@@ -4,7 +4,7 @@
 ``characterise``: the Gram matrices per tap and direction, two-point correlation windows, phase fractions,
 interface measures and lineal paths of every coarse-to-fine level, the Gaussian start's correlations and the
 exemplar's share of isolated pixels) as one ``.npz`` file with a JSON header: the format version, the network
-spec (taps, widths, dtype, padding, pooling, convolution) and the content digest of the weights the Gram
+spec (taps, widths, dtype, padding, pooling, convolution, products) and the content digest of the weights the Gram
 matrices were computed with. ``load_targets(path)`` reads it back, refusing a file of a newer format version
 or one that is damaged; ``reconstruct(targets=...)`` refuses one made for another network, weights, shape or
 correlation radius, each with the reason.
@@ -121,6 +121,7 @@ def save_targets(path: str | os.PathLike[str], characterisation: Characterisatio
         "format": FORMAT, "version": FORMAT_VERSION, "jaxmicro_version": _package_version(),
         "network": {"taps": list(first.taps), "widths": list(first.widths), "dtype": str(jnp.dtype(first.dtype)),
                     "padding": first.padding, "pooling": first.pooling, "convolution": first.convolution,
+                    "products": first.products,
                     "weights_digest": characterisation.weights_digest},
         "shape": list(first.shape), "n_phases": characterisation.n_phases, "grayscale": characterisation.grayscale,
         "per_direction": characterisation.per_direction, "finest_feature": characterisation.finest,

@@ -176,13 +176,15 @@ def test_targets_made_with_other_weights(capsys, files, tmp_path):
 @pytest.mark.slow
 def test_cli_characterise_then_reconstruct_is_bitwise_the_run_from_the_image(capsys, files, tmp_path):
     common = ["--count", "1", "--steps", "3", "--levels", "1", "--seed", "4", "--layers", "relu1_2", "--quiet"]
-    code, _, err = run_in_process(capsys, "reconstruct", files / "ex.tif", *common, "--out", tmp_path / "a")
+    code, _, err = run_in_process(capsys, "reconstruct", files / "ex.tif", *common, "--products", "float32", "--out",
+                                  tmp_path / "a")
     assert code == 0, err
     code, _, err = run_in_process(capsys, "characterize", files / "ex.tif", "--levels", "1", "--layers", "relu1_2",
-                                  "--out", tmp_path / "t.npz", "--quiet")
+                                  "--products", "float32", "--out", tmp_path / "t.npz", "--quiet")
     assert code == 0, err
+    assert T.read_header(tmp_path / "t.npz")["network"]["products"] == "float32"
     code, _, err = run_in_process(capsys, "reconstruct", "--targets", tmp_path / "t.npz", *common, "--out",
-                                  tmp_path / "b")
+                                  tmp_path / "b")  # --products from the file
     assert code == 0, err
     a = io.read_microstructure(tmp_path / "a" / "reconstruction_000.tif")
     b = io.read_microstructure(tmp_path / "b" / "reconstruction_000.tif")

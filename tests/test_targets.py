@@ -39,6 +39,7 @@ def test_reconstruct_from_stored_targets_is_bitwise_the_same(exemplar, tiny_para
     header = T.read_header(tmp_path / "t.npz")
     assert header["version"] == T.FORMAT_VERSION and header["shape"] == [16, 16] and header["n_phases"] == 2
     assert header["network"]["taps"] == ["relu1_2"] and header["network"]["dtype"] == "float32"
+    assert header["network"]["products"] == "auto"
     assert header["network"]["weights_digest"] == T.params_digest(tiny_params, ["relu1_2"])
     assert header["exemplar"] == {"file": "built-in"}
     loaded = T.load_targets(tmp_path / "t.npz")  # the arrays come back exactly
@@ -100,6 +101,8 @@ def test_refuses_other_weights_shape_network(exemplar, tiny_params, tmp_path):
         R.reconstruct(targets=stored, shape=(20, 20), params=tiny_params, **TINY, **run)
     with pytest.raises(InputError, match="taps .* vs"):
         R.reconstruct(targets=stored, shape=(16, 16), params=tiny_params, layers="relu1_1", widths=TINY_WIDTHS, **run)
+    with pytest.raises(InputError, match="products 'auto' \\(stored\\) vs 'float32'"):
+        R.reconstruct(targets=stored, shape=(16, 16), params=tiny_params, products="float32", **TINY, **run)
     with pytest.raises(InputError, match="levels=2: the stored targets hold 1"):
         R.reconstruct(targets=stored, shape=(16, 16), params=tiny_params, **TINY, count=1, steps=1, levels=2)
     with pytest.raises(InputError, match="grayscale"):

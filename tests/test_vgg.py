@@ -88,6 +88,64 @@ def test_auto_convolution_is_a_matrix_product_on_cpu_for_vgg_widths_only():
     assert vgg._convolution_as_matmul("matmul", 4) and not vgg._convolution_as_matmul("direct", 512)
 
 
+def _rounded(x):
+    return x.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+def test_bfloat16_products_are_float32_products_of_rounded_inputs_both_ways():
+    """Forward, input gradient and kernel gradient of one layer with ``products="bfloat16"`` equal float32
+    products whose inputs (activation, kernel, cotangent) were rounded to bfloat16 first."""
+    keys = jax.random.split(jax.random.PRNGKey(7), 4)
+    x = jax.random.normal(keys[0], (2, 10, 12, 5))
+    kernel = jax.random.normal(keys[1], (3, 3, 5, 6))
+    bias = jax.random.normal(keys[2], (6,))
+    cotangent = jax.random.normal(keys[3], (2, 10, 12, 6))
+
+    def layer(products):
+        conv = vgg.Conv3x3(6, True, True, jnp.float32, jnp.float32, jax.lax.Precision.HIGHEST,
+                           products)
+        return lambda x, kernel: conv.apply({"params": {"kernel": kernel, "bias": bias}}, x)
+
+    low, high = layer("bfloat16"), layer("float32")
+    np.testing.assert_allclose(low(x, kernel), high(_rounded(x), _rounded(kernel)), rtol=1e-5, atol=1e-5)
+    d_x, d_kernel = jax.grad(lambda x, k: jnp.sum(low(x, k) * cotangent), (0, 1))(x, kernel)
+    d_x_ref = jax.grad(lambda x: jnp.sum(high(x, _rounded(kernel)) * _rounded(cotangent)))(x)
+    d_kernel_ref = jax.grad(lambda k: jnp.sum(high(_rounded(x), k) * _rounded(cotangent)))(kernel)
+    assert d_x.dtype == d_kernel.dtype == jnp.float32
+    np.testing.assert_allclose(d_x, d_x_ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(d_kernel, d_kernel_ref, rtol=1e-5, atol=1e-3)
+
+
+def test_bfloat16_products_stay_close_to_float32_through_the_network(tiny_params):
+    x = jax.random.normal(jax.random.PRNGKey(5), (1, 16, 16, 3)) * 50
+    taps = ("relu1_2", "relu2_2")
+
+    def loss(x, products):
+        model = vgg.VGG19Features(taps=taps, widths=TINY_WIDTHS, convolution="matmul", products=products)
+        return sum(jnp.sum(vgg.gram_matrix(v[0])) for v in model.apply({"params": tiny_params}, x).values())
+
+    value, grad = jax.value_and_grad(loss)(x, "float32")
+    value_low, grad_low = jax.value_and_grad(loss)(x, "bfloat16")
+    assert abs(float(value_low / value) - 1) < 2e-2
+    assert float(jnp.linalg.norm(grad_low - grad) / jnp.linalg.norm(grad)) < 5e-2
+
+
+def test_auto_products_are_bfloat16_only_for_matrix_products_on_a_cpu_with_amx(monkeypatch):
+    monkeypatch.setattr(vgg, "cpu_has_amx", lambda: True)
+    assert vgg._resolve_products("auto", True) == "bfloat16"
+    assert vgg._resolve_products("auto", False) == "float32"
+    monkeypatch.setattr(vgg, "cpu_has_amx", lambda: False)
+    assert vgg._resolve_products("auto", True) == "float32"
+    with pytest.raises(InputError, match="matrix-product convolutions"):
+        vgg._resolve_products("bfloat16", False)
+
+
+def test_unknown_products_are_refused(tiny_params):
+    model = vgg.VGG19Features(taps=("relu1_1",), widths=TINY_WIDTHS, products="float16")
+    with pytest.raises(InputError, match="products='float16'"):
+        model.apply({"params": tiny_params}, jnp.zeros((1, 8, 8, 3)))
+
+
 def test_unknown_convolution_is_refused(tiny_params):
     model = vgg.VGG19Features(taps=("relu1_1",), widths=TINY_WIDTHS, convolution="fft")
     with pytest.raises(InputError, match="convolution='fft'"):
