@@ -144,11 +144,11 @@ def _gains(labels: np.ndarray, state: _State, targets: VolumeTargets, chord_weig
         kernel_spectrum = fft.rfft(kernel.astype(np.float32), axis=1).real.reshape(shape)  # an even kernel: real
         gain += fft.irfft(state.spectra[axis] * kernel_spectrum, n=side, axis=axis + 1, workers=-1)
         gain += (radius + 1) * state.residual[axis, :, 0].reshape(n, 1, 1, 1)
+        if not chord_gain.any():  # every phase's one-voxel chords inside the band: no chord part
+            continue
         before, after = np.roll(labels, 1, axis), np.roll(labels, -1, axis)
         farther = (np.roll(labels, 2, axis), np.roll(labels, -2, axis))
-        for b in range(n):
-            if not chord_gain[b]:
-                continue
+        for b in np.flatnonzero(chord_gain):
             near = (before == b, after == b)
             alone = ~(near[0] | near[1])
             # the voxel's own chord, less each neighbour's lone chord it joins; and the chords: one more where
